@@ -1,0 +1,12 @@
+# SPDX-License-Identifier: GPL-2.0
+# Paths shared by the build, VM and test scripts (sourced, not run).
+
+# The kernel cache lives outside the repository; override with S_SNAP_CACHE.
+CACHE=${S_SNAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s-snap}
+KVERSION=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null | tr '~:' '__')
+KTREE="$CACHE/linux-${KVERSION:-unknown}"
+MODROOT="$KTREE/.s-snap-modroot"
+BZIMAGE="$KTREE/arch/x86/boot/bzImage"
+BINDGEN="$HOME/.cargo/bin/bindgen"
+# Per-checkout scratch space: initramfs, disk images, logs.
+OUT=${S_SNAP_OUT:-$REPO/out}
