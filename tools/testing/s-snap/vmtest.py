@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""Run guest tests in a QEMU (TCG) virtual machine and report each result.
+
+Every test is a shell script in tools/testing/s-snap/guest/.  A comment line
+in it may set the VM it needs::
+
+    # vm: disks=268430022s,8G boots=2 timeout=300 memory=1024
+
+``disks`` are sparse image files attached as /dev/vda, /dev/vdb, ...
+(sizes in bytes with K/M/G suffixes, or in 512-byte sectors with ``s``);
+``boots`` runs the test that many times on the same images (the guest sees
+``S_SNAP_BOOT=1,2,...``), which proves persistence across a reboot.
+
+Each test gets its own VM.  A test fails if its script exits non-zero, if the
+VM times out or dies, or if the guest kernel log shows an Oops, BUG, WARNING,
+KASAN, UBSAN, kmemleak or lockdep report.  The console and kernel log of every
+boot are kept under the log directory.  The exit code is 0 only if every test
+passed.  One line per test is printed: ``vmtest: PASS name`` or
+``vmtest: FAIL name: reason``.
+"""
+
+import argparse
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+GUEST_DIR = REPO / "tools/testing/s-snap/guest"
+
+# What a kernel prints when something went wrong.  Matched against every line
+# of the guest kernel log and the console.
+KERNEL_PROBLEM = re.compile(
+    r"(WARNING: |BUG: |BUG at |kernel BUG|Oops|Kernel panic|general protection fault"
+    r"|KASAN|UBSAN|kmemleak: \d+ new suspected|possible circular locking"
+    r"|possible recursive locking|inconsistent lock state|rust_panic|panicked at"
+    r"|Call Trace:|INFO: task .* blocked)"
+)
+MARK = "@@S-SNAP "
+
+
+def parse_size(text):
+    """Size of a disk spec in bytes: 8G, 512M, 1024K, 4096 or 268430022s."""
+    match = re.fullmatch(r"(\d+)([sKMG]?)", text)
+    if not match:
+        raise ValueError(f"bad disk size {text!r} (want e.g. 8G, 512M or 268430022s)")
+    number, unit = int(match.group(1)), match.group(2)
+    return number * {"": 1, "s": 512, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+
+
+def test_settings(name):
+    """The test's '# vm:' settings, with defaults."""
+    settings = {"disks": "1G,1G,1G", "boots": "1", "timeout": "300", "memory": "1024"}
+    script = GUEST_DIR / f"{name}.sh"
+    if script.exists():
+        for line in script.read_text().splitlines():
+            if line.startswith("# vm:"):
+                for item in line[len("# vm:"):].split():
+                    key, _, value = item.partition("=")
+                    if key not in settings:
+                        raise ValueError(f"{script}: unknown vm setting {key!r}")
+                    settings[key] = value
+    return settings
+
+
+def boot(args, name, number, images, timeout, memory, log_dir, show):
+    """Boot the VM once running test `name`; return (exit code or None, problems)."""
+    cmdline = (
+        f"console=ttyS0 quiet panic=-1 oops=panic s_snap.tests={name} s_snap.boot={number}"
+    )
+    qemu = [
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory),
+        "-smp", "2", "-nodefaults", "-display", "none", "-serial", "stdio",
+        "-no-reboot", "-kernel", str(args.kernel), "-initrd", str(args.initrd),
+        "-append", cmdline,
+    ]
+    for image in images:
+        qemu += ["-drive", f"file={image},if=virtio,format=raw,cache=unsafe"]
+
+    console_path = log_dir / f"{name}.boot{number}.console.log"
+    klog_path = log_dir / f"{name}.boot{number}.dmesg.log"
+    problems = []
+    rc = None
+    in_klog = False
+    in_test = False
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with open(console_path, "w") as console, open(klog_path, "w") as klog:
+        proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    problems.append(f"timeout after {timeout} s")
+                    break
+                ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+                if not ready:
+                    if proc.poll() is not None:
+                        break
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    console.write(line + "\n")
+                    if line.startswith(MARK):
+                        words = line[len(MARK):].split()
+                        if words[0] == "KLOG":
+                            in_klog = True
+                        elif words[0] == "KLOG-END":
+                            in_klog = False
+                        elif words[0] == "BEGIN":
+                            in_test = True
+                        elif words[0] == "END" and len(words) == 3:
+                            in_test = False
+                            rc = int(words[2])
+                        continue
+                    if in_klog:
+                        klog.write(line + "\n")
+                    elif show and in_test:
+                        print(line, flush=True)
+                    if KERNEL_PROBLEM.search(line):
+                        problems.append(f"kernel: {line.strip()}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    if rc is None and not problems:
+        problems.append("the VM stopped before the test finished")
+    return rc, problems
+
+
+def run_test(args, name):
+    settings = test_settings(name)
+    boots = int(settings["boots"])
+    timeout = args.timeout or int(settings["timeout"])
+    memory = int(settings["memory"])
+    image_dir = args.out / "images" / name
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for index, size in enumerate(settings["disks"].split(",")):
+        image = image_dir / f"vd{chr(ord('a') + index)}.img"
+        image.unlink(missing_ok=True)
+        with open(image, "wb") as f:
+            f.truncate(parse_size(size))
+        images.append(image)
+
+    started = time.monotonic()
+    reasons = []
+    for number in range(1, boots + 1):
+        rc, problems = boot(args, name, number, images, timeout, memory, args.log_dir,
+                            args.show)
+        if rc not in (None, 0):
+            reasons.append(f"boot {number}: test exited with {rc}")
+        reasons += [f"boot {number}: {p}" for p in problems]
+        if reasons:
+            break
+    if not args.keep_images:
+        for image in images:
+            image.unlink(missing_ok=True)
+    elapsed = time.monotonic() - started
+    if reasons:
+        print(f"vmtest: FAIL {name} ({elapsed:.1f} s): " + "; ".join(reasons[:5]), flush=True)
+        print(f"vmtest:   logs: {args.log_dir}/{name}.boot*.log", flush=True)
+        return False
+    print(f"vmtest: PASS {name} ({elapsed:.1f} s)", flush=True)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tests", nargs="*", help="guest tests to run (default: all)")
+    parser.add_argument("--kernel", type=Path, required=True, help="bzImage to boot")
+    parser.add_argument("--initrd", type=Path, required=True, help="initramfs to boot")
+    parser.add_argument("--out", type=Path, default=REPO / "out", help="scratch directory")
+    parser.add_argument("--log-dir", type=Path, help="where console and kernel logs go")
+    parser.add_argument("--timeout", type=int, help="seconds per boot (overrides the test's)")
+    parser.add_argument("--show", action="store_true", help="print the tests' output live")
+    parser.add_argument("--keep-images", action="store_true", help="keep the disk images")
+    args = parser.parse_args()
+    args.log_dir = args.log_dir or args.out / "logs"
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # selftest-* prove the harness fails when it should; demo-* are demos.
+    tests = args.tests or sorted(
+        p.stem for p in GUEST_DIR.glob("*.sh")
+        if not p.stem.startswith(("selftest-", "demo-"))
+    )
+    failed = [name for name in tests if not run_test(args, name)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
