@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Guest-side workload for the shared snapshot targets, checked against a model.
+//!
+//! Drives the real `dmsetup`: loads `s-snap-origin` over an origin and a COW
+//! device, creates and deletes snapshots with `dmsetup message`, activates
+//! `s-snap` devices, and writes tagged 4 KiB blocks with `O_DIRECT` to the
+//! origin and to snapshot devices.  An in-memory model holds, for every device,
+//! the tag each block should carry; `verify` reads every block of every device
+//! back and compares.  The model can be saved to a spare disk so that a later
+//! boot checks persistence.
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::Command;
+
+const BLOCK: usize = 4096;
+const ORIGIN_NAME: &str = "work";
+const MODEL_MAGIC: &[u8; 8] = b"SSNAPMDL";
+
+#[derive(Parser)]
+#[command(about = "Block workloads on s-snap-origin/s-snap devices, checked against a model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Devices {
+    /// Origin block device.
+    #[arg(long, default_value = "/dev/vda")]
+    origin: String,
+    /// COW block device.
+    #[arg(long, default_value = "/dev/vdb")]
+    cow: String,
+    /// Chunk size in 512-byte sectors.
+    #[arg(long, default_value_t = 16)]
+    chunk_sectors: u32,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the origin target, run random operations, verify every device.
+    Run {
+        #[command(flatten)]
+        devices: Devices,
+        /// Number of operations.
+        #[arg(long, default_value_t = 500)]
+        ops: u32,
+        /// Random seed (the run is reproducible from it).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Most snapshots alive at once.
+        #[arg(long, default_value_t = 8)]
+        max_snapshots: usize,
+        /// Only blocks below this index are written (to make overlaps likely).
+        #[arg(long, default_value_t = 4096)]
+        hot_blocks: u64,
+        /// Save the final model here (a spare disk) for a later `verify`.
+        #[arg(long)]
+        save_model: Option<String>,
+        /// Remove and reload every device this often (0: never).
+        #[arg(long, default_value_t = 0)]
+        reload_every: u32,
+    },
+    /// Load the origin target and check every device against a saved model.
+    Verify {
+        #[command(flatten)]
+        devices: Devices,
+        /// Where `run --save-model` saved the model.
+        #[arg(long)]
+        model: String,
+    },
+}
+
+/// A 4 KiB buffer aligned for `O_DIRECT`.
+struct AlignedBlock {
+    ptr: *mut u8,
+}
+
+impl AlignedBlock {
+    fn layout() -> Layout {
+        Layout::from_size_align(BLOCK, BLOCK).expect("valid layout")
+    }
+
+    fn new() -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(Self::layout()) };
+        assert!(!ptr.is_null(), "out of memory");
+        Self { ptr }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` points to BLOCK bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, BLOCK) }
+    }
+}
+
+impl Drop for AlignedBlock {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { dealloc(self.ptr, Self::layout()) }
+    }
+}
+
+/// The content a block with `tag` at `index` carries (tag 0: all zeroes).
+fn fill_block(buf: &mut [u8], tag: u64, index: u64) {
+    if tag == 0 {
+        buf.fill(0);
+        return;
+    }
+    let mut state = tag ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for word in buf.chunks_exact_mut(8) {
+        // xorshift64: cheap, and different for every (tag, block).
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes());
+    }
+    buf[..8].copy_from_slice(&tag.to_le_bytes());
+    buf[8..16].copy_from_slice(&index.to_le_bytes());
+}
+
+fn open_direct(path: &str) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("open {path}"))
+}
+
+fn write_blocks(path: &str, first: u64, tags: &[u64]) -> Result<()> {
+    let file = open_direct(path)?;
+    let mut buf = AlignedBlock::new();
+    for (i, &tag) in tags.iter().enumerate() {
+        let index = first + i as u64;
+        fill_block(buf.bytes(), tag, index);
+        file.write_all_at(buf.bytes(), index * BLOCK as u64)
+            .with_context(|| format!("write block {index} of {path}"))?;
+    }
+    Ok(())
+}
+
+/// Compare every block of `path` with `expected`; errors name the first bad block.
+fn verify_device(path: &str, expected: &[u64]) -> Result<()> {
+    let file = open_direct(path)?;
+    let mut buf = AlignedBlock::new();
+    let mut want = vec![0u8; BLOCK];
+    let mut bad = Vec::new();
+    for (index, &tag) in expected.iter().enumerate() {
+        let index = index as u64;
+        file.read_exact_at(buf.bytes(), index * BLOCK as u64)
+            .with_context(|| format!("read block {index} of {path}"))?;
+        fill_block(&mut want, tag, index);
+        if buf.bytes() != want.as_slice() {
+            let found = u64::from_le_bytes(buf.bytes()[..8].try_into()?);
+            bad.push(format!("block {index}: want tag {tag}, found {found:#x}"));
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "{path}: {} of {} blocks differ from the model, e.g. {}",
+            bad.len(),
+            expected.len(),
+            bad[..bad.len().min(5)].join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn dmsetup(args: &[&str]) -> Result<String> {
+    let out = Command::new("dmsetup")
+        .args(args)
+        .output()
+        .context("run dmsetup")?;
+    if !out.status.success() {
+        bail!(
+            "dmsetup {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sectors(path: &str) -> Result<u64> {
+    let out = Command::new("blockdev").args(["--getsz", path]).output()?;
+    ensure!(out.status.success(), "blockdev --getsz {path} failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// What every device should contain.
+struct Model {
+    origin: Vec<u64>,
+    snapshots: BTreeMap<u32, Vec<u64>>,
+}
+
+impl Model {
+    fn save(&self, path: &str) -> Result<()> {
+        let mut bytes = MODEL_MAGIC.to_vec();
+        bytes.extend((self.origin.len() as u64).to_le_bytes());
+        bytes.extend((self.snapshots.len() as u64).to_le_bytes());
+        for tags in std::iter::once(&self.origin).chain(self.snapshots.values()) {
+            tags.iter().for_each(|t| bytes.extend(t.to_le_bytes()));
+        }
+        for id in self.snapshots.keys() {
+            bytes.extend(u64::from(*id).to_le_bytes());
+        }
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.write_all_at(&bytes, 0)?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    fn load(path: &str) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("open {path}"))?;
+        let mut head = [0u8; 24];
+        file.read_exact_at(&mut head, 0)?;
+        ensure!(&head[..8] == MODEL_MAGIC, "{path} holds no saved model");
+        let blocks = u64::from_le_bytes(head[8..16].try_into()?) as usize;
+        let snaps = u64::from_le_bytes(head[16..24].try_into()?) as usize;
+        let mut body = vec![0u8; (blocks * (snaps + 1) + snaps) * 8];
+        file.read_exact_at(&mut body, 24)?;
+        let words: Vec<u64> = body
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        let mut vectors = words[..blocks * (snaps + 1)].chunks(blocks.max(1));
+        let origin = vectors.next().map(<[u64]>::to_vec).unwrap_or_default();
+        let ids = &words[blocks * (snaps + 1)..];
+        let snapshots = ids
+            .iter()
+            .map(|&id| Ok((u32::try_from(id)?, vectors.next().unwrap_or(&[]).to_vec())))
+            .collect::<Result<_>>()?;
+        Ok(Self { origin, snapshots })
+    }
+}
+
+struct Rig {
+    devices: Devices,
+    size: u64,
+    active: BTreeMap<u32, String>,
+}
+
+impl Rig {
+    fn load_origin(devices: &Devices) -> Result<Self> {
+        let size = sectors(&devices.origin)?;
+        let table = format!(
+            "0 {size} s-snap-origin {} {} S {}",
+            devices.origin, devices.cow, devices.chunk_sectors
+        );
+        dmsetup(&["create", ORIGIN_NAME, "--table", &table])?;
+        Ok(Self {
+            devices: devices.clone(),
+            size,
+            active: BTreeMap::new(),
+        })
+    }
+
+    fn origin_path() -> String {
+        format!("/dev/mapper/{ORIGIN_NAME}")
+    }
+
+    fn snapshot_ids(&self) -> Result<Vec<u32>> {
+        // "0 <len> s-snap-origin <count> <id>..." or ": no snapshot".
+        let status = dmsetup(&["status", ORIGIN_NAME])?;
+        let words: Vec<&str> = status.split_whitespace().collect();
+        if words.get(3) == Some(&":") {
+            return Ok(Vec::new());
+        }
+        let count: usize = words.get(3).context("short status")?.parse()?;
+        let ids = words[4..]
+            .iter()
+            .map(|w| w.parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()?;
+        ensure!(ids.len() == count, "status count {count} but ids {ids:?}");
+        Ok(ids)
+    }
+
+    fn message(&self, text: &str) -> Result<String> {
+        let mut args = vec!["message", ORIGIN_NAME, "0"];
+        args.extend(text.split_whitespace());
+        dmsetup(&args)
+    }
+
+    fn activate(&mut self, id: u32) -> Result<String> {
+        let name = format!("snap{id}");
+        let table = format!("0 {} s-snap {} {id}", self.size, self.devices.origin);
+        dmsetup(&["create", &name, "--table", &table])?;
+        let path = format!("/dev/mapper/{name}");
+        self.active.insert(id, path.clone());
+        Ok(path)
+    }
+
+    fn deactivate(&mut self, id: u32) -> Result<()> {
+        if self.active.remove(&id).is_some() {
+            dmsetup(&["remove", &format!("snap{id}")])?;
+        }
+        Ok(())
+    }
+
+    fn remove_all(&mut self) -> Result<()> {
+        for id in self.active.keys().copied().collect::<Vec<_>>() {
+            self.deactivate(id)?;
+        }
+        dmsetup(&["remove", ORIGIN_NAME])?;
+        Ok(())
+    }
+
+    /// Check the snapshot list and every device (activating each snapshot).
+    fn verify_all(&mut self, model: &Model) -> Result<()> {
+        let ids = self.snapshot_ids()?;
+        let want: Vec<u32> = model.snapshots.keys().copied().collect();
+        ensure!(ids == want, "snapshot list {ids:?}, model has {want:?}");
+        verify_device(&Self::origin_path(), &model.origin).context("origin")?;
+        for (&id, tags) in &model.snapshots {
+            let was_active = self.active.contains_key(&id);
+            let path = match self.active.get(&id) {
+                Some(p) => p.clone(),
+                None => self.activate(id)?,
+            };
+            verify_device(&path, tags).with_context(|| format!("snapshot {id}"))?;
+            if !was_active {
+                self.deactivate(id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(
+    devices: &Devices,
+    ops: u32,
+    seed: u64,
+    max_snapshots: usize,
+    hot_blocks: u64,
+    save_model: Option<&str>,
+    reload_every: u32,
+) -> Result<()> {
+    let mut rig = Rig::load_origin(devices)?;
+    let blocks = rig.size * 512 / BLOCK as u64;
+    let hot = hot_blocks.min(blocks);
+    ensure!(hot > 0, "origin too small");
+    let mut model = Model {
+        origin: vec![0; blocks as usize],
+        snapshots: BTreeMap::new(),
+    };
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut next_tag = seed << 32 | 1;
+    let mut counts = BTreeMap::<&str, u32>::new();
+
+    for op in 0..ops {
+        let choice = rng.gen_range(0..100);
+        let kind = match choice {
+            0..=44 => "origin-write",
+            45..=59 if !rig.active.is_empty() => "snapshot-write",
+            60..=69 if model.snapshots.len() < max_snapshots => "create",
+            70..=76 if !model.snapshots.is_empty() => "delete",
+            77..=84 if model.snapshots.len() > rig.active.len() => "activate",
+            85..=89 if !rig.active.is_empty() => "deactivate",
+            90..=92 => "verify",
+            _ => "origin-write",
+        };
+        *counts.entry(kind).or_default() += 1;
+        match kind {
+            "origin-write" | "snapshot-write" => {
+                let first = rng.gen_range(0..hot);
+                let count = rng.gen_range(1..=8).min(blocks - first);
+                let tags: Vec<u64> = (0..count)
+                    .map(|_| {
+                        next_tag += 1;
+                        next_tag
+                    })
+                    .collect();
+                let (path, target) = if kind == "origin-write" {
+                    (Rig::origin_path(), &mut model.origin)
+                } else {
+                    let ids: Vec<u32> = rig.active.keys().copied().collect();
+                    let id = ids[rng.gen_range(0..ids.len())];
+                    let tags = model.snapshots.get_mut(&id).context("model")?;
+                    (rig.active[&id].clone(), tags)
+                };
+                write_blocks(&path, first, &tags)
+                    .with_context(|| format!("op {op}: {kind}"))?;
+                target[first as usize..(first + count) as usize].copy_from_slice(&tags);
+            }
+            "create" => {
+                let id = loop {
+                    let id = rng.gen_range(0..1000);
+                    if !model.snapshots.contains_key(&id) {
+                        break id;
+                    }
+                };
+                rig.message(&format!("snapshot create {id}"))
+                    .with_context(|| format!("op {op}"))?;
+                model.snapshots.insert(id, model.origin.clone());
+            }
+            "delete" => {
+                let ids: Vec<u32> = model.snapshots.keys().copied().collect();
+                let id = ids[rng.gen_range(0..ids.len())];
+                rig.deactivate(id)?;
+                rig.message(&format!("snapshot delete {id}"))
+                    .with_context(|| format!("op {op}"))?;
+                model.snapshots.remove(&id);
+            }
+            "activate" => {
+                let ids: Vec<u32> = model
+                    .snapshots
+                    .keys()
+                    .filter(|id| !rig.active.contains_key(id))
+                    .copied()
+                    .collect();
+                rig.activate(ids[rng.gen_range(0..ids.len())])?;
+            }
+            "deactivate" => {
+                let ids: Vec<u32> = rig.active.keys().copied().collect();
+                rig.deactivate(ids[rng.gen_range(0..ids.len())])?;
+            }
+            _ => rig
+                .verify_all(&model)
+                .with_context(|| format!("op {op}: verify"))?,
+        }
+        if reload_every > 0 && op % reload_every == reload_every - 1 {
+            rig.remove_all()?;
+            rig = Rig::load_origin(devices)?;
+            *counts.entry("reload").or_default() += 1;
+        }
+    }
+    rig.verify_all(&model).context("final verify")?;
+    println!(
+        "workload: {ops} operations {counts:?}, {} snapshots left, all devices equal the model",
+        model.snapshots.len()
+    );
+    if let Some(path) = save_model {
+        model.save(path)?;
+    }
+    rig.remove_all()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Run {
+            devices,
+            ops,
+            seed,
+            max_snapshots,
+            hot_blocks,
+            save_model,
+            reload_every,
+        } => run(
+            &devices,
+            ops,
+            seed,
+            max_snapshots,
+            hot_blocks,
+            save_model.as_deref(),
+            reload_every,
+        ),
+        Cmd::Verify { devices, model } => {
+            ensure!(Path::new(&model).exists(), "{model} does not exist");
+            let model = Model::load(&model)?;
+            let mut rig = Rig::load_origin(&devices)?;
+            rig.verify_all(&model)?;
+            println!(
+                "verify: origin and {} snapshots equal the saved model",
+                model.snapshots.len()
+            );
+            rig.remove_all()
+        }
+    }
+}
