@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Entry points.  The kernel itself is built by scripts/build-kernel.sh in a
+# cache directory outside this repository (see README.md).
+
+OUT ?= $(CURDIR)/out
+export S_SNAP_OUT := $(OUT)
+
+.PHONY: demo check setup kernel initramfs clean
+
+## demo: install, build, boot a VM and replay the posting's dmsetup session
+demo: initramfs
+	python3 tools/testing/s-snap/vmtest.py --show --out $(OUT) \
+		--kernel "$$(bash -c '. scripts/env.sh; echo $$BZIMAGE')" \
+		--initrd $(OUT)/initramfs.cpio.gz demo-transcript
+
+## check: run every test (cargo and VM); ends with "N passed, N failed"
+check:
+	tools/testing/s-snap/run_tests.sh
+
+setup:
+	scripts/setup.sh
+
+kernel: setup
+	scripts/build-kernel.sh >/dev/null
+
+initramfs: kernel
+	scripts/build-guest-tools.sh
+	scripts/mkinitramfs.sh $(OUT)/initramfs.cpio.gz
+
+clean:
+	rm -rf $(OUT)

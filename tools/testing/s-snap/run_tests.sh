@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Run every test: the userspace cargo tests, the VM tests and the harness's
+# own self-tests, after making sure that everything is installed and built.
+# Ends with one line "N passed, N failed" covering all of them; exits non-zero
+# if anything failed.  Arguments are passed to vmtest.py (e.g. test names).
+set -uo pipefail
+
+REPO=$(cd "$(dirname "$0")/../../.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$REPO/scripts/env.sh"
+mkdir -p "$OUT"
+passed=0
+failed=0
+
+summary() {
+	echo
+	echo "$passed passed, $failed failed"
+	[ "$failed" -eq 0 ]
+	exit
+}
+
+step() {
+	echo "=== $*"
+}
+
+step "setup"
+"$REPO/scripts/setup.sh" || { failed=$((failed + 1)); summary; }
+step "kernel build"
+"$REPO/scripts/build-kernel.sh" >/dev/null || { failed=$((failed + 1)); summary; }
+
+# Userspace: cargo's own per-binary "test result:" lines are summed.
+if [ -f "$REPO/tools/s-snap/Cargo.toml" ]; then
+	step "userspace tests (cargo test --release in tools/s-snap)"
+	log="$OUT/cargo-test.log"
+	(cd "$REPO/tools/s-snap" && cargo test --release --workspace 2>&1) | tee "$log"
+	cargo_rc=${PIPESTATUS[0]}
+	read -r p f < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log" |
+		awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+	passed=$((passed + p))
+	failed=$((failed + f))
+	# A build failure or a crashed test binary prints no failed count.
+	if [ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		echo "cargo test failed (exit $cargo_rc) without a failed test count"
+		failed=$((failed + 1))
+	fi
+fi
+
+step "guest tools and initramfs"
+"$REPO/scripts/build-guest-tools.sh" || { failed=$((failed + 1)); summary; }
+"$REPO/scripts/mkinitramfs.sh" "$OUT/initramfs.cpio.gz" || { failed=$((failed + 1)); summary; }
+
+vmtest() {
+	python3 "$REPO/tools/testing/s-snap/vmtest.py" --kernel "$BZIMAGE" \
+		--initrd "$OUT/initramfs.cpio.gz" --out "$OUT" "$@"
+}
+
+step "VM tests"
+vmlog="$OUT/vmtest.log"
+vmtest "$@" | tee "$vmlog"
+p=$(grep -c '^vmtest: PASS ' "$vmlog")
+f=$(grep -c '^vmtest: FAIL ' "$vmlog")
+passed=$((passed + p))
+failed=$((failed + f))
+
+# The harness must fail a run whose guest test fails, and one whose guest
+# kernel warns.  Only when no test names were given (a full run).
+if [ $# -eq 0 ]; then
+	step "harness self-tests"
+	for t in selftest-fail:"test exited with 3" selftest-warning:"kernel: .*WARNING"; do
+		name=${t%%:*}
+		reason=${t#*:}
+		out=$(vmtest --log-dir "$OUT/selftest-logs" "$name" 2>&1)
+		rc=$?
+		if [ $rc -ne 0 ] && echo "$out" | grep -q "^vmtest: FAIL $name .*$reason"; then
+			echo "harness: PASS $name makes the run fail ($reason)"
+			passed=$((passed + 1))
+		else
+			echo "harness: FAIL $name did not make the run fail as expected (exit $rc):"
+			echo "$out"
+			failed=$((failed + 1))
+		fi
+	done
+fi
+
+summary
