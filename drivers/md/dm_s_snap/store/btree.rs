@@ -1,0 +1,720 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Copy-on-write B+tree with u128 keys and u128 values.
+//!
+//! * Leaves hold (key, value) pairs; internal nodes hold (key, child) pairs
+//!   where the key is exactly the smallest key of the child's subtree.
+//! * All leaves are at the same depth; non-root nodes hold at least
+//!   `max / 2` entries; an internal root holds at least two.
+//! * Insert splits full nodes on the way down, remove refills minimal nodes
+//!   on the way down (borrow from or merge with a sibling), so every change
+//!   is a single descent. Nodes written by an earlier transaction are
+//!   shadowed (copied to a new chunk, the old one freed after commit).
+//! * Depth is bounded by [`MAX_DEPTH`]; every loop is bounded by it.
+//! * At most three node handles are held at once, always for distinct block
+//!   numbers (checked, so corrupt pointers cannot alias handles).
+//!
+//! u128 values are only compared, shifted and masked (no u128 division,
+//! which the kernel does not provide).
+
+use super::error::{Error, Result};
+use super::format::*;
+use super::io::{BlockHandle, BlockIo};
+use super::txn::{Store, H};
+
+/// Where a leaf scan ended.
+pub(crate) enum ScanEnd {
+    /// The callback asked to stop.
+    Stopped,
+    /// The leaf ended; the next leaf starts with this key.
+    Next(u128),
+    /// No more entries.
+    End,
+}
+
+fn corrupt(what: &'static str, block: u64) -> Error {
+    Error::Corrupt { what, block }
+}
+
+impl<I: BlockIo> Store<I> {
+    /// Reads and validates a node of `tree` at `level`; returns the handle
+    /// and the number of entries.
+    pub(crate) fn read_node(&self, nr: u64, tree: usize, level: u8) -> Result<(H<'_, I>, usize)> {
+        if !self.g.in_data_area(nr) {
+            return Err(corrupt("btree: pointer outside the data area", nr));
+        }
+        let h = self.read_valid(nr, NODE_MAGIC)?;
+        if rd8(&h, NODE_TREE)? as usize != tree + 1 {
+            return Err(corrupt("btree node: belongs to another tree", nr));
+        }
+        if rd8(&h, NODE_LEVEL)? != level {
+            return Err(corrupt("btree node: wrong level", nr));
+        }
+        let n = rd16(&h, NODE_NR)? as usize;
+        if n > self.g.max_entries(level) {
+            return Err(corrupt("btree node: too many entries", nr));
+        }
+        if level > 0 && n == 0 {
+            return Err(corrupt("btree node: empty internal node", nr));
+        }
+        Ok((h, n))
+    }
+
+    /// Reads a node that this transaction has already shadowed.
+    fn write_node(&self, nr: u64, tree: usize, level: u8) -> Result<(H<'_, I>, usize)> {
+        let (h, n) = self.read_node(nr, tree, level)?;
+        if rd64(&h, OFF_TXID)? != self.cur {
+            return Err(Error::Internal("btree: modifying an unshadowed node"));
+        }
+        Ok((h, n))
+    }
+
+    pub(crate) fn key(&self, b: &[u8], i: usize) -> Result<u128> {
+        rd128(b, self.g.key_off(i))
+    }
+
+    pub(crate) fn leaf_val(&self, b: &[u8], i: usize) -> Result<u128> {
+        rd128(b, self.g.leaf_val_off(i))
+    }
+
+    pub(crate) fn child(&self, b: &[u8], i: usize) -> Result<u64> {
+        rd64(b, self.g.child_off(i))
+    }
+
+    /// Index of the last key <= k, None if k < key 0 (or no keys).
+    pub(crate) fn search_le(&self, b: &[u8], n: usize, k: u128) -> Result<Option<usize>> {
+        // Invariant: keys[..lo] <= k, keys[hi..] > k (if sorted).
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key(b, mid)? <= k {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo.checked_sub(1))
+    }
+
+    /// Index of the first key >= k (n if none).
+    pub(crate) fn search_ge(&self, b: &[u8], n: usize, k: u128) -> Result<usize> {
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key(b, mid)? < k {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    fn root(&self, tree: usize) -> Result<Root> {
+        self.sb
+            .roots
+            .get(tree)
+            .copied()
+            .ok_or(Error::Internal("bad tree id"))
+    }
+
+    /// Looks up `k`; returns the value and the txid of its leaf.
+    pub(crate) fn lookup_tx(&self, tree: usize, k: u128) -> Result<Option<(u128, u64)>> {
+        let root = self.root(tree)?;
+        let mut nr = root.block;
+        let mut level = root.depth.wrapping_sub(1);
+        for _ in 0..MAX_DEPTH {
+            let (h, n) = self.read_node(nr, tree, level)?;
+            if level == 0 {
+                let i = self.search_ge(&h, n, k)?;
+                if i < n && self.key(&h, i)? == k {
+                    return Ok(Some((self.leaf_val(&h, i)?, rd64(&h, OFF_TXID)?)));
+                }
+                return Ok(None);
+            }
+            let idx = self.search_le(&h, n, k)?.unwrap_or(0);
+            nr = self.child(&h, idx)?;
+            level -= 1;
+        }
+        Err(corrupt("btree: deeper than the maximum", root.block))
+    }
+
+    /// Looks up `k`.
+    pub(crate) fn lookup(&self, tree: usize, k: u128) -> Result<Option<u128>> {
+        Ok(self.lookup_tx(tree, k)?.map(|(v, _)| v))
+    }
+
+    /// Largest entry with key <= k, with the txid of its leaf.
+    pub(crate) fn floor_tx(&self, tree: usize, k: u128) -> Result<Option<(u128, u128, u64)>> {
+        let root = self.root(tree)?;
+        let mut nr = root.block;
+        let mut level = root.depth.wrapping_sub(1);
+        for _ in 0..MAX_DEPTH {
+            let (h, n) = self.read_node(nr, tree, level)?;
+            let idx = match self.search_le(&h, n, k)? {
+                Some(i) => i,
+                None => return Ok(None),
+            };
+            if level == 0 {
+                let key = self.key(&h, idx)?;
+                return Ok(Some((key, self.leaf_val(&h, idx)?, rd64(&h, OFF_TXID)?)));
+            }
+            nr = self.child(&h, idx)?;
+            level -= 1;
+        }
+        Err(corrupt("btree: deeper than the maximum", root.block))
+    }
+
+    /// Smallest entry with key >= k.
+    pub(crate) fn ceil(&self, tree: usize, k: u128) -> Result<Option<(u128, u128)>> {
+        let mut found = None;
+        let end = self.scan_leaf(tree, k, |key, v| {
+            found = Some((key, v));
+            Ok(false)
+        })?;
+        match end {
+            ScanEnd::Stopped => {
+                let r = found.ok_or(Error::Internal("scan result"))?;
+                if r.0 < k {
+                    return Err(corrupt("btree: keys out of order", 0));
+                }
+                Ok(Some(r))
+            }
+            ScanEnd::Next(next) => {
+                if next <= k {
+                    return Err(corrupt("btree: separators out of order", 0));
+                }
+                let v = self
+                    .lookup(tree, next)?
+                    .ok_or(corrupt("btree: separator is not a key", 0))?;
+                Ok(Some((next, v)))
+            }
+            ScanEnd::End => Ok(None),
+        }
+    }
+
+    /// Visits the entries with key >= `from` in the leaf that would hold
+    /// `from`, calling `f(key, value)` until it returns `false`.
+    pub(crate) fn scan_leaf<F>(&self, tree: usize, from: u128, mut f: F) -> Result<ScanEnd>
+    where
+        F: FnMut(u128, u128) -> Result<bool>,
+    {
+        let root = self.root(tree)?;
+        let mut nr = root.block;
+        let mut level = root.depth.wrapping_sub(1);
+        let mut next: Option<u128> = None;
+        for _ in 0..MAX_DEPTH {
+            let (h, n) = self.read_node(nr, tree, level)?;
+            if level == 0 {
+                let mut i = self.search_ge(&h, n, from)?;
+                while i < n {
+                    let k = self.key(&h, i)?;
+                    if !f(k, self.leaf_val(&h, i)?)? {
+                        return Ok(ScanEnd::Stopped);
+                    }
+                    i += 1;
+                }
+                return Ok(match next {
+                    Some(k) => ScanEnd::Next(k),
+                    None => ScanEnd::End,
+                });
+            }
+            let idx = self.search_le(&h, n, from)?.unwrap_or(0);
+            if idx + 1 < n {
+                next = Some(self.key(&h, idx + 1)?);
+            }
+            nr = self.child(&h, idx)?;
+            level -= 1;
+        }
+        Err(corrupt("btree: deeper than the maximum", root.block))
+    }
+
+    /// Returns a writable version of node `nr`, copying it if an earlier
+    /// transaction wrote it.
+    fn shadow(&mut self, nr: u64, tree: usize, level: u8) -> Result<u64> {
+        let txid = {
+            let (h, _) = self.read_node(nr, tree, level)?;
+            rd64(&h, OFF_TXID)?
+        };
+        if txid == self.cur {
+            return Ok(nr);
+        }
+        let new = self.alloc_meta()?;
+        if new == nr {
+            return Err(corrupt("space map: live node marked free", nr));
+        }
+        {
+            let (old, _) = self.read_node(nr, tree, level)?;
+            let mut h = self.io.new_block(new)?;
+            if h.len() != self.g.block_size {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            h.copy_from_slice(&old);
+            drop(old);
+            wr64(&mut h, OFF_BLOCKNR, new)?;
+            wr64(&mut h, OFF_TXID, self.cur)?;
+            seal(&self.io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+        }
+        self.free_meta(nr, txid)?;
+        Ok(new)
+    }
+
+    /// Allocates and initializes a node holding the single entry (k0, v0).
+    fn new_node(&mut self, tree: usize, level: u8, k0: u128, v0: u128) -> Result<u64> {
+        let nr = self.alloc_meta()?;
+        let mut h = self.io.new_block(nr)?;
+        if h.len() != self.g.block_size {
+            return Err(Error::Io("block handle of wrong size"));
+        }
+        h.fill(0);
+        wr32(&mut h, OFF_MAGIC, NODE_MAGIC)?;
+        wr64(&mut h, OFF_BLOCKNR, nr)?;
+        wr64(&mut h, OFF_TXID, self.cur)?;
+        wr8(&mut h, NODE_TREE, tree as u8 + 1)?;
+        wr8(&mut h, NODE_LEVEL, level)?;
+        self.node_insert(&mut h, level, 0, 0, k0, v0)?;
+        self.finish(&mut h)?;
+        Ok(nr)
+    }
+
+    fn set_nr(b: &mut [u8], n: usize) -> Result<()> {
+        wr16(
+            b,
+            NODE_NR,
+            u16::try_from(n).map_err(|_| Error::Internal("entry count"))?,
+        )
+    }
+
+    fn finish(&self, h: &mut H<'_, I>) -> Result<()> {
+        seal(&self.io, h)?;
+        h.set_verified();
+        h.mark_dirty();
+        Ok(())
+    }
+
+    /// Inserts entry (k, v) at position `pos` of a node holding `n` entries.
+    fn node_insert(
+        &self,
+        b: &mut [u8],
+        level: u8,
+        n: usize,
+        pos: usize,
+        k: u128,
+        v: u128,
+    ) -> Result<()> {
+        if n >= self.g.max_entries(level) || pos > n {
+            return Err(Error::Internal("btree: insert into full node"));
+        }
+        let (vo, vs) = self.g.val_off(level, pos);
+        move_bytes(
+            b,
+            self.g.key_off(pos),
+            16 * (n - pos),
+            self.g.key_off(pos + 1),
+        )?;
+        move_bytes(b, vo, vs * (n - pos), vo + vs)?;
+        wr128(b, self.g.key_off(pos), k)?;
+        if level == 0 {
+            wr128(b, vo, v)?;
+        } else {
+            wr64(b, vo, v as u64)?;
+        }
+        Self::set_nr(b, n + 1)
+    }
+
+    /// Removes entry `pos` of a node holding `n` entries.
+    fn node_remove(&self, b: &mut [u8], level: u8, n: usize, pos: usize) -> Result<()> {
+        if pos >= n {
+            return Err(Error::Internal("btree: remove past end"));
+        }
+        let (vo, vs) = self.g.val_off(level, pos);
+        move_bytes(
+            b,
+            self.g.key_off(pos + 1),
+            16 * (n - pos - 1),
+            self.g.key_off(pos),
+        )?;
+        move_bytes(b, vo + vs, vs * (n - pos - 1), vo)?;
+        let (lo, _) = self.g.val_off(level, n - 1);
+        zero_bytes(b, self.g.key_off(n - 1), 16)?;
+        zero_bytes(b, lo, vs)?;
+        Self::set_nr(b, n - 1)
+    }
+
+    /// Value of entry `i` (child pointer widened for internal nodes).
+    fn entry_val(&self, b: &[u8], level: u8, i: usize) -> Result<u128> {
+        if level == 0 {
+            self.leaf_val(b, i)
+        } else {
+            Ok(self.child(b, i)? as u128)
+        }
+    }
+
+    /// Copies `cnt` entries from `src[sp..]` to `dst[dp..]` (same level).
+    fn copy_entries(
+        &self,
+        dst: &mut [u8],
+        dp: usize,
+        src: &[u8],
+        sp: usize,
+        cnt: usize,
+        level: u8,
+    ) -> Result<()> {
+        copy_bytes(dst, self.g.key_off(dp), src, self.g.key_off(sp), 16 * cnt)?;
+        let (dvo, vs) = self.g.val_off(level, dp);
+        let (svo, _) = self.g.val_off(level, sp);
+        copy_bytes(dst, dvo, src, svo, vs * cnt)
+    }
+
+    /// Zeroes entries `from..to` (unused slots stay zero).
+    fn zero_entries(&self, b: &mut [u8], from: usize, to: usize, level: u8) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        zero_bytes(b, self.g.key_off(from), 16 * (to - from))?;
+        let (vo, vs) = self.g.val_off(level, from);
+        zero_bytes(b, vo, vs * (to - from))
+    }
+
+    /// Splits full child `child` (entry `pidx` of `parent`); returns the new
+    /// right sibling and its first key.
+    fn split(
+        &mut self,
+        tree: usize,
+        parent: u64,
+        pidx: usize,
+        child: u64,
+        level: u8,
+    ) -> Result<(u64, u128)> {
+        let (keep, sep, v0) = {
+            let (c, n) = self.write_node(child, tree, level)?;
+            if n < 2 {
+                return Err(Error::Internal("btree: splitting a tiny node"));
+            }
+            let keep = n - n / 2;
+            (keep, self.key(&c, keep)?, self.entry_val(&c, level, keep)?)
+        };
+        let sib = self.new_node(tree, level, sep, v0)?;
+        if sib == child || sib == parent {
+            return Err(corrupt("space map: live node marked free", sib));
+        }
+        {
+            let (mut c, n) = self.write_node(child, tree, level)?;
+            let (mut s, _) = self.write_node(sib, tree, level)?;
+            let moved = n - keep;
+            self.copy_entries(&mut s, 0, &c, keep, moved, level)?;
+            Self::set_nr(&mut s, moved)?;
+            self.zero_entries(&mut c, keep, n, level)?;
+            Self::set_nr(&mut c, keep)?;
+            self.finish(&mut c)?;
+            self.finish(&mut s)?;
+        }
+        let (mut p, pn) = self.write_node(parent, tree, level + 1)?;
+        self.node_insert(&mut p, level + 1, pn, pidx + 1, sep, sib as u128)?;
+        self.finish(&mut p)?;
+        Ok((sib, sep))
+    }
+
+    /// Shadows the root and returns it.
+    fn shadow_root(&mut self, tree: usize) -> Result<Root> {
+        let root = self.root(tree)?;
+        if root.depth == 0 || root.depth as usize > MAX_DEPTH {
+            return Err(corrupt("btree: depth out of range", root.block));
+        }
+        let nb = self.shadow(root.block, tree, root.depth - 1)?;
+        let r = Root {
+            block: nb,
+            depth: root.depth,
+        };
+        if let Some(x) = self.sb.roots.get_mut(tree) {
+            *x = r;
+        }
+        Ok(r)
+    }
+
+    /// Updates child pointer `idx` of `parent` if the child moved.
+    fn repoint(
+        &mut self,
+        tree: usize,
+        parent: u64,
+        level: u8,
+        idx: usize,
+        old: u64,
+        new: u64,
+    ) -> Result<()> {
+        if old == new {
+            return Ok(());
+        }
+        if new == parent {
+            return Err(corrupt("btree: node is its own child", parent));
+        }
+        let (mut p, _) = self.write_node(parent, tree, level)?;
+        wr64(&mut p, self.g.child_off(idx), new)?;
+        self.finish(&mut p)
+    }
+
+    /// Inserts or replaces; returns the old value.
+    pub(crate) fn insert(&mut self, tree: usize, k: u128, v: u128) -> Result<Option<u128>> {
+        self.ensure(self.op_need(tree))?;
+        self.dirty = true;
+        let mut root = self.shadow_root(tree)?;
+        let rn = {
+            let (_, n) = self.read_node(root.block, tree, root.depth - 1)?;
+            n
+        };
+        if rn >= self.g.max_entries(root.depth - 1) {
+            if root.depth as usize >= MAX_DEPTH {
+                return Err(Error::Limit("btree depth"));
+            }
+            let k0 = {
+                let (h, _) = self.read_node(root.block, tree, root.depth - 1)?;
+                self.key(&h, 0)?
+            };
+            let nr = self.new_node(tree, root.depth, k0, root.block as u128)?;
+            if nr == root.block {
+                return Err(corrupt("space map: live node marked free", nr));
+            }
+            let old = root.block;
+            root = Root {
+                block: nr,
+                depth: root.depth + 1,
+            };
+            if let Some(x) = self.sb.roots.get_mut(tree) {
+                *x = root;
+            }
+            self.split(tree, nr, 0, old, root.depth - 2)?;
+        }
+        let mut cur = root.block;
+        let mut level = root.depth - 1;
+        for _ in 0..MAX_DEPTH {
+            if level == 0 {
+                let (mut h, n) = self.write_node(cur, tree, 0)?;
+                let i = self.search_ge(&h, n, k)?;
+                if i < n && self.key(&h, i)? == k {
+                    let old = self.leaf_val(&h, i)?;
+                    wr128(&mut h, self.g.leaf_val_off(i), v)?;
+                    self.finish(&mut h)?;
+                    return Ok(Some(old));
+                }
+                self.node_insert(&mut h, 0, n, i, k, v)?;
+                self.finish(&mut h)?;
+                return Ok(None);
+            }
+            let (idx, child) = {
+                let (mut h, n) = self.write_node(cur, tree, level)?;
+                let idx = self.search_le(&h, n, k)?;
+                let idx = match idx {
+                    Some(i) => i,
+                    None => {
+                        // k becomes the smallest key of this subtree.
+                        wr128(&mut h, self.g.key_off(0), k)?;
+                        self.finish(&mut h)?;
+                        0
+                    }
+                };
+                (idx, self.child(&h, idx)?)
+            };
+            if child == cur {
+                return Err(corrupt("btree: node is its own child", cur));
+            }
+            let c2 = self.shadow(child, tree, level - 1)?;
+            self.repoint(tree, cur, level, idx, child, c2)?;
+            let cn = {
+                let (_, n) = self.read_node(c2, tree, level - 1)?;
+                n
+            };
+            let next = if cn >= self.g.max_entries(level - 1) {
+                let (sib, sep) = self.split(tree, cur, idx, c2, level - 1)?;
+                if k >= sep {
+                    sib
+                } else {
+                    c2
+                }
+            } else {
+                c2
+            };
+            cur = next;
+            level -= 1;
+        }
+        Err(corrupt("btree: deeper than the maximum", cur))
+    }
+
+    /// Removes `k`; returns its value.
+    pub(crate) fn remove(&mut self, tree: usize, k: u128) -> Result<Option<u128>> {
+        if self.lookup(tree, k)?.is_none() {
+            return Ok(None);
+        }
+        self.ensure(self.op_need(tree))?;
+        self.dirty = true;
+        let root = self.shadow_root(tree)?;
+        let mut path = [(0u64, 0usize, 0u8); MAX_DEPTH];
+        let mut plen = 0usize;
+        let mut cur = root.block;
+        let mut level = root.depth - 1;
+        for _ in 0..=MAX_DEPTH {
+            if level == 0 {
+                let (old, newmin) = {
+                    let (mut h, n) = self.write_node(cur, tree, 0)?;
+                    let i = self.search_ge(&h, n, k)?;
+                    if i >= n || self.key(&h, i)? != k {
+                        return Err(corrupt("btree: key vanished during remove", cur));
+                    }
+                    let old = self.leaf_val(&h, i)?;
+                    self.node_remove(&mut h, 0, n, i)?;
+                    let newmin = if i == 0 && n > 1 {
+                        Some(self.key(&h, 0)?)
+                    } else {
+                        None
+                    };
+                    self.finish(&mut h)?;
+                    (old, newmin)
+                };
+                if let Some(m) = newmin {
+                    for &(pb, pidx, plev) in path.iter().take(plen) {
+                        let (mut p, _) = self.write_node(pb, tree, plev)?;
+                        if self.key(&p, pidx)? == k {
+                            wr128(&mut p, self.g.key_off(pidx), m)?;
+                            self.finish(&mut p)?;
+                        }
+                    }
+                }
+                return Ok(Some(old));
+            }
+            let (idx, n, child) = {
+                let (h, n) = self.write_node(cur, tree, level)?;
+                let idx = self.search_le(&h, n, k)?.unwrap_or(0);
+                (idx, n, self.child(&h, idx)?)
+            };
+            if child == cur {
+                return Err(corrupt("btree: node is its own child", cur));
+            }
+            let c2 = self.shadow(child, tree, level - 1)?;
+            self.repoint(tree, cur, level, idx, child, c2)?;
+            let cl = level - 1;
+            let cn = {
+                let (_, n) = self.read_node(c2, tree, cl)?;
+                n
+            };
+            if cn > self.g.min_entries(cl) {
+                if plen >= MAX_DEPTH {
+                    return Err(corrupt("btree: deeper than the maximum", cur));
+                }
+                path[plen] = (cur, idx, level);
+                plen += 1;
+                cur = c2;
+                level = cl;
+                continue;
+            }
+            if n < 2 {
+                return Err(corrupt("btree: internal node with a single child", cur));
+            }
+            let child_is_left = idx + 1 < n;
+            let sidx = if child_is_left { idx + 1 } else { idx - 1 };
+            let sib = {
+                let (h, _) = self.write_node(cur, tree, level)?;
+                self.child(&h, sidx)?
+            };
+            if sib == cur || sib == c2 {
+                return Err(corrupt("btree: sibling pointer aliases a node", cur));
+            }
+            let sn = {
+                let (_, n) = self.read_node(sib, tree, cl)?;
+                n
+            };
+            let descend_idx;
+            let descend;
+            if sn > self.g.min_entries(cl) {
+                // Borrow one entry from the sibling.
+                let s2 = self.shadow(sib, tree, cl)?;
+                self.repoint(tree, cur, level, sidx, sib, s2)?;
+                if s2 == c2 || s2 == cur {
+                    return Err(corrupt("space map: live node marked free", s2));
+                }
+                let newsep;
+                {
+                    let (mut c, cn) = self.write_node(c2, tree, cl)?;
+                    let (mut s, sn) = self.write_node(s2, tree, cl)?;
+                    if child_is_left {
+                        let k0 = self.key(&s, 0)?;
+                        let v0 = self.entry_val(&s, cl, 0)?;
+                        self.node_insert(&mut c, cl, cn, cn, k0, v0)?;
+                        self.node_remove(&mut s, cl, sn, 0)?;
+                        newsep = self.key(&s, 0)?;
+                    } else {
+                        let kl = self.key(&s, sn - 1)?;
+                        let vl = self.entry_val(&s, cl, sn - 1)?;
+                        self.node_insert(&mut c, cl, cn, 0, kl, vl)?;
+                        self.node_remove(&mut s, cl, sn, sn - 1)?;
+                        newsep = kl;
+                    }
+                    self.finish(&mut c)?;
+                    self.finish(&mut s)?;
+                }
+                {
+                    let (mut p, _) = self.write_node(cur, tree, level)?;
+                    let at = if child_is_left { idx + 1 } else { idx };
+                    wr128(&mut p, self.g.key_off(at), newsep)?;
+                    self.finish(&mut p)?;
+                }
+                descend = c2;
+                descend_idx = idx;
+            } else {
+                // Merge the right node into the left one.
+                let (lidx, left, right) = if child_is_left {
+                    (idx, c2, sib)
+                } else {
+                    let l2 = self.shadow(sib, tree, cl)?;
+                    self.repoint(tree, cur, level, sidx, sib, l2)?;
+                    if l2 == c2 || l2 == cur {
+                        return Err(corrupt("space map: live node marked free", l2));
+                    }
+                    (sidx, l2, c2)
+                };
+                let rtx = {
+                    let (mut l, ln) = self.write_node(left, tree, cl)?;
+                    let (r, rn) = self.read_node(right, tree, cl)?;
+                    if ln + rn > self.g.max_entries(cl) {
+                        return Err(Error::Internal("btree: merge overflow"));
+                    }
+                    self.copy_entries(&mut l, ln, &r, 0, rn, cl)?;
+                    Self::set_nr(&mut l, ln + rn)?;
+                    self.finish(&mut l)?;
+                    rd64(&r, OFF_TXID)?
+                };
+                let pn = {
+                    let (mut p, pn) = self.write_node(cur, tree, level)?;
+                    self.node_remove(&mut p, level, pn, lidx + 1)?;
+                    self.finish(&mut p)?;
+                    pn - 1
+                };
+                self.free_meta(right, rtx)?;
+                if plen == 0 && pn == 1 {
+                    // Root collapse.
+                    let r = self.root(tree)?;
+                    if let Some(x) = self.sb.roots.get_mut(tree) {
+                        *x = Root {
+                            block: left,
+                            depth: r.depth - 1,
+                        };
+                    }
+                    self.free_meta(cur, self.cur)?;
+                    cur = left;
+                    level = cl;
+                    continue;
+                }
+                descend = left;
+                descend_idx = lidx;
+            }
+            if plen >= MAX_DEPTH {
+                return Err(corrupt("btree: deeper than the maximum", cur));
+            }
+            path[plen] = (cur, descend_idx, level);
+            plen += 1;
+            cur = descend;
+            level = cl;
+        }
+        Err(corrupt("btree: deeper than the maximum", cur))
+    }
+}

@@ -1,0 +1,440 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! On-disk format: constants, layout, byte access helpers and the
+//! superblock. See `Documentation/admin-guide/device-mapper/shared-snapshot.rst`.
+
+use super::error::{Error, Result};
+use super::io::BlockIo;
+
+/// Superblock magic ("SSsb" little-endian).
+pub(crate) const SB_MAGIC: u32 = u32::from_le_bytes(*b"SSsb");
+/// Bitmap block magic.
+pub(crate) const BM_MAGIC: u32 = u32::from_le_bytes(*b"SSbm");
+/// B+tree node magic.
+pub(crate) const NODE_MAGIC: u32 = u32::from_le_bytes(*b"SSbt");
+/// Magic of a metadata block released within its own transaction.
+pub(crate) const GARBAGE_MAGIC: u32 = u32::from_le_bytes(*b"SSgb");
+
+/// On-disk format version.
+pub(crate) const VERSION: u32 = 1;
+
+/// Common header: crc32c, magic, block number, txid.
+pub(crate) const OFF_CRC: usize = 0;
+pub(crate) const OFF_MAGIC: usize = 4;
+pub(crate) const OFF_BLOCKNR: usize = 8;
+pub(crate) const OFF_TXID: usize = 16;
+/// Size of the common header plus the type specific header words.
+pub(crate) const HDR_SIZE: usize = 32;
+
+/// Superblock fields.
+pub(crate) const SB_VERSION: usize = 24;
+pub(crate) const SB_CHUNK_SECTORS: usize = 28;
+pub(crate) const SB_SEQ: usize = 32;
+pub(crate) const SB_NR_CHUNKS: usize = 40;
+pub(crate) const SB_RESERVED_TXID: usize = 48;
+pub(crate) const SB_LAST_EPOCH: usize = 56;
+pub(crate) const SB_ALLOC_HINT: usize = 64;
+pub(crate) const SB_DATA_CHUNKS: usize = 72;
+pub(crate) const SB_META_CHUNKS: usize = 80;
+pub(crate) const SB_SHARED: usize = 88;
+pub(crate) const SB_PRIVATE: usize = 96;
+pub(crate) const SB_SNAPSHOTS: usize = 104;
+pub(crate) const SB_NR_BITMAPS: usize = 112;
+pub(crate) const SB_FLAGS: usize = 116;
+pub(crate) const SB_DELETING_EPOCH: usize = 120;
+pub(crate) const SB_ROOTS: usize = 128;
+/// Each root record: u64 block, u8 depth, 7 bytes zero.
+pub(crate) const SB_ROOT_SIZE: usize = 16;
+/// First byte of the bitmap slot selector bits.
+pub(crate) const SB_SELECTOR: usize = 256;
+
+/// Bitmap block: u32 index at 24, u32 zero at 28, bits from 32.
+pub(crate) const BM_INDEX: usize = 24;
+pub(crate) const BM_BITS: usize = HDR_SIZE;
+
+/// B+tree node: u8 tree at 24, u8 level at 25, u16 nr entries at 26,
+/// u32 zero at 28, keys from 32.
+pub(crate) const NODE_TREE: usize = 24;
+pub(crate) const NODE_LEVEL: usize = 25;
+pub(crate) const NODE_NR: usize = 26;
+pub(crate) const NODE_KEYS: usize = HDR_SIZE;
+
+/// Garbage block: u64 next at 24.
+pub(crate) const GB_NEXT: usize = 24;
+
+/// Maximum B+tree depth (levels, a root leaf is depth 1).
+pub(crate) const MAX_DEPTH: usize = 16;
+
+/// Tree ids (also stored in every node).
+pub(crate) const TREE_SHARED: usize = 0;
+pub(crate) const TREE_PRIVATE: usize = 1;
+pub(crate) const TREE_SNAPS: usize = 2;
+pub(crate) const NR_TREES: usize = 3;
+
+/// Smallest and largest chunk size in 512-byte sectors.
+pub(crate) const MIN_CHUNK_SECTORS: u32 = 8;
+pub(crate) const MAX_CHUNK_SECTORS: u32 = 1024;
+
+/// Free chunks a store needs beyond its fixed area and three root nodes.
+pub(crate) const MIN_FREE_CHUNKS: u64 = 16;
+
+/// Reads a little-endian u16.
+pub(crate) fn rd16(b: &[u8], off: usize) -> Result<u16> {
+    let end = off
+        .checked_add(2)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get(off..end)
+        .ok_or(Error::Internal("read past block end"))?;
+    let a: [u8; 2] = s.try_into().map_err(|_| Error::Internal("slice size"))?;
+    Ok(u16::from_le_bytes(a))
+}
+
+/// Reads a little-endian u32.
+pub(crate) fn rd32(b: &[u8], off: usize) -> Result<u32> {
+    let end = off
+        .checked_add(4)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get(off..end)
+        .ok_or(Error::Internal("read past block end"))?;
+    let a: [u8; 4] = s.try_into().map_err(|_| Error::Internal("slice size"))?;
+    Ok(u32::from_le_bytes(a))
+}
+
+/// Reads a little-endian u64.
+pub(crate) fn rd64(b: &[u8], off: usize) -> Result<u64> {
+    let end = off
+        .checked_add(8)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get(off..end)
+        .ok_or(Error::Internal("read past block end"))?;
+    let a: [u8; 8] = s.try_into().map_err(|_| Error::Internal("slice size"))?;
+    Ok(u64::from_le_bytes(a))
+}
+
+/// Reads a little-endian u128.
+pub(crate) fn rd128(b: &[u8], off: usize) -> Result<u128> {
+    let end = off
+        .checked_add(16)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get(off..end)
+        .ok_or(Error::Internal("read past block end"))?;
+    let a: [u8; 16] = s.try_into().map_err(|_| Error::Internal("slice size"))?;
+    Ok(u128::from_le_bytes(a))
+}
+
+/// Writes bytes at an offset.
+pub(crate) fn wr_bytes(b: &mut [u8], off: usize, v: &[u8]) -> Result<()> {
+    let end = off
+        .checked_add(v.len())
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get_mut(off..end)
+        .ok_or(Error::Internal("write past block end"))?;
+    s.copy_from_slice(v);
+    Ok(())
+}
+
+/// Writes a little-endian u16.
+pub(crate) fn wr16(b: &mut [u8], off: usize, v: u16) -> Result<()> {
+    wr_bytes(b, off, &v.to_le_bytes())
+}
+
+/// Writes a little-endian u32.
+pub(crate) fn wr32(b: &mut [u8], off: usize, v: u32) -> Result<()> {
+    wr_bytes(b, off, &v.to_le_bytes())
+}
+
+/// Writes a little-endian u64.
+pub(crate) fn wr64(b: &mut [u8], off: usize, v: u64) -> Result<()> {
+    wr_bytes(b, off, &v.to_le_bytes())
+}
+
+/// Writes a little-endian u128.
+pub(crate) fn wr128(b: &mut [u8], off: usize, v: u128) -> Result<()> {
+    wr_bytes(b, off, &v.to_le_bytes())
+}
+
+/// Reads one byte.
+pub(crate) fn rd8(b: &[u8], off: usize) -> Result<u8> {
+    b.get(off)
+        .copied()
+        .ok_or(Error::Internal("read past block end"))
+}
+
+/// Writes one byte.
+pub(crate) fn wr8(b: &mut [u8], off: usize, v: u8) -> Result<()> {
+    let p = b
+        .get_mut(off)
+        .ok_or(Error::Internal("write past block end"))?;
+    *p = v;
+    Ok(())
+}
+
+/// Moves `len` bytes inside a block from `src` to `dst` (overlap allowed).
+pub(crate) fn move_bytes(b: &mut [u8], src: usize, len: usize, dst: usize) -> Result<()> {
+    let se = src
+        .checked_add(len)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let de = dst
+        .checked_add(len)
+        .ok_or(Error::Internal("offset overflow"))?;
+    if se > b.len() || de > b.len() {
+        return Err(Error::Internal("move past block end"));
+    }
+    b.copy_within(src..se, dst);
+    Ok(())
+}
+
+/// Copies `len` bytes from `src[soff..]` to `dst[doff..]`.
+pub(crate) fn copy_bytes(
+    dst: &mut [u8],
+    doff: usize,
+    src: &[u8],
+    soff: usize,
+    len: usize,
+) -> Result<()> {
+    let se = soff
+        .checked_add(len)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = src
+        .get(soff..se)
+        .ok_or(Error::Internal("copy past block end"))?;
+    wr_bytes(dst, doff, s)
+}
+
+/// Fills `len` bytes at `off` with zero.
+pub(crate) fn zero_bytes(b: &mut [u8], off: usize, len: usize) -> Result<()> {
+    let end = off
+        .checked_add(len)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get_mut(off..end)
+        .ok_or(Error::Internal("zero past block end"))?;
+    s.fill(0);
+    Ok(())
+}
+
+/// Standard CRC-32C of a block, covering every byte but the crc field.
+pub(crate) fn block_crc<I: BlockIo>(io: &I, b: &[u8]) -> u32 {
+    let data = b.get(OFF_MAGIC..).unwrap_or(&[]);
+    !io.crc32c(!0, data)
+}
+
+/// Stores the checksum of a block.
+pub(crate) fn seal<I: BlockIo>(io: &I, b: &mut [u8]) -> Result<()> {
+    let c = block_crc(io, b);
+    wr32(b, OFF_CRC, c)
+}
+
+/// True if the stored checksum matches.
+pub(crate) fn crc_ok<I: BlockIo>(io: &I, b: &[u8]) -> bool {
+    match rd32(b, OFF_CRC) {
+        Ok(c) => c == block_crc(io, b),
+        Err(_) => false,
+    }
+}
+
+/// Geometry derived from the chunk size and the number of chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Block (= chunk) size in bytes.
+    pub(crate) block_size: usize,
+    /// Chunk size in 512-byte sectors.
+    pub(crate) chunk_sectors: u32,
+    /// Number of chunks managed by the store.
+    pub(crate) nr_chunks: u64,
+    /// Number of logical bitmap blocks.
+    pub(crate) nr_bitmaps: u64,
+    /// Chunks covered by one bitmap block.
+    pub(crate) bits_per_bitmap: u64,
+    /// First chunk after the fixed area (superblocks and bitmap slots).
+    pub(crate) fixed_end: u64,
+    /// Maximum entries of a leaf node.
+    pub(crate) leaf_max: usize,
+    /// Maximum entries of an internal node.
+    pub(crate) int_max: usize,
+}
+
+impl Geometry {
+    /// Checks a chunk size in sectors.
+    pub(crate) fn valid_chunk_sectors(cs: u32) -> bool {
+        cs.is_power_of_two() && (MIN_CHUNK_SECTORS..=MAX_CHUNK_SECTORS).contains(&cs)
+    }
+
+    /// Largest number of chunks a store with this chunk size can manage
+    /// (limited by the selector bits in the superblock).
+    pub(crate) fn max_chunks(chunk_sectors: u32) -> u64 {
+        let bs = (chunk_sectors as u64) * 512;
+        let sel_bits = (bs - SB_SELECTOR as u64) * 8;
+        let bpb = (bs - BM_BITS as u64) * 8;
+        sel_bits.saturating_mul(bpb)
+    }
+
+    /// Computes the geometry; `nr_chunks` is clamped to the maximum.
+    pub(crate) fn new(chunk_sectors: u32, nr_chunks: u64) -> Result<Geometry> {
+        if !Self::valid_chunk_sectors(chunk_sectors) {
+            return Err(Error::InvalidChunkSize);
+        }
+        let block_size = (chunk_sectors as usize) * 512;
+        let nr_chunks = nr_chunks.min(Self::max_chunks(chunk_sectors));
+        let bits_per_bitmap = ((block_size - BM_BITS) as u64) * 8;
+        let nr_bitmaps = nr_chunks.div_ceil(bits_per_bitmap);
+        let fixed_end = 2 + 2 * nr_bitmaps;
+        let leaf_max = (block_size - NODE_KEYS) / 32;
+        let int_max = (block_size - NODE_KEYS) / 24;
+        let need = fixed_end + 3 + MIN_FREE_CHUNKS;
+        if nr_chunks < need {
+            return Err(Error::DeviceTooSmall);
+        }
+        Ok(Geometry {
+            block_size,
+            chunk_sectors,
+            nr_chunks,
+            nr_bitmaps,
+            bits_per_bitmap,
+            fixed_end,
+            leaf_max,
+            int_max,
+        })
+    }
+
+    /// Maximum entries of a node at `level` (0 = leaf).
+    pub(crate) fn max_entries(&self, level: u8) -> usize {
+        if level == 0 {
+            self.leaf_max
+        } else {
+            self.int_max
+        }
+    }
+
+    /// Minimum entries of a non-root node at `level`.
+    pub(crate) fn min_entries(&self, level: u8) -> usize {
+        self.max_entries(level) / 2
+    }
+
+    /// Offset of key `i`.
+    pub(crate) fn key_off(&self, i: usize) -> usize {
+        NODE_KEYS + 16 * i
+    }
+
+    /// Offset of leaf value `i`.
+    pub(crate) fn leaf_val_off(&self, i: usize) -> usize {
+        NODE_KEYS + 16 * self.leaf_max + 16 * i
+    }
+
+    /// Offset of internal child pointer `i`.
+    pub(crate) fn child_off(&self, i: usize) -> usize {
+        NODE_KEYS + 16 * self.int_max + 8 * i
+    }
+
+    /// Offset of value `i` for a node at `level`, and the value size.
+    pub(crate) fn val_off(&self, level: u8, i: usize) -> (usize, usize) {
+        if level == 0 {
+            (self.leaf_val_off(i), 16)
+        } else {
+            (self.child_off(i), 8)
+        }
+    }
+
+    /// True if `nr` may be a btree node or a data chunk.
+    pub(crate) fn in_data_area(&self, nr: u64) -> bool {
+        nr >= self.fixed_end && nr < self.nr_chunks
+    }
+
+    /// Physical block of slot `s` of bitmap block `i`.
+    pub(crate) fn bitmap_slot(&self, i: u64, s: u8) -> u64 {
+        2 + 2 * i + (s as u64 & 1)
+    }
+}
+
+/// A btree root: block and depth (number of levels, 1 = root is a leaf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Root {
+    pub(crate) block: u64,
+    pub(crate) depth: u8,
+}
+
+/// The scalar superblock state (the selector bits stay in the blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SbState {
+    pub(crate) chunk_sectors: u32,
+    pub(crate) nr_chunks: u64,
+    pub(crate) nr_bitmaps: u32,
+    pub(crate) seq: u64,
+    pub(crate) committed_txid: u64,
+    pub(crate) reserved_txid: u64,
+    pub(crate) last_epoch: u64,
+    pub(crate) alloc_hint: u64,
+    pub(crate) data_chunks: u64,
+    pub(crate) meta_chunks: u64,
+    pub(crate) shared: u64,
+    pub(crate) private: u64,
+    pub(crate) snapshots: u64,
+    pub(crate) deleting_epoch: u64,
+    pub(crate) roots: [Root; NR_TREES],
+}
+
+impl SbState {
+    /// Decodes the scalar fields (no validation beyond reading).
+    pub(crate) fn decode(b: &[u8]) -> Result<SbState> {
+        let mut roots = [Root::default(); NR_TREES];
+        for (t, r) in roots.iter_mut().enumerate() {
+            let off = SB_ROOTS + t * SB_ROOT_SIZE;
+            r.block = rd64(b, off)?;
+            r.depth = rd8(b, off + 8)?;
+        }
+        Ok(SbState {
+            chunk_sectors: rd32(b, SB_CHUNK_SECTORS)?,
+            nr_chunks: rd64(b, SB_NR_CHUNKS)?,
+            nr_bitmaps: rd32(b, SB_NR_BITMAPS)?,
+            seq: rd64(b, SB_SEQ)?,
+            committed_txid: rd64(b, OFF_TXID)?,
+            reserved_txid: rd64(b, SB_RESERVED_TXID)?,
+            last_epoch: rd64(b, SB_LAST_EPOCH)?,
+            alloc_hint: rd64(b, SB_ALLOC_HINT)?,
+            data_chunks: rd64(b, SB_DATA_CHUNKS)?,
+            meta_chunks: rd64(b, SB_META_CHUNKS)?,
+            shared: rd64(b, SB_SHARED)?,
+            private: rd64(b, SB_PRIVATE)?,
+            snapshots: rd64(b, SB_SNAPSHOTS)?,
+            deleting_epoch: rd64(b, SB_DELETING_EPOCH)?,
+            roots,
+        })
+    }
+
+    /// Encodes the header and scalar fields into `b` (selector bits and the
+    /// checksum are left alone). `blocknr` is the slot's own number.
+    pub(crate) fn encode(&self, b: &mut [u8], blocknr: u64) -> Result<()> {
+        wr32(b, OFF_MAGIC, SB_MAGIC)?;
+        wr64(b, OFF_BLOCKNR, blocknr)?;
+        wr64(b, OFF_TXID, self.committed_txid)?;
+        wr32(b, SB_VERSION, VERSION)?;
+        wr32(b, SB_CHUNK_SECTORS, self.chunk_sectors)?;
+        wr64(b, SB_SEQ, self.seq)?;
+        wr64(b, SB_NR_CHUNKS, self.nr_chunks)?;
+        wr64(b, SB_RESERVED_TXID, self.reserved_txid)?;
+        wr64(b, SB_LAST_EPOCH, self.last_epoch)?;
+        wr64(b, SB_ALLOC_HINT, self.alloc_hint)?;
+        wr64(b, SB_DATA_CHUNKS, self.data_chunks)?;
+        wr64(b, SB_META_CHUNKS, self.meta_chunks)?;
+        wr64(b, SB_SHARED, self.shared)?;
+        wr64(b, SB_PRIVATE, self.private)?;
+        wr64(b, SB_SNAPSHOTS, self.snapshots)?;
+        wr32(b, SB_NR_BITMAPS, self.nr_bitmaps)?;
+        wr32(b, SB_FLAGS, 0)?;
+        wr64(b, SB_DELETING_EPOCH, self.deleting_epoch)?;
+        for (t, r) in self.roots.iter().enumerate() {
+            let off = SB_ROOTS + t * SB_ROOT_SIZE;
+            wr64(b, off, r.block)?;
+            wr8(b, off + 8, r.depth)?;
+            zero_bytes(b, off + 9, 7)?;
+        }
+        let end = SB_ROOTS + NR_TREES * SB_ROOT_SIZE;
+        zero_bytes(b, end, SB_SELECTOR - end)?;
+        Ok(())
+    }
+}

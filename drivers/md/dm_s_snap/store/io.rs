@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Block I/O abstraction of the exception store.
+//!
+//! It mirrors dm-bufio: [`BlockIo::read`] is `dm_bufio_read`,
+//! [`BlockIo::new_block`] is `dm_bufio_new`, [`BlockHandle::mark_dirty`] is
+//! `dm_bufio_mark_buffer_dirty`, dropping a handle is `dm_bufio_release`,
+//! [`BlockIo::write_dirty`] is `dm_bufio_write_dirty_buffers` and
+//! [`BlockIo::flush`] is `dm_bufio_issue_flush`.
+//!
+//! Semantics the store relies on (and nothing more):
+//!
+//! * A dirty block may be written to disk at any time, also while it is held
+//!   and before [`BlockIo::write_dirty`] is called (cache eviction,
+//!   write-back). The store recomputes a block's checksum before it releases
+//!   a handle it modified, and makes sure that uncommitted blocks on disk are
+//!   never taken for committed ones.
+//! * [`BlockIo::write_dirty`] returns after every block that was dirty when it
+//!   was called has been written (or returns an error).
+//! * [`BlockIo::flush`] returns after everything written before it is on
+//!   stable storage.
+//! * The store never holds two handles to the same block at the same time.
+
+use super::error::Error;
+use core::ops::{Deref, DerefMut};
+
+/// A held metadata block: its contents are the block's bytes.
+///
+/// The handle releases the block when dropped.
+pub trait BlockHandle: Deref<Target = [u8]> + DerefMut {
+    /// Marks the block dirty: it will be written by the next
+    /// [`BlockIo::write_dirty`] at the latest.
+    fn mark_dirty(&mut self);
+    /// True if the store validated these contents (checksum) since they were
+    /// last read from disk. A freshly read block must report `false`.
+    fn is_verified(&self) -> bool;
+    /// Records that the store validated (or itself produced) the contents.
+    /// The flag must be cleared whenever the block is re-read from disk.
+    fn set_verified(&mut self);
+}
+
+/// Cached block access to the COW device. One block is one chunk.
+pub trait BlockIo {
+    /// A held block.
+    type Block<'a>: BlockHandle
+    where
+        Self: 'a;
+
+    /// Block (= chunk) size in bytes.
+    fn block_size(&self) -> usize;
+    /// Size of the device in blocks.
+    fn nr_blocks(&self) -> u64;
+    /// Reads a block (from the cache if present).
+    fn read(&self, nr: u64) -> Result<Self::Block<'_>, Error>;
+    /// Gets a block without reading it: its contents are undefined and the
+    /// caller overwrites all of them.
+    fn new_block(&self, nr: u64) -> Result<Self::Block<'_>, Error>;
+    /// Writes all dirty blocks and waits for the writes.
+    fn write_dirty(&self) -> Result<(), Error>;
+    /// Issues a cache flush (REQ_PREFLUSH) to the device and waits for it.
+    fn flush(&self) -> Result<(), Error>;
+    /// Raw CRC-32C (Castagnoli) update without pre- or post-inversion, like
+    /// the kernel's `crc32c(seed, data, len)`. The store computes checksums
+    /// as `!crc32c(!0, data)`, which is the standard CRC-32C.
+    fn crc32c(&self, seed: u32, data: &[u8]) -> u32;
+}

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Exception store of the device-mapper shared-snapshot target.
+//!
+//! This source is compiled unchanged into the kernel module (as module
+//! `store` of the `dm_s_snap` crate) and into userspace tools and tests
+//! (crate `s-snap-store`). It uses neither `std` nor `alloc`, no `unsafe`
+//! and no external crate; all metadata memory comes from the block handles
+//! of a [`BlockIo`] implementation (dm-bufio in the kernel).
+//!
+//! Model: every snapshot has a user id and an epoch (creation order). A
+//! *shared exception* `(chunk, lo..=hi) -> cow` says that the origin data
+//! of `chunk` from before its overwrite is in `cow` for every snapshot with
+//! epoch in `lo..=hi`; a *private exception* `(epoch, chunk) -> cow` holds
+//! a writable snapshot's own data. Three copy-on-write B+trees (shared,
+//! private, snapshot table) and a ping-pong bitmap space map live on the COW
+//! device; a transaction becomes durable by writing one of two superblocks.
+//!
+//! The on-disk format, the crash consistency argument and the caller's
+//! ordering contract are documented in
+//! `Documentation/admin-guide/device-mapper/shared-snapshot.rst`.
+//!
+//! Caller contract in short:
+//!
+//! * The data of a [`CopyPlan`] / [`UnsharePlan`] must be written before the
+//!   plan is completed, and plans must be completed or aborted before
+//!   [`Store::commit`] (which returns [`Error::Busy`] otherwise).
+//! * An origin write for which [`Store::origin_write_prepare`] did not say
+//!   [`OriginWrite::Proceed`] must not be issued before a commit that
+//!   started after the plan was completed (or after the answer) has
+//!   finished.
+//! * REQ_PREFLUSH / REQ_FUA on the origin or a snapshot must trigger a
+//!   commit before the bio completes.
+//! * At most one plan per origin chunk (origin or snapshot write) may be
+//!   outstanding; the target serializes writes per chunk.
+//! * Chunks freed by an operation (exceptions of deleted snapshots, shared
+//!   exceptions no longer needed) may be reused after the next commit; the
+//!   target must not have I/O in flight to them across that commit.
+
+mod btree;
+mod check;
+mod error;
+mod format;
+mod io;
+mod ops;
+mod space_map;
+mod txn;
+
+pub use check::Problem;
+pub use error::{Error, Result};
+pub use io::{BlockHandle, BlockIo};
+pub use ops::{
+    CopyPlan, Location, OriginWrite, PrivateException, PrivateExceptions, SharedException,
+    SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots, StoreInfo, UnsharePlan, Usage,
+};
+pub use txn::{superblock_chunk_sectors, Store};
+
+/// Smallest chunk size in 512-byte sectors (4 KiB).
+pub const MIN_CHUNK_SECTORS: u32 = format::MIN_CHUNK_SECTORS;
+/// Largest chunk size in 512-byte sectors (512 KiB).
+pub const MAX_CHUNK_SECTORS: u32 = format::MAX_CHUNK_SECTORS;
+
+/// Largest number of chunks a store with this chunk size manages; larger
+/// devices use only this many.
+pub fn max_chunks(chunk_sectors: u32) -> u64 {
+    if format::Geometry::valid_chunk_sectors(chunk_sectors) {
+        format::Geometry::max_chunks(chunk_sectors)
+    } else {
+        0
+    }
+}
+
+/// Smallest device (in chunks) that can hold a store with this chunk size.
+pub fn min_chunks(chunk_sectors: u32) -> u64 {
+    if !format::Geometry::valid_chunk_sectors(chunk_sectors) {
+        return 0;
+    }
+    let bpb = ((chunk_sectors as u64) * 512 - format::BM_BITS as u64) * 8;
+    let mut n = 2 + 2 + 3 + format::MIN_FREE_CHUNKS;
+    // Grow until the bitmap blocks needed for n chunks fit.
+    for _ in 0..4 {
+        let nb = n.div_ceil(bpb);
+        n = 2 + 2 * nb + 3 + format::MIN_FREE_CHUNKS;
+    }
+    n
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Internal access for the wrapper crate's unit tests.
+    pub(crate) use super::format::{TREE_PRIVATE, TREE_SHARED, TREE_SNAPS};
+}

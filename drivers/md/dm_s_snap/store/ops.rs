@@ -1,0 +1,844 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Snapshot and exception operations.
+
+use super::btree::ScanEnd;
+use super::error::{Error, Result};
+use super::format::*;
+use super::io::BlockIo;
+use super::txn::Store;
+
+/// Flag in snapshot table values: the snapshot is being deleted.
+pub(crate) const DELETING: u128 = 1 << 64;
+/// Snapshot table key space of the id index.
+pub(crate) const ID_SPACE: u128 = 1 << 64;
+const LOW: u128 = u64::MAX as u128;
+
+pub(crate) fn shared_key(chunk: u64, hi: u64) -> u128 {
+    ((chunk as u128) << 64) | hi as u128
+}
+
+pub(crate) fn shared_val(lo: u64, cow: u64) -> u128 {
+    ((lo as u128) << 64) | cow as u128
+}
+
+pub(crate) fn private_key(epoch: u64, chunk: u64) -> u128 {
+    ((epoch as u128) << 64) | chunk as u128
+}
+
+pub(crate) fn hi64(x: u128) -> u64 {
+    (x >> 64) as u64
+}
+
+pub(crate) fn lo64(x: u128) -> u64 {
+    (x & LOW) as u64
+}
+
+/// A live snapshot: its user id and its epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRef {
+    id: u32,
+    epoch: u64,
+}
+
+impl SnapshotRef {
+    /// The user-chosen id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// The epoch (creation order, never reused).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// Where a snapshot's data of a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// On the origin device, same chunk.
+    Origin,
+    /// On the COW device, in this chunk.
+    Cow(u64),
+}
+
+/// A copy the caller must make before an origin write: copy origin chunk
+/// [`CopyPlan::chunk`] to COW chunk [`CopyPlan::cow`], then call
+/// [`Store::origin_write_complete`] (or [`Store::abort_origin_write`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct CopyPlan {
+    chunk: u64,
+    cow: u64,
+}
+
+impl CopyPlan {
+    /// Origin chunk to copy.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
+    /// COW chunk to copy it to.
+    pub fn cow(&self) -> u64 {
+        self.cow
+    }
+}
+
+/// What must happen before an origin write to a chunk may be issued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OriginWrite {
+    /// Every snapshot's data of the chunk is preserved by committed
+    /// metadata: the write may be issued now.
+    Proceed,
+    /// No copy is needed, but the preservation relies on metadata of the
+    /// running transaction: issue the write after the next commit.
+    AfterCommit,
+    /// Copy first, complete the plan, commit, then issue the write.
+    Copy(CopyPlan),
+}
+
+/// Plan for a snapshot write to a chunk the snapshot does not own yet.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnsharePlan {
+    snap: SnapshotRef,
+    chunk: u64,
+    from: Location,
+    to: u64,
+}
+
+impl UnsharePlan {
+    /// The snapshot written.
+    pub fn snapshot(&self) -> SnapshotRef {
+        self.snap
+    }
+    /// The chunk written.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
+    /// The snapshot's current data of the chunk, to be copied to
+    /// [`UnsharePlan::to`] unless the write covers the whole chunk.
+    pub fn from(&self) -> Location {
+        self.from
+    }
+    /// The new COW chunk of the snapshot.
+    pub fn to(&self) -> u64 {
+        self.to
+    }
+}
+
+/// How to perform a snapshot write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SnapWritePlan {
+    /// The snapshot owns this COW chunk: write it directly.
+    Direct(u64),
+    /// Copy (if partial), write, then [`Store::snapshot_write_complete`].
+    Unshare(UnsharePlan),
+}
+
+/// Space and object counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Chunks managed by the store.
+    pub total_chunks: u64,
+    /// Chunks holding copied data (including those of outstanding plans).
+    pub data_chunks: u64,
+    /// Chunks holding metadata (fixed area and btree nodes).
+    pub metadata_chunks: u64,
+    /// `total_chunks - data_chunks - metadata_chunks`.
+    pub free_chunks: u64,
+    /// Shared exceptions.
+    pub shared_exceptions: u64,
+    /// Private exceptions.
+    pub private_exceptions: u64,
+    /// Live snapshots.
+    pub snapshots: u64,
+}
+
+/// A shared exception: origin chunk `chunk` as it was before being
+/// overwritten is in COW chunk `cow` for the snapshots with epoch in
+/// `lo..=hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedException {
+    /// Origin chunk.
+    pub chunk: u64,
+    /// Lowest epoch.
+    pub lo: u64,
+    /// Highest epoch.
+    pub hi: u64,
+    /// COW chunk.
+    pub cow: u64,
+}
+
+/// A private exception: the snapshot with epoch `epoch` has its own data of
+/// chunk `chunk` in COW chunk `cow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateException {
+    /// Snapshot epoch.
+    pub epoch: u64,
+    /// Chunk.
+    pub chunk: u64,
+    /// COW chunk.
+    pub cow: u64,
+}
+
+/// Superblock facts, for tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// On-disk format version.
+    pub version: u32,
+    /// Chunk size in 512-byte sectors.
+    pub chunk_sectors: u32,
+    /// Chunks managed.
+    pub nr_chunks: u64,
+    /// Logical bitmap blocks.
+    pub nr_bitmaps: u64,
+    /// First chunk after the fixed area.
+    pub fixed_end: u64,
+    /// Superblock slot in use (0 or 1).
+    pub superblock_slot: u64,
+    /// Superblock sequence number.
+    pub seq: u64,
+    /// Last committed transaction.
+    pub committed_txid: u64,
+    /// Highest transaction id that may have been used.
+    pub reserved_txid: u64,
+    /// Last epoch handed out.
+    pub last_epoch: u64,
+    /// Next chunk the allocator tries.
+    pub alloc_hint: u64,
+    /// Epoch of a snapshot whose deletion is unfinished (0: none).
+    pub deleting_epoch: u64,
+    /// (root block, depth) of the shared, private and snapshot trees.
+    pub roots: [(u64, u8); 3],
+    /// Entries of a leaf / internal node at most.
+    pub node_capacity: (u64, u64),
+}
+
+/// Result of looking for a live snapshot that lacks a private exception.
+struct Lacking {
+    found: bool,
+    /// A private exception that made a snapshot not lack a copy is in a
+    /// leaf written by the running transaction.
+    uncommitted: bool,
+}
+
+/// Iterator over live snapshots in ascending id order.
+pub struct Snapshots<'a, I: BlockIo> {
+    store: &'a Store<I>,
+    next: Option<u128>,
+}
+
+impl<I: BlockIo> Iterator for Snapshots<'_, I> {
+    type Item = Result<SnapshotRef>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let from = self.next?;
+            match self.store.ceil(TREE_SNAPS, from) {
+                Err(e) => {
+                    self.next = None;
+                    return Some(Err(e));
+                }
+                Ok(None) => {
+                    self.next = None;
+                    return None;
+                }
+                Ok(Some((k, v))) => {
+                    if hi64(k) != 1 {
+                        self.next = None;
+                        return None;
+                    }
+                    self.next = k.checked_add(1);
+                    if v & DELETING != 0 {
+                        continue;
+                    }
+                    let id = match u32::try_from(lo64(k)) {
+                        Ok(id) => id,
+                        Err(_) => {
+                            self.next = None;
+                            return Some(Err(Error::Corrupt {
+                                what: "snapshot table: id out of range",
+                                block: 0,
+                            }));
+                        }
+                    };
+                    return Some(Ok(SnapshotRef { id, epoch: lo64(v) }));
+                }
+            }
+        }
+    }
+}
+
+/// Iterator over shared exceptions in (chunk, hi) order.
+pub struct SharedExceptions<'a, I: BlockIo> {
+    store: &'a Store<I>,
+    next: Option<u128>,
+}
+
+impl<I: BlockIo> Iterator for SharedExceptions<'_, I> {
+    type Item = Result<SharedException>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let from = self.next?;
+        match self.store.ceil(TREE_SHARED, from) {
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+            Ok(None) => {
+                self.next = None;
+                None
+            }
+            Ok(Some((k, v))) => {
+                self.next = k.checked_add(1);
+                Some(Ok(SharedException {
+                    chunk: hi64(k),
+                    hi: lo64(k),
+                    lo: hi64(v),
+                    cow: lo64(v),
+                }))
+            }
+        }
+    }
+}
+
+/// Iterator over private exceptions in (epoch, chunk) order.
+pub struct PrivateExceptions<'a, I: BlockIo> {
+    store: &'a Store<I>,
+    next: Option<u128>,
+}
+
+impl<I: BlockIo> Iterator for PrivateExceptions<'_, I> {
+    type Item = Result<PrivateException>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let from = self.next?;
+        match self.store.ceil(TREE_PRIVATE, from) {
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+            Ok(None) => {
+                self.next = None;
+                None
+            }
+            Ok(Some((k, v))) => {
+                self.next = k.checked_add(1);
+                Some(Ok(PrivateException {
+                    epoch: hi64(k),
+                    chunk: lo64(k),
+                    cow: lo64(v),
+                }))
+            }
+        }
+    }
+}
+
+impl<I: BlockIo> Store<I> {
+    /// The epoch of live snapshot `id`, if any.
+    pub fn snapshot_epoch(&self, id: u32) -> Result<Option<SnapshotRef>> {
+        match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
+            Some(v) if v & DELETING == 0 => Ok(Some(SnapshotRef { id, epoch: lo64(v) })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Live snapshots in ascending id order.
+    pub fn snapshots(&self) -> Snapshots<'_, I> {
+        Snapshots {
+            store: self,
+            next: Some(ID_SPACE),
+        }
+    }
+
+    /// Shared exceptions in (chunk, hi) order.
+    pub fn shared_exceptions(&self) -> SharedExceptions<'_, I> {
+        SharedExceptions {
+            store: self,
+            next: Some(0),
+        }
+    }
+
+    /// Private exceptions in (epoch, chunk) order.
+    pub fn private_exceptions(&self) -> PrivateExceptions<'_, I> {
+        PrivateExceptions {
+            store: self,
+            next: Some(0),
+        }
+    }
+
+    /// Space and object counts of the current state.
+    pub fn usage(&self) -> Usage {
+        let s = &self.sb;
+        Usage {
+            chunk_size: self.g.block_size as u64,
+            total_chunks: self.g.nr_chunks,
+            data_chunks: s.data_chunks,
+            metadata_chunks: s.meta_chunks,
+            free_chunks: self
+                .g
+                .nr_chunks
+                .saturating_sub(s.data_chunks)
+                .saturating_sub(s.meta_chunks),
+            shared_exceptions: s.shared,
+            private_exceptions: s.private,
+            snapshots: s.snapshots,
+        }
+    }
+
+    /// Superblock facts of the current state.
+    pub fn info(&self) -> StoreInfo {
+        let r = |t: usize| {
+            self.sb
+                .roots
+                .get(t)
+                .map(|r| (r.block, r.depth))
+                .unwrap_or((0, 0))
+        };
+        StoreInfo {
+            version: VERSION,
+            chunk_sectors: self.g.chunk_sectors,
+            nr_chunks: self.g.nr_chunks,
+            nr_bitmaps: self.g.nr_bitmaps,
+            fixed_end: self.g.fixed_end,
+            superblock_slot: self.sb_slot,
+            seq: self.sb.seq,
+            committed_txid: self.sb.committed_txid,
+            reserved_txid: self.sb.reserved_txid,
+            last_epoch: self.sb.last_epoch,
+            alloc_hint: self.sb.alloc_hint,
+            deleting_epoch: self.sb.deleting_epoch,
+            roots: [r(TREE_SHARED), r(TREE_PRIVATE), r(TREE_SNAPS)],
+            node_capacity: (self.g.leaf_max as u64, self.g.int_max as u64),
+        }
+    }
+
+    /// Is there a live snapshot with epoch in `lo..=hi` that has no private
+    /// exception for `chunk`? Stops at the first one.
+    fn first_lacking(&self, chunk: u64, lo: u64, hi: u64) -> Result<Lacking> {
+        let mut r = Lacking {
+            found: false,
+            uncommitted: false,
+        };
+        let mut from = lo;
+        // The table holds the live snapshots plus at most one being deleted.
+        let limit = self.sb.snapshots.saturating_add(2);
+        let mut n = 0u64;
+        while from <= hi {
+            n += 1;
+            if n > limit {
+                return Err(Error::Corrupt {
+                    what: "snapshot table longer than its counter",
+                    block: 0,
+                });
+            }
+            let (k, v) = match self.ceil(TREE_SNAPS, from as u128)? {
+                Some(x) => x,
+                None => break,
+            };
+            if k >= ID_SPACE || lo64(k) > hi {
+                break;
+            }
+            let e = lo64(k);
+            if v & DELETING == 0 {
+                match self.lookup_tx(TREE_PRIVATE, private_key(e, chunk))? {
+                    None => {
+                        r.found = true;
+                        return Ok(r);
+                    }
+                    Some((_, tx)) => {
+                        if tx == self.cur {
+                            r.uncommitted = true;
+                        }
+                    }
+                }
+            }
+            from = match e.checked_add(1) {
+                Some(x) => x,
+                None => break,
+            };
+        }
+        Ok(r)
+    }
+
+    /// Newest shared exception of `chunk`: (hi, its leaf's txid).
+    fn newest_shared(&self, chunk: u64) -> Result<Option<(u64, u64)>> {
+        match self.floor_tx(TREE_SHARED, shared_key(chunk, u64::MAX))? {
+            Some((k, _, tx)) if hi64(k) == chunk => Ok(Some((lo64(k), tx))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The shared exception of `chunk` covering `epoch`, as (key, value).
+    fn covering_shared(&self, chunk: u64, epoch: u64) -> Result<Option<(u128, u128)>> {
+        match self.ceil(TREE_SHARED, shared_key(chunk, epoch))? {
+            Some((k, v)) if hi64(k) == chunk && hi64(v) <= epoch => Ok(Some((k, v))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where snapshot `snap` has its data of `chunk`.
+    ///
+    /// `snap` must be a live snapshot (from [`Store::snapshot_epoch`]); for a
+    /// deleted one the answer is meaningless (but no error).
+    pub fn snapshot_lookup(&self, snap: SnapshotRef, chunk: u64) -> Result<Location> {
+        if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
+            return Ok(Location::Cow(lo64(v)));
+        }
+        match self.covering_shared(chunk, snap.epoch)? {
+            Some((_, v)) => Ok(Location::Cow(lo64(v))),
+            None => Ok(Location::Origin),
+        }
+    }
+
+    /// Creates snapshot `id` (it sees the origin as it is now).
+    pub fn create_snapshot(&mut self, id: u32) -> Result<SnapshotRef> {
+        self.writable()?;
+        let r = self.create_inner(id);
+        self.guard(r)
+    }
+
+    fn create_inner(&mut self, id: u32) -> Result<SnapshotRef> {
+        if self.lookup(TREE_SNAPS, ID_SPACE | id as u128)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let epoch = self
+            .sb
+            .last_epoch
+            .checked_add(1)
+            .ok_or(Error::Limit("epoch counter"))?;
+        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
+        self.insert(TREE_SNAPS, epoch as u128, id as u128)?;
+        self.insert(TREE_SNAPS, ID_SPACE | id as u128, epoch as u128)?;
+        self.sb.last_epoch = epoch;
+        self.sb.snapshots += 1;
+        Ok(SnapshotRef { id, epoch })
+    }
+
+    /// Deletes snapshot `id` and frees everything only it used.
+    ///
+    /// If metadata space runs out, the deletion commits what it has done and
+    /// goes on (when no plan is outstanding); otherwise it returns
+    /// [`Error::NoSpace`], the snapshot is gone for every purpose and the
+    /// rest of the reclaim resumes at the next commit or open.
+    pub fn delete_snapshot(&mut self, id: u32) -> Result<()> {
+        self.writable()?;
+        let r = self.delete_inner(id);
+        self.guard(r)
+    }
+
+    fn delete_inner(&mut self, id: u32) -> Result<()> {
+        if self.sb.deleting_epoch != 0 {
+            self.finish_pending_delete()?;
+        }
+        let v = match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
+            Some(v) if v & DELETING == 0 => v,
+            _ => return Err(Error::NotFound),
+        };
+        let e = lo64(v);
+        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
+        self.insert(TREE_SNAPS, ID_SPACE | id as u128, DELETING | e as u128)?;
+        self.insert(TREE_SNAPS, e as u128, DELETING | id as u128)?;
+        self.sb.deleting_epoch = e;
+        self.sb.snapshots = self.sb.snapshots.saturating_sub(1);
+        self.max_deleted_epoch = self.max_deleted_epoch.max(e);
+        self.reclaim_cursor = 0;
+        self.finish_pending_delete()
+    }
+
+    /// Runs the reclaim of the snapshot being deleted to its end,
+    /// committing in between if metadata space runs out.
+    pub(crate) fn finish_pending_delete(&mut self) -> Result<()> {
+        let mut progress = false;
+        loop {
+            match self.reclaim_step() {
+                Ok(true) => return Ok(()),
+                Ok(false) => progress = true,
+                Err(Error::NoSpace) => {
+                    if self.outstanding == 0 && progress {
+                        self.commit_inner()?;
+                        progress = false;
+                    } else {
+                        return Err(Error::NoSpace);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One step of reclaim; returns true when the deletion is finished.
+    fn reclaim_step(&mut self) -> Result<bool> {
+        let e = self.sb.deleting_epoch;
+        if e == 0 {
+            return Ok(true);
+        }
+        // 1. Private exceptions of the snapshot.
+        if let Some((k, v)) = self.ceil(TREE_PRIVATE, private_key(e, 0))? {
+            if hi64(k) == e {
+                self.ensure(self.op_need(TREE_PRIVATE))?;
+                self.remove(TREE_PRIVATE, k)?;
+                self.free_data(lo64(v))?;
+                self.sb.private = self.sb.private.saturating_sub(1);
+                return Ok(false);
+            }
+        }
+        // 2. Shared exceptions whose range contains e and that no live
+        //    snapshot needs any more.
+        let mut from = Some(self.reclaim_cursor);
+        while let Some(f) = from {
+            let mut hit = None;
+            let end = self.scan_leaf(TREE_SHARED, f, |k, v| {
+                if hi64(v) <= e && e <= lo64(k) {
+                    hit = Some((k, v));
+                    Ok(false)
+                } else {
+                    Ok(true)
+                }
+            })?;
+            match end {
+                ScanEnd::Stopped => {
+                    let (k, v) = hit.ok_or(Error::Internal("scan result"))?;
+                    if k < f {
+                        return Err(Error::Corrupt {
+                            what: "btree: keys out of order",
+                            block: 0,
+                        });
+                    }
+                    self.reclaim_cursor = k;
+                    if !self.first_lacking(hi64(k), hi64(v), lo64(k))?.found {
+                        self.ensure(self.op_need(TREE_SHARED))?;
+                        self.remove(TREE_SHARED, k)?;
+                        self.free_data(lo64(v))?;
+                        self.sb.shared = self.sb.shared.saturating_sub(1);
+                        self.reclaim_cursor = k.saturating_add(1);
+                        return Ok(false);
+                    }
+                    from = k.checked_add(1);
+                }
+                ScanEnd::Next(n) => {
+                    if n <= f {
+                        return Err(Error::Corrupt {
+                            what: "btree: separators out of order",
+                            block: 0,
+                        });
+                    }
+                    from = Some(n);
+                }
+                ScanEnd::End => from = None,
+            }
+            if let Some(f) = from {
+                self.reclaim_cursor = f;
+            }
+        }
+        // 3. The snapshot table entries.
+        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
+        let idv = self.remove(TREE_SNAPS, e as u128)?.ok_or(Error::Corrupt {
+            what: "snapshot table: deleting snapshot vanished",
+            block: 0,
+        })?;
+        self.remove(TREE_SNAPS, ID_SPACE | lo64(idv) as u128)?;
+        self.sb.deleting_epoch = 0;
+        self.reclaim_cursor = 0;
+        self.dirty = true;
+        Ok(true)
+    }
+
+    /// Prepares an origin write to `chunk`.
+    pub fn origin_write_prepare(&mut self, chunk: u64) -> Result<OriginWrite> {
+        self.writable()?;
+        let r = self.origin_prepare_inner(chunk);
+        self.guard(r)
+    }
+
+    fn origin_prepare_inner(&mut self, chunk: u64) -> Result<OriginWrite> {
+        let (hi_prev, s_tx) = self.newest_shared(chunk)?.unwrap_or((0, 0));
+        let mut wait = s_tx == self.cur && hi_prev != 0;
+        if hi_prev < self.sb.last_epoch {
+            let l = self.first_lacking(chunk, hi_prev + 1, self.sb.last_epoch)?;
+            if l.found {
+                let cow = self.alloc_data()?;
+                self.outstanding += 1;
+                return Ok(OriginWrite::Copy(CopyPlan { chunk, cow }));
+            }
+            wait |= l.uncommitted || self.max_deleted_epoch > hi_prev;
+        }
+        Ok(if wait {
+            OriginWrite::AfterCommit
+        } else {
+            OriginWrite::Proceed
+        })
+    }
+
+    /// Records the copy of `plan` (its data must have been written). The
+    /// origin write may be issued after the next commit.
+    pub fn origin_write_complete(&mut self, plan: CopyPlan) -> Result<()> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.writable()?;
+        let r = self.origin_complete_inner(plan);
+        self.guard(r)
+    }
+
+    fn origin_complete_inner(&mut self, plan: CopyPlan) -> Result<()> {
+        let c = plan.chunk;
+        let hi_prev = self.newest_shared(c)?.map(|x| x.0).unwrap_or(0);
+        let last = self.sb.last_epoch;
+        if hi_prev < last && self.first_lacking(c, hi_prev + 1, last)?.found {
+            if let Err(e) = self.ensure(self.op_need(TREE_SHARED)) {
+                self.free_data(plan.cow)?;
+                return Err(e);
+            }
+            self.insert(
+                TREE_SHARED,
+                shared_key(c, last),
+                shared_val(hi_prev + 1, plan.cow),
+            )?;
+            self.sb.shared += 1;
+            Ok(())
+        } else {
+            // Meanwhile no snapshot needs it (deleted, or all unshared).
+            self.free_data(plan.cow)
+        }
+    }
+
+    /// Gives up a copy plan and frees its chunk.
+    pub fn abort_origin_write(&mut self, plan: CopyPlan) -> Result<()> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.writable()?;
+        let r = self.free_data(plan.cow);
+        self.guard(r)
+    }
+
+    /// Prepares a write to `chunk` of snapshot `snap`.
+    pub fn snapshot_write_prepare(
+        &mut self,
+        snap: SnapshotRef,
+        chunk: u64,
+    ) -> Result<SnapWritePlan> {
+        self.writable()?;
+        let r = self.snap_prepare_inner(snap, chunk);
+        self.guard(r)
+    }
+
+    fn snap_prepare_inner(&mut self, snap: SnapshotRef, chunk: u64) -> Result<SnapWritePlan> {
+        if self.snapshot_epoch(snap.id)? != Some(snap) {
+            return Err(Error::NotFound);
+        }
+        if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
+            return Ok(SnapWritePlan::Direct(lo64(v)));
+        }
+        let from = match self.covering_shared(chunk, snap.epoch)? {
+            Some((_, v)) => Location::Cow(lo64(v)),
+            None => Location::Origin,
+        };
+        let to = self.alloc_data()?;
+        self.outstanding += 1;
+        Ok(SnapWritePlan::Unshare(UnsharePlan {
+            snap,
+            chunk,
+            from,
+            to,
+        }))
+    }
+
+    /// Records that the snapshot now owns `plan.to()` for the chunk. Frees
+    /// the shared exception it leaves if no live snapshot needs it.
+    pub fn snapshot_write_complete(&mut self, plan: UnsharePlan) -> Result<()> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.writable()?;
+        let r = self.snap_complete_inner(plan);
+        self.guard(r)
+    }
+
+    fn snap_complete_inner(&mut self, plan: UnsharePlan) -> Result<()> {
+        let (e, c) = (plan.snap.epoch, plan.chunk);
+        if self.snapshot_epoch(plan.snap.id)? != Some(plan.snap) {
+            self.free_data(plan.to)?;
+            return Err(Error::NotFound);
+        }
+        if self.lookup(TREE_PRIVATE, private_key(e, c))?.is_some() {
+            self.free_data(plan.to)?;
+            return Err(Error::Invalid("two unshare plans for one snapshot chunk"));
+        }
+        if let Err(err) = self.ensure(self.op_need(TREE_PRIVATE) + self.op_need(TREE_SHARED)) {
+            self.free_data(plan.to)?;
+            return Err(err);
+        }
+        self.insert(TREE_PRIVATE, private_key(e, c), plan.to as u128)?;
+        self.sb.private += 1;
+        if let Some((k, v)) = self.covering_shared(c, e)? {
+            if !self.first_lacking(c, hi64(v), lo64(k))?.found {
+                self.remove(TREE_SHARED, k)?;
+                self.free_data(lo64(v))?;
+                self.sb.shared = self.sb.shared.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up an unshare plan and frees its chunk.
+    pub fn abort_snapshot_write(&mut self, plan: UnsharePlan) -> Result<()> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.writable()?;
+        let r = self.free_data(plan.to);
+        self.guard(r)
+    }
+
+    /// Number of chunks of snapshot `id` that are exceptions (its view
+    /// differs from the origin's current data). Scans all exceptions.
+    pub fn snapshot_usage(&self, id: u32) -> Result<u64> {
+        let snap = self.snapshot_epoch(id)?.ok_or(Error::NotFound)?;
+        let e = snap.epoch;
+        let mut n = 0u64;
+        let mut it = PrivateExceptions {
+            store: self,
+            next: Some(private_key(e, 0)),
+        };
+        for p in &mut it {
+            if p?.epoch != e {
+                break;
+            }
+            n += 1;
+        }
+        let mut from = Some(0u128);
+        while let Some(f) = from {
+            let mut hit = None;
+            let end = self.scan_leaf(TREE_SHARED, f, |k, v| {
+                if hi64(v) <= e && e <= lo64(k) {
+                    hit = Some(k);
+                    Ok(false)
+                } else {
+                    Ok(true)
+                }
+            })?;
+            from = match end {
+                ScanEnd::Stopped => {
+                    let k = hit.ok_or(Error::Internal("scan result"))?;
+                    if k < f {
+                        return Err(Error::Corrupt {
+                            what: "btree: keys out of order",
+                            block: 0,
+                        });
+                    }
+                    if self
+                        .lookup(TREE_PRIVATE, private_key(e, hi64(k)))?
+                        .is_none()
+                    {
+                        n += 1;
+                    }
+                    k.checked_add(1)
+                }
+                ScanEnd::Next(nx) => {
+                    if nx <= f {
+                        return Err(Error::Corrupt {
+                            what: "btree: separators out of order",
+                            block: 0,
+                        });
+                    }
+                    Some(nx)
+                }
+                ScanEnd::End => None,
+            };
+        }
+        Ok(n)
+    }
+}

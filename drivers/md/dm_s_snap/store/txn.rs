@@ -1,0 +1,614 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The store object: format, open, transactions and commit.
+
+use super::error::{Error, Result};
+use super::format::*;
+use super::io::{BlockHandle, BlockIo};
+
+/// A held block of the store's I/O.
+pub(crate) type H<'a, I> = <I as BlockIo>::Block<'a>;
+
+/// The exception store of one COW device.
+///
+/// All metadata lives on the device and is reached through the [`BlockIo`]
+/// cache; the object itself holds only a few counters.
+pub struct Store<I: BlockIo> {
+    pub(crate) io: I,
+    pub(crate) g: Geometry,
+    /// Current (in-transaction) superblock state.
+    pub(crate) sb: SbState,
+    /// Superblock slot (0 or 1) holding the newest valid superblock.
+    pub(crate) sb_slot: u64,
+    /// Transaction id of the running transaction (0 when read-only).
+    pub(crate) cur: u64,
+    pub(crate) rw: bool,
+    pub(crate) failed: bool,
+    /// Something was modified since the last commit.
+    pub(crate) dirty: bool,
+    /// Copy plans handed out and neither completed nor aborted.
+    pub(crate) outstanding: u64,
+    /// Chunks freed in this transaction that the committed state still uses.
+    pub(crate) deferred: u64,
+    /// Metadata blocks allocated and released in this transaction: a list
+    /// linked through the blocks themselves, released at commit.
+    pub(crate) garbage_head: u64,
+    pub(crate) garbage_count: u64,
+    /// Highest epoch of a snapshot deleted in this transaction (0: none).
+    pub(crate) max_deleted_epoch: u64,
+    /// Resume point of the shared-exception scan of a pending delete.
+    pub(crate) reclaim_cursor: u128,
+}
+
+/// What a superblock slot holds.
+enum Slot {
+    Zero,
+    Valid,
+    /// Invalid; `true` if its first sector carries the superblock magic.
+    Invalid(bool),
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Reads the chunk size (sectors) from the first sector of a superblock
+/// slot, if it looks like one. For tools that must pick a block size
+/// before they can open the store.
+pub fn superblock_chunk_sectors(first_sector: &[u8], slot: u64) -> Option<u32> {
+    let magic = rd32(first_sector, OFF_MAGIC).ok()?;
+    let nr = rd64(first_sector, OFF_BLOCKNR).ok()?;
+    let cs = rd32(first_sector, SB_CHUNK_SECTORS).ok()?;
+    if magic == SB_MAGIC && nr == slot && Geometry::valid_chunk_sectors(cs) {
+        Some(cs)
+    } else {
+        None
+    }
+}
+
+impl<I: BlockIo> Store<I> {
+    /// Opens the store read-write, formatting the device if both superblock
+    /// chunks are entirely zero. `chunk_sectors` comes from the table and
+    /// must equal the stored chunk size.
+    ///
+    /// A device holding anything else gets [`Error::NotAStore`] and nothing
+    /// is written. Opening reads the two superblocks only.
+    pub fn open(io: I, chunk_sectors: u32) -> Result<Store<I>> {
+        if !Geometry::valid_chunk_sectors(chunk_sectors) {
+            return Err(Error::InvalidChunkSize);
+        }
+        if io.block_size() != chunk_sectors as usize * 512 {
+            return Err(Error::InvalidChunkSize);
+        }
+        if io.nr_blocks() < 2 {
+            return Err(Error::DeviceTooSmall);
+        }
+        {
+            // A store formatted with another chunk size: say so rather than
+            // "not a store".
+            let h = io.read(0)?;
+            if let Some(cs) = superblock_chunk_sectors(&h, 0) {
+                if cs != chunk_sectors {
+                    return Err(Error::ChunkSizeMismatch);
+                }
+            }
+        }
+        let s0 = Self::classify(&io, 0)?;
+        let s1 = Self::classify(&io, 1)?;
+        let format = match (&s0, &s1) {
+            (Slot::Zero, Slot::Zero) => true,
+            // A format whose superblock write was torn: slot 1 is written
+            // only after a successful format, so no data can exist yet.
+            (Slot::Invalid(true), Slot::Zero) => true,
+            _ => false,
+        };
+        if format {
+            Self::format(&io, chunk_sectors)?;
+        }
+        Self::open_rw(io, Some(chunk_sectors))
+    }
+
+    /// Opens an existing store read-only (nothing is ever written). The
+    /// block size of `io` must equal the stored chunk size.
+    pub fn open_existing(io: I) -> Result<Store<I>> {
+        let (slot, st) = Self::pick_superblock(&io)?;
+        let g = Self::validate_state(&io, &st, None)?;
+        Ok(Self::new_obj(io, g, st, slot, 0, false))
+    }
+
+    fn new_obj(io: I, g: Geometry, sb: SbState, sb_slot: u64, cur: u64, rw: bool) -> Store<I> {
+        Store {
+            io,
+            g,
+            sb,
+            sb_slot,
+            cur,
+            rw,
+            failed: false,
+            dirty: false,
+            outstanding: 0,
+            deferred: 0,
+            garbage_head: 0,
+            garbage_count: 0,
+            max_deleted_epoch: 0,
+            reclaim_cursor: 0,
+        }
+    }
+
+    fn classify(io: &I, slot: u64) -> Result<Slot> {
+        let h = io.read(slot)?;
+        if h.len() != io.block_size() {
+            return Err(Error::Io("block handle of wrong size"));
+        }
+        if is_zero(&h) {
+            return Ok(Slot::Zero);
+        }
+        match Self::decode_sb(io, &h, slot) {
+            Ok(_) => Ok(Slot::Valid),
+            Err(_) => Ok(Slot::Invalid(rd32(&h, OFF_MAGIC)? == SB_MAGIC)),
+        }
+    }
+
+    /// Validates a superblock block's header and decodes it.
+    pub(crate) fn decode_sb(io: &I, b: &[u8], slot: u64) -> Result<SbState> {
+        let bad = |what| Error::Corrupt { what, block: slot };
+        if rd32(b, OFF_MAGIC)? != SB_MAGIC {
+            return Err(bad("superblock: bad magic"));
+        }
+        if !crc_ok(io, b) {
+            return Err(bad("superblock: bad checksum"));
+        }
+        if rd64(b, OFF_BLOCKNR)? != slot {
+            return Err(bad("superblock: wrong block number"));
+        }
+        if rd32(b, SB_VERSION)? != VERSION {
+            return Err(Error::Unsupported("superblock format version"));
+        }
+        let st = SbState::decode(b)?;
+        if st.seq == 0 {
+            return Err(bad("superblock: sequence number 0 (unfinished)"));
+        }
+        Ok(st)
+    }
+
+    fn pick_superblock(io: &I) -> Result<(u64, SbState)> {
+        let mut best: Option<(u64, SbState)> = None;
+        let mut unsupported = false;
+        for slot in 0..2u64 {
+            let h = io.read(slot)?;
+            if h.len() != io.block_size() {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            match Self::decode_sb(io, &h, slot) {
+                Ok(st) => {
+                    let better = match &best {
+                        None => true,
+                        Some((_, b)) => st.seq > b.seq,
+                    };
+                    if better {
+                        best = Some((slot, st));
+                    }
+                }
+                Err(Error::Unsupported(_)) => unsupported = true,
+                Err(_) => {}
+            }
+        }
+        match best {
+            Some(b) => Ok(b),
+            None if unsupported => Err(Error::Unsupported("superblock format version")),
+            None => Err(Error::NotAStore),
+        }
+    }
+
+    /// Checks the superblock state against the device and returns the
+    /// geometry.
+    fn validate_state(io: &I, st: &SbState, table_cs: Option<u32>) -> Result<Geometry> {
+        let bad = |what| Error::Corrupt { what, block: 0 };
+        if !Geometry::valid_chunk_sectors(st.chunk_sectors) {
+            return Err(bad("superblock: invalid chunk size"));
+        }
+        if let Some(cs) = table_cs {
+            if cs != st.chunk_sectors {
+                return Err(Error::ChunkSizeMismatch);
+            }
+        }
+        if io.block_size() != st.chunk_sectors as usize * 512 {
+            return Err(Error::ChunkSizeMismatch);
+        }
+        if st.nr_chunks > Geometry::max_chunks(st.chunk_sectors) {
+            return Err(bad("superblock: more chunks than the format allows"));
+        }
+        if io.nr_blocks() < st.nr_chunks {
+            return Err(Error::DeviceTooSmall);
+        }
+        let g = match Geometry::new(st.chunk_sectors, st.nr_chunks) {
+            Ok(g) => g,
+            Err(Error::DeviceTooSmall) => return Err(bad("superblock: chunk count too small")),
+            Err(e) => return Err(e),
+        };
+        if g.nr_chunks != st.nr_chunks || g.nr_bitmaps != st.nr_bitmaps as u64 {
+            return Err(bad("superblock: bitmap count does not match chunk count"));
+        }
+        if st.committed_txid == 0 || st.reserved_txid < st.committed_txid {
+            return Err(bad("superblock: transaction ids inconsistent"));
+        }
+        if st.reserved_txid > u64::MAX / 2 {
+            return Err(bad("superblock: transaction id out of range"));
+        }
+        for r in st.roots.iter() {
+            if !g.in_data_area(r.block) {
+                return Err(bad("superblock: btree root outside the data area"));
+            }
+            if r.depth == 0 || r.depth as usize > MAX_DEPTH {
+                return Err(bad("superblock: btree depth out of range"));
+            }
+        }
+        let used = st
+            .data_chunks
+            .checked_add(st.meta_chunks)
+            .ok_or(bad("superblock: usage counters overflow"))?;
+        if used > st.nr_chunks || st.meta_chunks < g.fixed_end + NR_TREES as u64 {
+            return Err(bad("superblock: usage counters out of range"));
+        }
+        if st.deleting_epoch > st.last_epoch || st.snapshots > st.last_epoch {
+            return Err(bad("superblock: snapshot counters out of range"));
+        }
+        Ok(g)
+    }
+
+    /// Writes a fresh store.
+    fn format(io: &I, chunk_sectors: u32) -> Result<()> {
+        let g = Geometry::new(chunk_sectors, io.nr_blocks())?;
+        let bs = g.block_size;
+        let txid = 1u64;
+        // The fixed area and the three root leaves are allocated.
+        let used_end = g.fixed_end + NR_TREES as u64;
+        for i in 0..g.nr_bitmaps {
+            let nr = g.bitmap_slot(i, 0);
+            let mut h = io.new_block(nr)?;
+            if h.len() != bs {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            h.fill(0);
+            wr32(&mut h, OFF_MAGIC, BM_MAGIC)?;
+            wr64(&mut h, OFF_BLOCKNR, nr)?;
+            wr64(&mut h, OFF_TXID, txid)?;
+            wr32(
+                &mut h,
+                BM_INDEX,
+                u32::try_from(i).map_err(|_| Error::Internal("bitmap index"))?,
+            )?;
+            let first = i * g.bits_per_bitmap;
+            let last = first + g.bits_per_bitmap;
+            let mut c = first;
+            while c < used_end.min(last) {
+                let bit = (c - first) as usize;
+                let off = BM_BITS + bit / 8;
+                let v = rd8(&h, off)? | (1u8 << (bit % 8));
+                wr8(&mut h, off, v)?;
+                c += 1;
+            }
+            seal(io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+        }
+        for t in 0..NR_TREES {
+            let nr = g.fixed_end + t as u64;
+            let mut h = io.new_block(nr)?;
+            if h.len() != bs {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            h.fill(0);
+            wr32(&mut h, OFF_MAGIC, NODE_MAGIC)?;
+            wr64(&mut h, OFF_BLOCKNR, nr)?;
+            wr64(&mut h, OFF_TXID, txid)?;
+            wr8(&mut h, NODE_TREE, t as u8 + 1)?;
+            wr8(&mut h, NODE_LEVEL, 0)?;
+            wr16(&mut h, NODE_NR, 0)?;
+            seal(io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+        }
+        io.write_dirty()?;
+        io.flush()?;
+        let mut roots = [Root::default(); NR_TREES];
+        for (t, r) in roots.iter_mut().enumerate() {
+            r.block = g.fixed_end + t as u64;
+            r.depth = 1;
+        }
+        let st = SbState {
+            chunk_sectors,
+            nr_chunks: g.nr_chunks,
+            nr_bitmaps: u32::try_from(g.nr_bitmaps).map_err(|_| Error::Internal("bitmaps"))?,
+            seq: 1,
+            committed_txid: txid,
+            reserved_txid: txid,
+            last_epoch: 0,
+            alloc_hint: used_end,
+            data_chunks: 0,
+            meta_chunks: used_end,
+            shared: 0,
+            private: 0,
+            snapshots: 0,
+            deleting_epoch: 0,
+            roots,
+        };
+        let mut h = io.new_block(0)?;
+        if h.len() != bs {
+            return Err(Error::Io("block handle of wrong size"));
+        }
+        h.fill(0);
+        st.encode(&mut h, 0)?;
+        seal(io, &mut h)?;
+        h.set_verified();
+        h.mark_dirty();
+        drop(h);
+        io.write_dirty()?;
+        io.flush()
+    }
+
+    fn open_rw(io: I, table_cs: Option<u32>) -> Result<Store<I>> {
+        let (slot, mut st) = Self::pick_superblock(&io)?;
+        let g = Self::validate_state(&io, &st, table_cs)?;
+        // Reserve a transaction id no crashed writer can have used.
+        let cur = st
+            .reserved_txid
+            .checked_add(1)
+            .ok_or(Error::Limit("transaction id"))?;
+        st.reserved_txid = cur;
+        st.seq = st.seq.checked_add(1).ok_or(Error::Limit("sequence"))?;
+        if st.alloc_hint < g.fixed_end || st.alloc_hint >= g.nr_chunks {
+            st.alloc_hint = g.fixed_end;
+        }
+        let other = 1 - slot;
+        {
+            let src = io.read(slot)?;
+            let mut dst = io.new_block(other)?;
+            if dst.len() != g.block_size || src.len() != g.block_size {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            dst.copy_from_slice(&src);
+            st.encode(&mut dst, other)?;
+            seal(&io, &mut dst)?;
+            dst.set_verified();
+            dst.mark_dirty();
+        }
+        io.write_dirty()?;
+        io.flush()?;
+        let mut s = Self::new_obj(io, g, st, other, cur, true);
+        s.start_image()?;
+        if s.sb.deleting_epoch != 0 {
+            match s.finish_pending_delete() {
+                Ok(()) => s.commit()?,
+                Err(Error::NoSpace) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(s)
+    }
+
+    /// Creates the in-progress superblock image in the slot that does not
+    /// hold the newest superblock: a copy with sequence number 0, which is
+    /// never valid, so it is harmless if written early.
+    fn start_image(&mut self) -> Result<()> {
+        let img = 1 - self.sb_slot;
+        let src = self.io.read(self.sb_slot)?;
+        let mut dst = self.io.new_block(img)?;
+        if dst.len() != self.g.block_size || src.len() != self.g.block_size {
+            return Err(Error::Io("block handle of wrong size"));
+        }
+        dst.copy_from_slice(&src);
+        wr64(&mut dst, SB_SEQ, 0)?;
+        wr64(&mut dst, OFF_BLOCKNR, img)?;
+        wr32(&mut dst, OFF_CRC, 0)?;
+        dst.mark_dirty();
+        Ok(())
+    }
+
+    /// The block holding the bitmap slot selector bits of the current state.
+    pub(crate) fn selector_block(&self) -> u64 {
+        if self.rw {
+            1 - self.sb_slot
+        } else {
+            self.sb_slot
+        }
+    }
+
+    /// Fails unless the store may be modified.
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.failed {
+            Err(Error::Failed)
+        } else if !self.rw {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the store failed if `r` is a fatal error.
+    pub(crate) fn guard<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if e.is_fatal() {
+                self.failed = true;
+            }
+        }
+        r
+    }
+
+    /// Reads a block and validates checksum, magic, block number and txid.
+    pub(crate) fn read_valid(&self, nr: u64, magic: u32) -> Result<H<'_, I>> {
+        let mut h = self.io.read(nr)?;
+        if h.len() != self.g.block_size {
+            return Err(Error::Io("block handle of wrong size"));
+        }
+        let what = |m: u32, s: [&'static str; 4]| -> &'static str {
+            match m {
+                BM_MAGIC => s[0],
+                NODE_MAGIC => s[1],
+                GARBAGE_MAGIC => s[2],
+                _ => s[3],
+            }
+        };
+        if !h.is_verified() {
+            if !crc_ok(&self.io, &h) {
+                let w = what(
+                    magic,
+                    [
+                        "bitmap: bad checksum",
+                        "btree node: bad checksum",
+                        "released block: bad checksum",
+                        "bad checksum",
+                    ],
+                );
+                return Err(Error::Corrupt { what: w, block: nr });
+            }
+            h.set_verified();
+        }
+        if rd32(&h, OFF_MAGIC)? != magic {
+            let w = what(
+                magic,
+                [
+                    "bitmap: bad magic",
+                    "btree node: bad magic",
+                    "released block: bad magic",
+                    "bad magic",
+                ],
+            );
+            return Err(Error::Corrupt { what: w, block: nr });
+        }
+        if rd64(&h, OFF_BLOCKNR)? != nr {
+            return Err(Error::Corrupt {
+                what: "block records a different block number",
+                block: nr,
+            });
+        }
+        let t = rd64(&h, OFF_TXID)?;
+        if !(t <= self.sb.committed_txid || (self.rw && t == self.cur)) {
+            return Err(Error::Corrupt {
+                what: "block from an uncommitted transaction",
+                block: nr,
+            });
+        }
+        Ok(h)
+    }
+
+    /// Chunks that may be allocated now (free in the current and in the
+    /// committed state, and not released metadata of this transaction).
+    pub(crate) fn allocatable(&self) -> Result<u64> {
+        let bad = Error::Corrupt {
+            what: "space counters inconsistent",
+            block: 0,
+        };
+        self.g
+            .nr_chunks
+            .checked_sub(self.sb.data_chunks)
+            .and_then(|x| x.checked_sub(self.sb.meta_chunks))
+            .and_then(|x| x.checked_sub(self.deferred))
+            .and_then(|x| x.checked_sub(self.garbage_count))
+            .ok_or(bad)
+    }
+
+    /// Fails with [`Error::NoSpace`] unless `n` chunks can be allocated.
+    pub(crate) fn ensure(&self, n: u64) -> Result<()> {
+        if self.allocatable()? < n {
+            Err(Error::NoSpace)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Chunks kept free for metadata: data allocations fail before.
+    pub(crate) fn meta_reserve(&self) -> u64 {
+        let d: u64 = self.sb.roots.iter().map(|r| r.depth as u64).sum();
+        16 + 8 * d
+    }
+
+    /// Chunks one btree insert or remove may allocate in `tree`.
+    pub(crate) fn op_need(&self, tree: usize) -> u64 {
+        let d = self.sb.roots.get(tree).map(|r| r.depth as u64).unwrap_or(0);
+        2 * d + 3
+    }
+
+    /// Commits the running transaction: all changes since the previous
+    /// commit become durable atomically. Fails with [`Error::Busy`] while
+    /// copy plans are outstanding. Does nothing if nothing changed.
+    pub fn commit(&mut self) -> Result<()> {
+        self.writable()?;
+        if self.outstanding != 0 {
+            return Err(Error::Busy);
+        }
+        if self.sb.deleting_epoch != 0 {
+            match self.finish_pending_delete() {
+                Ok(()) | Err(Error::NoSpace) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.dirty {
+            return Ok(());
+        }
+        let r = self.commit_inner();
+        self.guard(r)
+    }
+
+    pub(crate) fn commit_inner(&mut self) -> Result<()> {
+        if self.outstanding != 0 {
+            return Err(Error::Busy);
+        }
+        // Release the metadata blocks freed in their own transaction; their
+        // dirty buffers are written below before anything can reuse them.
+        let mut nr = self.garbage_head;
+        let count = self.garbage_count;
+        for _ in 0..count {
+            let next = {
+                let h = self.read_valid(nr, GARBAGE_MAGIC)?;
+                if rd64(&h, OFF_TXID)? != self.cur {
+                    return Err(Error::Internal("released block of another transaction"));
+                }
+                rd64(&h, GB_NEXT)?
+            };
+            self.garbage_count -= 1;
+            self.bm_update(nr, false)?;
+            nr = next;
+        }
+        self.garbage_head = 0;
+        self.garbage_count = 0;
+
+        self.io.write_dirty()?;
+        self.io.flush()?;
+
+        let mut st = self.sb;
+        st.committed_txid = self.cur;
+        st.reserved_txid = self.cur.checked_add(1).ok_or(Error::Limit("txid"))?;
+        st.seq = st.seq.checked_add(1).ok_or(Error::Limit("sequence"))?;
+        let img = 1 - self.sb_slot;
+        {
+            let mut h = self.io.read(img)?;
+            if h.len() != self.g.block_size {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            st.encode(&mut h, img)?;
+            seal(&self.io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+        }
+        self.io.write_dirty()?;
+        self.io.flush()?;
+        self.sb = st;
+        self.sb_slot = img;
+        self.cur = st.reserved_txid;
+        self.deferred = 0;
+        self.dirty = false;
+        self.max_deleted_epoch = 0;
+        self.start_image()
+    }
+
+    /// Gives access to the block I/O object.
+    pub fn io(&self) -> &I {
+        &self.io
+    }
+
+    /// Drops the store (without committing) and returns the I/O object.
+    pub fn into_io(self) -> I {
+        self.io
+    }
+}

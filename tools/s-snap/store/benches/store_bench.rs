@@ -1,0 +1,2 @@
+//! Benchmark of the exception store.
+fn main() {}

@@ -1,0 +1,2 @@
+//! s-snap-tool.
+fn main() {}
