@@ -32,11 +32,21 @@ if [ ! -f "$KTREE/.s-snap-unpacked" ]; then
 	touch "$KTREE/.s-snap-unpacked"
 fi
 
-# 2. Lay the repository's new kernel files into the tree.
-for dir in Documentation drivers kernel rust samples; do
+# 2. Lay the repository's new kernel files into the tree, and take out those
+#    that an earlier run laid in but this checkout no longer has.
+manifest="$KTREE/.s-snap-overlay"
+overlay_dirs=(Documentation drivers kernel rust samples)
+new_manifest=$(cd "$REPO" && find "${overlay_dirs[@]}" -type f 2>/dev/null | sort)
+if [ -f "$manifest" ]; then
+	comm -23 "$manifest" <(echo "$new_manifest") | while IFS= read -r f; do
+		rm -f "$KTREE/$f"
+	done
+fi
+for dir in "${overlay_dirs[@]}"; do
 	[ -d "$REPO/$dir" ] || continue
 	rsync -rc "$REPO/$dir/" "$KTREE/$dir/"
 done
+echo "$new_manifest" >"$manifest"
 
 # 3. Re-apply patches/ to pristine copies of the files they touch.
 PRISTINE="$KTREE/.s-snap-pristine"
