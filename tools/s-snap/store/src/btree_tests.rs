@@ -68,10 +68,18 @@ fn insert_remove_random_vs_btreemap() {
         for step in 0..12_000u32 {
             let k = (rng.next() % 5000) as u128 | ((rng.next() % 3) as u128) << 64;
             if rng.next() % 3 == 0 {
-                assert_eq!(s.remove(TREE_SHARED, k).unwrap(), m.remove(&k), "step {step}");
+                assert_eq!(
+                    s.remove(TREE_SHARED, k).unwrap(),
+                    m.remove(&k),
+                    "step {step}"
+                );
             } else {
                 let v = rng.next() as u128;
-                assert_eq!(s.insert(TREE_SHARED, k, v).unwrap(), m.insert(k, v), "step {step}");
+                assert_eq!(
+                    s.insert(TREE_SHARED, k, v).unwrap(),
+                    m.insert(k, v),
+                    "step {step}"
+                );
             }
             if step % 997 == 0 {
                 s.commit().unwrap();

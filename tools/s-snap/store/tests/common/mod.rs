@@ -1,0 +1,333 @@
+//! Test harness: drives a store like the target would and keeps a plain
+//! model of what the origin and every snapshot must contain.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use s_snap_store::userspace::{Cache, Disk};
+use s_snap_store::{BlockIo, Error, Location, OriginWrite, SnapWritePlan, Store, Usage};
+use std::collections::BTreeMap;
+
+/// Chunk size used by the tests: 8 sectors = 4 KiB.
+pub const CS: u32 = 8;
+pub const BS: usize = 4096;
+
+/// Contents of a chunk as far as the tests care: two 8-byte slots.
+pub type Data = [u64; 2];
+
+pub struct Harness<D: Disk> {
+    pub store: Option<Store<Cache<D>>>,
+    /// What the origin device holds.
+    pub origin: Vec<Data>,
+    /// What the user wrote to the origin (including writes still waiting
+    /// for a commit).
+    pub user_origin: Vec<Data>,
+    /// Model of every live snapshot.
+    pub snaps: BTreeMap<u32, Vec<Data>>,
+    /// Origin writes waiting for the next commit, in order.
+    pub pending: Vec<(u64, usize, u64)>,
+    pub next_val: u64,
+    pub cache_cap: usize,
+    pub chaos: Option<(u64, u32)>,
+    /// Issue writes to chunks the snapshot already owns.
+    pub allow_direct: bool,
+    /// Position of the disk's write log, for crash tests.
+    pub pos: fn(&D) -> usize,
+    /// (log position, chunk, slot, value) of each origin write issued.
+    pub origin_log: Vec<(usize, u64, usize, u64)>,
+    /// (txid, log position before commit, after commit, model) per commit.
+    pub commits: Vec<(u64, usize, usize, BTreeMap<u32, Vec<Data>>)>,
+    pub nospace: u64,
+    pub copies: u64,
+    pub unshares: u64,
+}
+
+fn no_pos<D>(_: &D) -> usize {
+    0
+}
+
+pub fn usage_baseline(u: &Usage) -> (u64, u64, u64, u64, u64) {
+    (
+        u.data_chunks,
+        u.metadata_chunks,
+        u.shared_exceptions,
+        u.private_exceptions,
+        u.snapshots,
+    )
+}
+
+impl<D: Disk> Harness<D> {
+    pub fn new(disk: D, origin_chunks: usize, cache_cap: usize) -> Harness<D> {
+        let mut h = Harness {
+            store: None,
+            origin: (0..origin_chunks as u64)
+                .map(|c| [c << 32, (c << 32) | 1])
+                .collect(),
+            user_origin: vec![],
+            snaps: BTreeMap::new(),
+            pending: vec![],
+            next_val: 1 << 48,
+            cache_cap,
+            chaos: None,
+            allow_direct: true,
+            pos: no_pos::<D>,
+            origin_log: vec![],
+            commits: vec![],
+            nospace: 0,
+            copies: 0,
+            unshares: 0,
+        };
+        h.user_origin = h.origin.clone();
+        h.open_disk(disk);
+        let txid = h.s().info().committed_txid;
+        h.commits
+            .push((txid, 0, (h.pos)(h.s().io().disk()), BTreeMap::new()));
+        h
+    }
+
+    pub fn with_pos(mut self, pos: fn(&D) -> usize) -> Self {
+        self.pos = pos;
+        self
+    }
+
+    pub fn open_disk(&mut self, disk: D) {
+        let io = Cache::new(disk, BS, self.cache_cap);
+        if let Some((seed, n)) = self.chaos {
+            io.set_writeback_chaos(seed, n);
+        }
+        self.store = Some(Store::open(io, CS).expect("open"));
+    }
+
+    pub fn s(&self) -> &Store<Cache<D>> {
+        self.store.as_ref().unwrap()
+    }
+
+    pub fn sm(&mut self) -> &mut Store<Cache<D>> {
+        self.store.as_mut().unwrap()
+    }
+
+    fn val(&mut self) -> u64 {
+        self.next_val += 1;
+        self.next_val
+    }
+
+    pub fn read_chunk(&self, chunk: u64) -> Data {
+        let mut b = [0u8; 16];
+        self.s().io().read_data(chunk, 0, &mut b).unwrap();
+        [
+            u64::from_le_bytes(b[..8].try_into().unwrap()),
+            u64::from_le_bytes(b[8..].try_into().unwrap()),
+        ]
+    }
+
+    pub fn write_chunk(&self, chunk: u64, d: Data) {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&d[0].to_le_bytes());
+        b[8..].copy_from_slice(&d[1].to_le_bytes());
+        self.s().io().write_data(chunk, 0, &b).unwrap();
+    }
+
+    fn loc_data(&self, loc: Location, chunk: u64) -> Data {
+        match loc {
+            Location::Origin => self.origin[chunk as usize],
+            Location::Cow(x) => self.read_chunk(x),
+        }
+    }
+
+    /// A snapshot's current view of a chunk, read through the store.
+    pub fn view(&self, id: u32, chunk: u64) -> Data {
+        let snap = self.s().snapshot_epoch(id).unwrap().expect("live snapshot");
+        let loc = self.s().snapshot_lookup(snap, chunk).unwrap();
+        self.loc_data(loc, chunk)
+    }
+
+    fn issue_origin(&mut self, chunk: u64, slot: usize, v: u64) {
+        self.origin[chunk as usize][slot] = v;
+        let p = (self.pos)(self.s().io().disk());
+        self.origin_log.push((p, chunk, slot, v));
+    }
+
+    /// Drains pending origin writes (the target does this before a
+    /// snapshot is created: the origin is suspended and flushed).
+    pub fn quiesce(&mut self) {
+        if !self.pending.is_empty() {
+            self.commit();
+        }
+    }
+
+    pub fn create(&mut self, id: u32) -> bool {
+        self.quiesce();
+        match self.sm().create_snapshot(id) {
+            Ok(s) => {
+                assert_eq!(s.id(), id);
+                assert!(!self.snaps.contains_key(&id));
+                let v = self.origin.clone();
+                assert_eq!(v, self.user_origin);
+                self.snaps.insert(id, v);
+                true
+            }
+            Err(Error::Exists) => {
+                assert!(self.snaps.contains_key(&id));
+                false
+            }
+            Err(Error::NoSpace) => {
+                self.nospace += 1;
+                false
+            }
+            Err(e) => panic!("create {id}: {e:?}"),
+        }
+    }
+
+    pub fn delete(&mut self, id: u32) -> bool {
+        match self.sm().delete_snapshot(id) {
+            Ok(()) => {
+                assert!(self.snaps.remove(&id).is_some(), "deleted unknown {id}");
+                true
+            }
+            Err(Error::NotFound) => {
+                assert!(!self.snaps.contains_key(&id));
+                false
+            }
+            Err(Error::NoSpace) => {
+                // The snapshot is gone; reclaim resumes later.
+                self.nospace += 1;
+                if self.snaps.remove(&id).is_some() {
+                    assert_eq!(self.s().snapshot_epoch(id).unwrap(), None);
+                }
+                true
+            }
+            Err(e) => panic!("delete {id}: {e:?}"),
+        }
+    }
+
+    pub fn origin_write(&mut self, chunk: u64, slot: usize) {
+        let v = self.val();
+        let queued = self.pending.iter().any(|p| p.0 == chunk);
+        match self.sm().origin_write_prepare(chunk) {
+            Ok(OriginWrite::Proceed) => {
+                if queued {
+                    self.pending.push((chunk, slot, v));
+                } else {
+                    self.issue_origin(chunk, slot, v);
+                }
+            }
+            Ok(OriginWrite::AfterCommit) => self.pending.push((chunk, slot, v)),
+            Ok(OriginWrite::Copy(plan)) => {
+                assert_eq!(plan.chunk(), chunk);
+                let d = self.origin[chunk as usize];
+                self.write_chunk(plan.cow(), d);
+                match self.sm().origin_write_complete(plan) {
+                    Ok(()) => {
+                        self.copies += 1;
+                        self.pending.push((chunk, slot, v));
+                    }
+                    Err(Error::NoSpace) => {
+                        self.nospace += 1;
+                        return;
+                    }
+                    Err(e) => panic!("origin complete: {e:?}"),
+                }
+            }
+            Err(Error::NoSpace) => {
+                self.nospace += 1;
+                return;
+            }
+            Err(e) => panic!("origin prepare: {e:?}"),
+        }
+        self.user_origin[chunk as usize][slot] = v;
+    }
+
+    pub fn snap_write(&mut self, id: u32, chunk: u64, slot: usize) {
+        let Some(snap) = self.s().snapshot_epoch(id).unwrap() else {
+            assert!(!self.snaps.contains_key(&id));
+            return;
+        };
+        let v = self.val();
+        match self.sm().snapshot_write_prepare(snap, chunk) {
+            Ok(SnapWritePlan::Direct(cow)) => {
+                if !self.allow_direct {
+                    return;
+                }
+                let mut d = self.read_chunk(cow);
+                d[slot] = v;
+                self.write_chunk(cow, d);
+            }
+            Ok(SnapWritePlan::Unshare(plan)) => {
+                let mut d = self.loc_data(plan.from(), chunk);
+                d[slot] = v;
+                self.write_chunk(plan.to(), d);
+                match self.sm().snapshot_write_complete(plan) {
+                    Ok(()) => self.unshares += 1,
+                    Err(Error::NoSpace) => {
+                        self.nospace += 1;
+                        return;
+                    }
+                    Err(e) => panic!("snapshot complete: {e:?}"),
+                }
+            }
+            Err(Error::NoSpace) => {
+                self.nospace += 1;
+                return;
+            }
+            Err(e) => panic!("snapshot prepare: {e:?}"),
+        }
+        self.snaps.get_mut(&id).unwrap()[chunk as usize][slot] = v;
+    }
+
+    pub fn snap_read(&self, id: u32, chunk: u64) {
+        if let Some(m) = self.snaps.get(&id) {
+            assert_eq!(
+                self.view(id, chunk),
+                m[chunk as usize],
+                "snapshot {id} chunk {chunk}"
+            );
+        }
+    }
+
+    pub fn commit(&mut self) {
+        let before = (self.pos)(self.s().io().disk());
+        self.sm().commit().expect("commit");
+        let after = (self.pos)(self.s().io().disk());
+        let txid = self.s().info().committed_txid;
+        for (c, s, v) in std::mem::take(&mut self.pending) {
+            self.issue_origin(c, s, v);
+        }
+        assert_eq!(self.origin, self.user_origin);
+        if self.commits.last().map(|c| c.0) != Some(txid) {
+            self.commits.push((txid, before, after, self.snaps.clone()));
+        }
+    }
+
+    /// Clean close and open again.
+    pub fn reopen(&mut self) {
+        self.commit();
+        let io = self.store.take().unwrap().into_io();
+        io.write_dirty().unwrap();
+        let disk = io.into_disk();
+        self.open_disk(disk);
+        let txid = self.s().info().committed_txid;
+        assert_eq!(txid, self.commits.last().unwrap().0);
+    }
+
+    /// Compares every snapshot and the origin with the model.
+    pub fn verify_all(&self) {
+        let ids: Vec<u32> = self.s().snapshots().map(|s| s.unwrap().id()).collect();
+        let want: Vec<u32> = self.snaps.keys().copied().collect();
+        assert_eq!(ids, want, "snapshot ids");
+        for (id, m) in &self.snaps {
+            for c in 0..m.len() as u64 {
+                assert_eq!(self.view(*id, c), m[c as usize], "snapshot {id} chunk {c}");
+            }
+        }
+        assert_eq!(self.s().usage().snapshots, self.snaps.len() as u64);
+    }
+
+    pub fn check(&self) {
+        check_store(self.s());
+    }
+}
+
+pub fn check_store<D: Disk>(s: &Store<Cache<D>>) {
+    let mut scratch = vec![0u8; s.check_scratch_len()];
+    let mut probs = vec![];
+    s.check(&mut scratch, &mut |p| probs.push(p)).unwrap();
+    assert!(probs.is_empty(), "check found problems: {probs:?}");
+}

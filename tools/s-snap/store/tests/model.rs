@@ -1,0 +1,201 @@
+//! Property tests: random operation sequences against a plain model.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use s_snap_store::userspace::MemDisk;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u32),
+    Delete(u16),
+    OriginWrite(u64, usize),
+    SnapWrite(u16, u64, usize),
+    SnapRead(u16, u64),
+    Commit,
+    Reopen,
+}
+
+fn op_strategy(max_id: u32, chunks: u64) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..max_id).prop_map(Op::Create),
+        2 => any::<u16>().prop_map(Op::Delete),
+        12 => (0..chunks, 0..2usize).prop_map(|(c, s)| Op::OriginWrite(c, s)),
+        6 => (any::<u16>(), 0..chunks, 0..2usize).prop_map(|(i, c, s)| Op::SnapWrite(i, c, s)),
+        4 => (any::<u16>(), 0..chunks).prop_map(|(i, c)| Op::SnapRead(i, c)),
+        2 => Just(Op::Commit),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// Picks the `i`-th live snapshot (modulo), if any.
+fn pick(h: &Harness<MemDisk>, i: u16) -> Option<u32> {
+    let n = h.snaps.len();
+    if n == 0 {
+        return None;
+    }
+    h.snaps.keys().nth(i as usize % n).copied()
+}
+
+fn run(ops: &[Op], dev_chunks: usize, origin_chunks: usize, cache: usize) {
+    let mut h = Harness::new(MemDisk::new(dev_chunks * BS), origin_chunks, cache);
+    let baseline = usage_baseline(&h.s().usage());
+    for op in ops {
+        match *op {
+            Op::Create(id) => {
+                h.create(id);
+            }
+            Op::Delete(i) => {
+                if let Some(id) = pick(&h, i) {
+                    h.delete(id);
+                }
+            }
+            Op::OriginWrite(c, s) => h.origin_write(c, s),
+            Op::SnapWrite(i, c, s) => {
+                if let Some(id) = pick(&h, i) {
+                    h.snap_write(id, c, s);
+                }
+            }
+            Op::SnapRead(i, c) => {
+                if let Some(id) = pick(&h, i) {
+                    h.snap_read(id, c);
+                }
+            }
+            Op::Commit => h.commit(),
+            Op::Reopen => h.reopen(),
+        }
+    }
+    h.commit();
+    if std::env::var("SSNAP_STATS").is_ok() {
+        eprintln!(
+            "ops {} snaps {} copies {} unshares {} nospace {} usage {:?}",
+            ops.len(),
+            h.snaps.len(),
+            h.copies,
+            h.unshares,
+            h.nospace,
+            h.s().usage()
+        );
+    }
+    h.verify_all();
+    h.check();
+    h.reopen();
+    h.verify_all();
+    h.check();
+    // Deleting everything returns to the freshly formatted usage.
+    let ids: Vec<u32> = h.snaps.keys().copied().collect();
+    for id in ids {
+        h.delete(id);
+    }
+    h.commit();
+    h.check();
+    assert_eq!(
+        usage_baseline(&h.s().usage()),
+        baseline,
+        "usage after deleting all"
+    );
+    assert_eq!(h.s().info().deleting_epoch, 0);
+    h.reopen();
+    h.check();
+    assert_eq!(usage_baseline(&h.s().usage()), baseline);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Roomy device, few snapshots, many writes.
+    #[test]
+    fn model_roomy(ops in prop::collection::vec(op_strategy(12, 300), 1..1500)) {
+        run(&ops, 2048, 300, 32);
+    }
+
+    /// Small device: NoSpace happens; tiny cache: constant early write-back.
+    #[test]
+    fn model_small_device(ops in prop::collection::vec(op_strategy(40, 150), 1..1200)) {
+        run(&ops, 200, 150, 6);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 6,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Hundreds of live snapshots (well past 64).
+    #[test]
+    fn model_many_snapshots(
+        creates in 200usize..260,
+        ops in prop::collection::vec(op_strategy(400, 32), 200..600),
+    ) {
+        let mut all: Vec<Op> = (0..creates as u32)
+            .flat_map(|i| [Op::Create(i * 7 % 400), Op::OriginWrite(i as u64 % 32, (i % 2) as usize)])
+            .collect();
+        all.extend(ops);
+        run(&all, 4096, 32, 64);
+    }
+}
+
+#[test]
+fn nospace_is_reported_and_recoverable() {
+    // Fill a small device with copies until NoSpace, then delete and go on.
+    let mut h = Harness::new(MemDisk::new(128 * BS), 200, 16);
+    let baseline = usage_baseline(&h.s().usage());
+    h.create(1);
+    for c in 0..200 {
+        h.origin_write(c, 0);
+    }
+    assert!(h.nospace > 0, "device never filled");
+    h.commit();
+    h.verify_all();
+    h.check();
+    h.delete(1);
+    h.commit();
+    h.check();
+    assert_eq!(usage_baseline(&h.s().usage()), baseline);
+    h.create(2);
+    for c in 0..20 {
+        h.origin_write(c, 1);
+    }
+    h.commit();
+    h.verify_all();
+    h.check();
+}
+
+#[test]
+fn deleting_middle_snapshot_reclaims_exactly() {
+    let mut h = Harness::new(MemDisk::new(2048 * BS), 64, 32);
+    for id in [10, 20, 30] {
+        h.create(id);
+        for c in 0..64 {
+            h.origin_write(c, (c % 2) as usize);
+        }
+    }
+    h.commit();
+    let u = h.s().usage();
+    // One shared exception per (chunk, snapshot interval).
+    assert_eq!(u.shared_exceptions, 3 * 64);
+    h.delete(20);
+    h.commit();
+    // Snapshot 20's interval was needed by it alone.
+    assert_eq!(h.s().usage().shared_exceptions, 2 * 64);
+    h.verify_all();
+    h.check();
+    // Unsharing every chunk of 10 frees its shared exceptions.
+    for c in 0..64 {
+        h.snap_write(10, c, 0);
+    }
+    h.commit();
+    assert_eq!(h.s().usage().shared_exceptions, 64);
+    assert_eq!(h.s().usage().private_exceptions, 64);
+    assert_eq!(h.s().snapshot_usage(10).unwrap(), 64);
+    assert_eq!(h.s().snapshot_usage(30).unwrap(), 64);
+    h.verify_all();
+    h.check();
+}
