@@ -35,15 +35,17 @@ fi
 # 2. Lay the repository's new kernel files into the tree, and take out those
 #    that an earlier run laid in but this checkout no longer has.
 manifest="$KTREE/.s-snap-overlay"
-overlay_dirs=(Documentation drivers kernel rust samples)
-new_manifest=$(cd "$REPO" && find "${overlay_dirs[@]}" -type f 2>/dev/null | sort)
+overlay_dirs=()
+for dir in Documentation drivers kernel rust samples; do
+	[ -d "$REPO/$dir" ] && overlay_dirs+=("$dir")
+done
+new_manifest=$(cd "$REPO" && find "${overlay_dirs[@]}" -type f | sort)
 if [ -f "$manifest" ]; then
 	comm -23 "$manifest" <(echo "$new_manifest") | while IFS= read -r f; do
 		rm -f "$KTREE/$f"
 	done
 fi
 for dir in "${overlay_dirs[@]}"; do
-	[ -d "$REPO/$dir" ] || continue
 	rsync -rc "$REPO/$dir/" "$KTREE/$dir/"
 done
 echo "$new_manifest" >"$manifest"

@@ -28,7 +28,7 @@ step() {
 step "setup"
 "$REPO/scripts/setup.sh" || { failed=$((failed + 1)); summary; }
 step "kernel build"
-"$REPO/scripts/build-kernel.sh" >/dev/null || { failed=$((failed + 1)); summary; }
+"$REPO/scripts/build-kernel.sh" >"$OUT/kernel-build.log" 2>&1 || { tail -n 30 "$OUT/kernel-build.log"; failed=$((failed + 1)); summary; }
 
 # Userspace: cargo's own per-binary "test result:" lines are summed.
 if [ -f "$REPO/tools/s-snap/Cargo.toml" ]; then
