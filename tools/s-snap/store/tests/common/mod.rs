@@ -56,6 +56,16 @@ pub fn usage_baseline(u: &Usage) -> (u64, u64, u64, u64, u64) {
 
 impl<D: Disk> Harness<D> {
     pub fn new(disk: D, origin_chunks: usize, cache_cap: usize) -> Harness<D> {
+        Self::build(disk, origin_chunks, cache_cap, None, no_pos::<D>)
+    }
+
+    pub fn build(
+        disk: D,
+        origin_chunks: usize,
+        cache_cap: usize,
+        chaos: Option<(u64, u32)>,
+        pos: fn(&D) -> usize,
+    ) -> Harness<D> {
         let mut h = Harness {
             store: None,
             origin: (0..origin_chunks as u64)
@@ -66,9 +76,9 @@ impl<D: Disk> Harness<D> {
             pending: vec![],
             next_val: 1 << 48,
             cache_cap,
-            chaos: None,
+            chaos,
             allow_direct: true,
-            pos: no_pos::<D>,
+            pos,
             origin_log: vec![],
             commits: vec![],
             nospace: 0,
@@ -81,11 +91,6 @@ impl<D: Disk> Harness<D> {
         h.commits
             .push((txid, 0, (h.pos)(h.s().io().disk()), BTreeMap::new()));
         h
-    }
-
-    pub fn with_pos(mut self, pos: fn(&D) -> usize) -> Self {
-        self.pos = pos;
-        self
     }
 
     pub fn open_disk(&mut self, disk: D) {
