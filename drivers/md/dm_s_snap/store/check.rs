@@ -295,6 +295,19 @@ impl<I: BlockIo> Store<I> {
         n.nodes += 1;
         let cnt = match self.read_node(nr, tree, level) {
             Ok((h, cnt)) => {
+                // Padding and unused entry slots are zero.
+                let max = self.g.max_entries(level);
+                let (vo, _) = self.g.val_off(level, cnt);
+                let (ve, _) = self.g.val_off(level, max);
+                let zero =
+                    |a: usize, b: usize| h.get(a..b).is_some_and(|r| r.iter().all(|&x| x == 0));
+                if !zero(28, 32)
+                    || !zero(self.g.key_off(cnt), self.g.key_off(max))
+                    || !zero(vo, ve)
+                    || !zero(ve, self.g.block_size)
+                {
+                    ck.bad("btree node: unused space not zero", Some(nr), None);
+                }
                 drop(h);
                 cnt
             }
@@ -500,13 +513,13 @@ impl<I: BlockIo> Store<I> {
             let h = self.io.read(self.selector_block())?;
             let first = SB_SELECTOR + usize::try_from(g.nr_bitmaps / 8).unwrap_or(0);
             let mut ok = true;
-            if g.nr_bitmaps % 8 != 0 {
+            if !g.nr_bitmaps.is_multiple_of(8) {
                 let b = rd8(&h, first)?;
                 if b >> (g.nr_bitmaps % 8) != 0 {
                     ok = false;
                 }
             }
-            let start = if g.nr_bitmaps % 8 != 0 {
+            let start = if !g.nr_bitmaps.is_multiple_of(8) {
                 first + 1
             } else {
                 first
@@ -517,6 +530,29 @@ impl<I: BlockIo> Store<I> {
             if !ok {
                 ck.bad(
                     "superblock: selector bits set past the bitmap",
+                    Some(self.sb_slot),
+                    None,
+                );
+            }
+        }
+        {
+            // Reserved superblock bytes are zero.
+            let h = self.io.read(self.sb_slot)?;
+            let mut ok = true;
+            for t in 0..NR_TREES {
+                let off = SB_ROOTS + t * SB_ROOT_SIZE + 9;
+                ok &= h
+                    .get(off..off + 7)
+                    .is_some_and(|r| r.iter().all(|&x| x == 0));
+            }
+            let end = SB_ROOTS + NR_TREES * SB_ROOT_SIZE;
+            ok &= h
+                .get(end..SB_SELECTOR)
+                .is_some_and(|r| r.iter().all(|&x| x == 0));
+            ok &= rd32(&h, SB_FLAGS)? == 0;
+            if !ok {
+                ck.bad(
+                    "superblock: reserved bytes not zero",
                     Some(self.sb_slot),
                     None,
                 );
@@ -538,6 +574,9 @@ impl<I: BlockIo> Store<I> {
                 }
             }
             let h = self.read_valid(cur, BM_MAGIC)?;
+            if rd32(&h, BM_INDEX + 4)? != 0 {
+                ck.bad("bitmap: reserved bytes not zero", Some(cur), None);
+            }
             let first = i * g.bits_per_bitmap;
             let nbits = (g.nr_chunks - first).min(g.bits_per_bitmap);
             let words = g.bits_per_bitmap / 64;
@@ -584,6 +623,85 @@ impl<I: BlockIo> Store<I> {
                                 );
                             }
                         }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kind of a live metadata block, for [`Store::visit_metadata`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKind {
+    /// The newest valid superblock.
+    Superblock,
+    /// The current version of a bitmap block.
+    Bitmap,
+    /// A node of the shared exception tree.
+    SharedNode,
+    /// A node of the private exception tree.
+    PrivateNode,
+    /// A node of the snapshot table.
+    SnapshotNode,
+}
+
+impl<I: BlockIo> Store<I> {
+    /// Calls `f(block, kind, level)` for every live metadata block of the
+    /// current state: the superblock, the current bitmap versions and every
+    /// reachable btree node (level 0 = leaf). Unreadable nodes end the walk
+    /// of their subtree with an error.
+    pub fn visit_metadata(&self, f: &mut dyn FnMut(u64, MetaKind, u8)) -> Result<()> {
+        f(self.sb_slot, MetaKind::Superblock, 0);
+        for i in 0..self.g.nr_bitmaps {
+            let (cur, _) = self.bitmap_versions(i)?;
+            f(cur, MetaKind::Bitmap, 0);
+        }
+        for (t, kind) in [
+            (TREE_SHARED, MetaKind::SharedNode),
+            (TREE_PRIVATE, MetaKind::PrivateNode),
+            (TREE_SNAPS, MetaKind::SnapshotNode),
+        ] {
+            let root = self.sb.roots.get(t).copied().unwrap_or_default();
+            if root.depth == 0 || root.depth as usize > MAX_DEPTH {
+                return Err(Error::Corrupt {
+                    what: "btree depth out of range",
+                    block: root.block,
+                });
+            }
+            let mut stack = [(0u64, 0u8, 0usize); MAX_DEPTH];
+            stack[0] = (root.block, root.depth - 1, 0);
+            f(root.block, kind, root.depth - 1);
+            let mut sp = 1usize;
+            // Each node is entered once per parent entry; the walk is
+            // bounded by the depth limit and the entry counts.
+            while sp > 0 {
+                let (nr, level, next) = stack[sp - 1];
+                if level == 0 {
+                    sp -= 1;
+                    continue;
+                }
+                let child = {
+                    let (h, n) = self.read_node(nr, t, level)?;
+                    if next < n {
+                        Some(self.child(&h, next)?)
+                    } else {
+                        None
+                    }
+                };
+                match child {
+                    None => sp -= 1,
+                    Some(c) => {
+                        stack[sp - 1].2 += 1;
+                        if sp >= MAX_DEPTH {
+                            return Err(Error::Corrupt {
+                                what: "btree deeper than the maximum",
+                                block: c,
+                            });
+                        }
+                        f(c, kind, level - 1);
+                        stack[sp] = (c, level - 1, 0);
+                        sp += 1;
                     }
                 }
             }

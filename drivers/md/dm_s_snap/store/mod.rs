@@ -46,7 +46,7 @@ mod ops;
 mod space_map;
 mod txn;
 
-pub use check::Problem;
+pub use check::{MetaKind, Problem};
 pub use error::{Error, Result};
 pub use io::{BlockHandle, BlockIo};
 pub use ops::{

@@ -435,13 +435,20 @@ impl<D: Disk> Cache<D> {
                 st.map.remove(&chunk);
             }
         }
-        self.disk
-            .write_at(chunk * self.bs as u64 + off as u64, data)
+        let pos = chunk
+            .checked_mul(self.bs as u64)
+            .and_then(|p| p.checked_add(off as u64))
+            .ok_or_else(range_err)?;
+        self.disk.write_at(pos, data)
     }
 
     /// Reads data of a chunk from the device.
     pub fn read_data(&self, chunk: u64, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        self.disk.read_at(chunk * self.bs as u64 + off as u64, buf)
+        let pos = chunk
+            .checked_mul(self.bs as u64)
+            .and_then(|p| p.checked_add(off as u64))
+            .ok_or_else(range_err)?;
+        self.disk.read_at(pos, buf)
     }
 
     fn write_block(&self, nr: u64, data: &[u8]) -> bool {
@@ -522,7 +529,7 @@ impl<D: Disk> Cache<D> {
         let mut write_now = false;
         if let Some((seed, one_in)) = st.chaos {
             let mut s = seed ^ tick.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            write_now = splitmix(&mut s) % one_in as u64 == 0;
+            write_now = splitmix(&mut s).is_multiple_of(one_in as u64);
         }
         let Some(e) = st.map.get_mut(&nr) else {
             panic!("released block {nr} is not cached");

@@ -13,6 +13,12 @@ pub const BS: usize = 4096;
 /// Contents of a chunk as far as the tests care: two 8-byte slots.
 pub type Data = [u64; 2];
 
+/// Model of every live snapshot: id -> contents.
+pub type Model = BTreeMap<u32, Vec<Data>>;
+
+/// (txid, log position before commit, after commit, model) of a commit.
+pub type CommitRec = (u64, usize, usize, Model);
+
 pub struct Harness<D: Disk> {
     pub store: Option<Store<Cache<D>>>,
     /// What the origin device holds.
@@ -34,7 +40,7 @@ pub struct Harness<D: Disk> {
     /// (log position, chunk, slot, value) of each origin write issued.
     pub origin_log: Vec<(usize, u64, usize, u64)>,
     /// (txid, log position before commit, after commit, model) per commit.
-    pub commits: Vec<(u64, usize, usize, BTreeMap<u32, Vec<Data>>)>,
+    pub commits: Vec<CommitRec>,
     pub nospace: u64,
     pub copies: u64,
     pub unshares: u64,
