@@ -93,5 +93,7 @@ impl fmt::Display for Error {
     }
 }
 
+impl core::error::Error for Error {}
+
 /// Result type of the exception store.
 pub type Result<T> = core::result::Result<T, Error>;

@@ -1,2 +1,412 @@
-//! s-snap-tool.
-fn main() {}
+//! `s-snap-tool`: check and dump the exception store of a dm shared-snapshot
+//! COW device (an image file or a block device, opened read-only).
+//!
+//! Exit status of `check`: 0 clean, 1 problems found (or not a store),
+//! 2 usage or I/O error.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use s_snap_store::userspace::{Cache, Disk, FileDisk};
+use s_snap_store::{
+    superblock_chunk_sectors, Error as StoreError, Store, MAX_CHUNK_SECTORS, MIN_CHUNK_SECTORS,
+};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Check or dump an s-snap exception store.
+#[derive(Parser, Debug)]
+#[command(name = "s-snap-tool", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Verify every invariant of the store (exit 0: clean, 1: problems,
+    /// 2: usage or I/O error).
+    Check {
+        /// COW device or image file.
+        path: PathBuf,
+        /// Print at most this many problems (all are counted).
+        #[arg(long, default_value_t = 1000)]
+        max_problems: u64,
+    },
+    /// Print the superblock, usage, snapshots and exceptions.
+    Dump {
+        /// COW device or image file.
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Leave out the exception lists.
+        #[arg(long)]
+        no_exceptions: bool,
+    },
+}
+
+/// Errors that end the tool.
+#[derive(Debug, thiserror::Error)]
+enum ToolError {
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: not an s-snap exception store (no valid superblock)")]
+    NotAStore(String),
+    #[error("{path}")]
+    Store { path: String, source: StoreError },
+}
+
+impl ToolError {
+    /// Exit status for this error.
+    fn status(&self) -> u8 {
+        match self {
+            ToolError::Open { .. } => 2,
+            ToolError::Store {
+                source: StoreError::Io(_),
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Finds the chunk size from either superblock slot.
+fn probe_chunk_sectors(disk: &FileDisk) -> Option<u32> {
+    let mut sector = [0u8; 512];
+    if disk.read_at(0, &mut sector).is_ok() {
+        if let Some(cs) = superblock_chunk_sectors(&sector, 0) {
+            return Some(cs);
+        }
+    }
+    let mut cs = MIN_CHUNK_SECTORS;
+    while cs <= MAX_CHUNK_SECTORS {
+        if disk.read_at(cs as u64 * 512, &mut sector).is_ok() {
+            if let Some(found) = superblock_chunk_sectors(&sector, 1) {
+                if found == cs {
+                    return Some(cs);
+                }
+            }
+        }
+        cs *= 2;
+    }
+    None
+}
+
+fn open_store(path: &Path) -> Result<Store<Cache<FileDisk>>, ToolError> {
+    let p = path.display().to_string();
+    let disk = FileDisk::open(path, false).map_err(|source| ToolError::Open {
+        path: p.clone(),
+        source,
+    })?;
+    let cs = probe_chunk_sectors(&disk).ok_or_else(|| ToolError::NotAStore(p.clone()))?;
+    let bs = cs as usize * 512;
+    // 64 MiB of cache at most.
+    let cap = (64 << 20) / bs;
+    let io = Cache::new(disk, bs, cap);
+    Store::open_existing(io).map_err(|source| match source {
+        StoreError::NotAStore => ToolError::NotAStore(p.clone()),
+        source => ToolError::Store { path: p, source },
+    })
+}
+
+fn check(path: &Path, max_problems: u64) -> Result<u8, ToolError> {
+    let store = open_store(path)?;
+    let mut scratch = vec![0u8; store.check_scratch_len()];
+    let mut shown = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let n = store
+        .check(&mut scratch, &mut |p| {
+            if shown < max_problems {
+                let _ = writeln!(out, "error: {p}");
+            }
+            shown += 1;
+        })
+        .map_err(|source| ToolError::Store {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let u = store.usage();
+    if n == 0 {
+        let _ = writeln!(
+            out,
+            "{}: clean (txid {}, {} snapshots, {} shared and {} private exceptions, {} of {} chunks used)",
+            path.display(),
+            store.info().committed_txid,
+            u.snapshots,
+            u.shared_exceptions,
+            u.private_exceptions,
+            u.data_chunks + u.metadata_chunks,
+            u.total_chunks
+        );
+        Ok(0)
+    } else {
+        let _ = writeln!(out, "{}: {n} problem(s) found", path.display());
+        Ok(1)
+    }
+}
+
+#[derive(Serialize)]
+struct JsonSnapshot {
+    id: u32,
+    epoch: u64,
+    exceptions: u64,
+}
+
+#[derive(Serialize)]
+struct JsonShared {
+    chunk: u64,
+    lo: u64,
+    hi: u64,
+    cow: u64,
+}
+
+#[derive(Serialize)]
+struct JsonPrivate {
+    epoch: u64,
+    chunk: u64,
+    cow: u64,
+}
+
+#[derive(Serialize)]
+struct JsonRoot {
+    block: u64,
+    depth: u8,
+}
+
+#[derive(Serialize)]
+struct JsonSuper {
+    version: u32,
+    chunk_sectors: u32,
+    nr_chunks: u64,
+    nr_bitmaps: u64,
+    fixed_end: u64,
+    superblock_slot: u64,
+    seq: u64,
+    committed_txid: u64,
+    reserved_txid: u64,
+    last_epoch: u64,
+    alloc_hint: u64,
+    deleting_epoch: u64,
+    shared_root: JsonRoot,
+    private_root: JsonRoot,
+    snapshot_root: JsonRoot,
+}
+
+#[derive(Serialize)]
+struct JsonUsage {
+    chunk_size: u64,
+    total_chunks: u64,
+    data_chunks: u64,
+    metadata_chunks: u64,
+    free_chunks: u64,
+    shared_exceptions: u64,
+    private_exceptions: u64,
+    snapshots: u64,
+}
+
+#[derive(Serialize)]
+struct JsonDump {
+    superblock: JsonSuper,
+    usage: JsonUsage,
+    snapshots: Vec<JsonSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_exceptions: Option<Vec<JsonShared>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_exceptions: Option<Vec<JsonPrivate>>,
+}
+
+fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, StoreError> {
+    let i = store.info();
+    let u = store.usage();
+    let root = |r: (u64, u8)| JsonRoot {
+        block: r.0,
+        depth: r.1,
+    };
+    let mut snapshots = vec![];
+    for s in store.snapshots() {
+        let s = s?;
+        snapshots.push(JsonSnapshot {
+            id: s.id(),
+            epoch: s.epoch(),
+            exceptions: store.snapshot_usage(s.id())?,
+        });
+    }
+    let (shared, private) = if exceptions {
+        let mut sh = vec![];
+        for e in store.shared_exceptions() {
+            let e = e?;
+            sh.push(JsonShared {
+                chunk: e.chunk,
+                lo: e.lo,
+                hi: e.hi,
+                cow: e.cow,
+            });
+        }
+        let mut pr = vec![];
+        for e in store.private_exceptions() {
+            let e = e?;
+            pr.push(JsonPrivate {
+                epoch: e.epoch,
+                chunk: e.chunk,
+                cow: e.cow,
+            });
+        }
+        (Some(sh), Some(pr))
+    } else {
+        (None, None)
+    };
+    Ok(JsonDump {
+        superblock: JsonSuper {
+            version: i.version,
+            chunk_sectors: i.chunk_sectors,
+            nr_chunks: i.nr_chunks,
+            nr_bitmaps: i.nr_bitmaps,
+            fixed_end: i.fixed_end,
+            superblock_slot: i.superblock_slot,
+            seq: i.seq,
+            committed_txid: i.committed_txid,
+            reserved_txid: i.reserved_txid,
+            last_epoch: i.last_epoch,
+            alloc_hint: i.alloc_hint,
+            deleting_epoch: i.deleting_epoch,
+            shared_root: root(i.roots[0]),
+            private_root: root(i.roots[1]),
+            snapshot_root: root(i.roots[2]),
+        },
+        usage: JsonUsage {
+            chunk_size: u.chunk_size,
+            total_chunks: u.total_chunks,
+            data_chunks: u.data_chunks,
+            metadata_chunks: u.metadata_chunks,
+            free_chunks: u.free_chunks,
+            shared_exceptions: u.shared_exceptions,
+            private_exceptions: u.private_exceptions,
+            snapshots: u.snapshots,
+        },
+        snapshots,
+        shared_exceptions: shared,
+        private_exceptions: private,
+    })
+}
+
+fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
+    let s = &d.superblock;
+    writeln!(out, "superblock:")?;
+    writeln!(out, "  version          {}", s.version)?;
+    writeln!(
+        out,
+        "  chunk size       {} sectors ({} bytes)",
+        s.chunk_sectors,
+        s.chunk_sectors as u64 * 512
+    )?;
+    writeln!(out, "  chunks           {}", s.nr_chunks)?;
+    writeln!(
+        out,
+        "  bitmap blocks    {} (fixed area: chunks 0..{})",
+        s.nr_bitmaps, s.fixed_end
+    )?;
+    writeln!(out, "  slot / seq       {} / {}", s.superblock_slot, s.seq)?;
+    writeln!(out, "  committed txid   {}", s.committed_txid)?;
+    writeln!(out, "  reserved txid    {}", s.reserved_txid)?;
+    writeln!(out, "  last epoch       {}", s.last_epoch)?;
+    writeln!(out, "  alloc hint       {}", s.alloc_hint)?;
+    writeln!(out, "  deleting epoch   {}", s.deleting_epoch)?;
+    for (name, r) in [
+        ("shared root", &s.shared_root),
+        ("private root", &s.private_root),
+        ("snapshot root", &s.snapshot_root),
+    ] {
+        writeln!(out, "  {name:<16} block {} depth {}", r.block, r.depth)?;
+    }
+    let u = &d.usage;
+    writeln!(out, "usage:")?;
+    writeln!(out, "  chunk size       {}", u.chunk_size)?;
+    writeln!(out, "  total chunks     {}", u.total_chunks)?;
+    writeln!(out, "  data chunks      {}", u.data_chunks)?;
+    writeln!(out, "  metadata chunks  {}", u.metadata_chunks)?;
+    writeln!(out, "  free chunks      {}", u.free_chunks)?;
+    writeln!(out, "  shared exc.      {}", u.shared_exceptions)?;
+    writeln!(out, "  private exc.     {}", u.private_exceptions)?;
+    writeln!(out, "snapshots: {}", d.snapshots.len())?;
+    for sn in &d.snapshots {
+        writeln!(
+            out,
+            "  id {:<10} epoch {:<10} exceptions {}",
+            sn.id, sn.epoch, sn.exceptions
+        )?;
+    }
+    if let Some(sh) = &d.shared_exceptions {
+        writeln!(out, "shared exceptions: {}", sh.len())?;
+        for e in sh {
+            writeln!(
+                out,
+                "  chunk {:<12} epochs {}..={} -> cow {}",
+                e.chunk, e.lo, e.hi, e.cow
+            )?;
+        }
+    }
+    if let Some(pr) = &d.private_exceptions {
+        writeln!(out, "private exceptions: {}", pr.len())?;
+        for e in pr {
+            writeln!(
+                out,
+                "  epoch {:<10} chunk {:<12} -> cow {}",
+                e.epoch, e.chunk, e.cow
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn dump(path: &Path, json: bool, no_exceptions: bool) -> anyhow::Result<u8> {
+    let store = open_store(path)?;
+    let d = gather(&store, !no_exceptions).map_err(|source| ToolError::Store {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if json {
+        serde_json::to_writer_pretty(&mut out, &d).context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        print_text(&d, &mut out).context("writing output")?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let r: anyhow::Result<u8> = match cli.cmd {
+        Cmd::Check { path, max_problems } => check(&path, max_problems).map_err(Into::into),
+        Cmd::Dump {
+            path,
+            json,
+            no_exceptions,
+        } => dump(&path, json, no_exceptions),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("s-snap-tool: {e:#}");
+            let code = e
+                .downcast_ref::<ToolError>()
+                .map(|t| t.status())
+                .unwrap_or(2);
+            ExitCode::from(code)
+        }
+    }
+}
