@@ -9,6 +9,8 @@
 //! `S_SNAP_BENCH_SNAPSHOTS` (64), `S_SNAP_BENCH_CHUNK_SECTORS` (8 = 4 KiB),
 //! `S_SNAP_BENCH_CACHE_MIB` (64).
 
+#![allow(clippy::float_arithmetic)]
+
 use s_snap_store::userspace::{Cache, SparseDisk};
 use s_snap_store::{BlockIo, Location, OriginWrite, Store};
 use std::time::Instant;
