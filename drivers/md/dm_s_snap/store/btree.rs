@@ -598,10 +598,10 @@ impl<I: BlockIo> Store<I> {
                 n
             };
             if cn > self.g.min_entries(cl) {
-                if plen >= MAX_DEPTH {
-                    return Err(corrupt("btree: deeper than the maximum", cur));
-                }
-                path[plen] = (cur, idx, level);
+                let slot = path
+                    .get_mut(plen)
+                    .ok_or(corrupt("btree: deeper than the maximum", cur))?;
+                *slot = (cur, idx, level);
                 plen += 1;
                 cur = c2;
                 level = cl;
@@ -707,10 +707,10 @@ impl<I: BlockIo> Store<I> {
                 descend = left;
                 descend_idx = lidx;
             }
-            if plen >= MAX_DEPTH {
-                return Err(corrupt("btree: deeper than the maximum", cur));
-            }
-            path[plen] = (cur, descend_idx, level);
+            let slot = path
+                .get_mut(plen)
+                .ok_or(corrupt("btree: deeper than the maximum", cur))?;
+            *slot = (cur, descend_idx, level);
             plen += 1;
             cur = descend;
             level = cl;

@@ -223,8 +223,7 @@ impl<I: BlockIo> Store<I> {
             stack[0] = f;
             sp = 1;
         }
-        while sp > 0 {
-            let top = stack[sp - 1];
+        while let Some(&top) = sp.checked_sub(1).and_then(|i| stack.get(i)) {
             // Next child of an internal node.
             let child = {
                 match self.read_node(top.block, tree, top.level) {
@@ -261,11 +260,12 @@ impl<I: BlockIo> Store<I> {
                         n,
                         &mut ls,
                     )? {
-                        if sp >= MAX_DEPTH {
-                            ck.bad("btree deeper than the maximum", Some(c), None);
-                        } else {
-                            stack[sp] = f;
-                            sp += 1;
+                        match stack.get_mut(sp) {
+                            Some(slot) => {
+                                *slot = f;
+                                sp += 1;
+                            }
+                            None => ck.bad("btree deeper than the maximum", Some(c), None),
                         }
                     }
                 }
@@ -675,8 +675,7 @@ impl<I: BlockIo> Store<I> {
             let mut sp = 1usize;
             // Each node is entered once per parent entry; the walk is
             // bounded by the depth limit and the entry counts.
-            while sp > 0 {
-                let (nr, level, next) = stack[sp - 1];
+            while let Some(&(nr, level, next)) = sp.checked_sub(1).and_then(|i| stack.get(i)) {
                 if level == 0 {
                     sp -= 1;
                     continue;
@@ -692,16 +691,16 @@ impl<I: BlockIo> Store<I> {
                 match child {
                     None => sp -= 1,
                     Some(c) => {
-                        stack[sp - 1].2 += 1;
-                        if sp >= MAX_DEPTH {
-                            return Err(Error::Corrupt {
-                                what: "btree deeper than the maximum",
-                                block: c,
-                            });
+                        if let Some(top) = stack.get_mut(sp - 1) {
+                            top.2 += 1;
                         }
-                        f(c, kind, level - 1);
-                        stack[sp] = (c, level - 1, 0);
+                        let slot = stack.get_mut(sp).ok_or(Error::Corrupt {
+                            what: "btree deeper than the maximum",
+                            block: c,
+                        })?;
+                        *slot = (c, level - 1, 0);
                         sp += 1;
+                        f(c, kind, level - 1);
                     }
                 }
             }

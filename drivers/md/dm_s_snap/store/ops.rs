@@ -510,7 +510,7 @@ impl<I: BlockIo> Store<I> {
         self.insert(TREE_SNAPS, epoch as u128, id as u128)?;
         self.insert(TREE_SNAPS, ID_SPACE | id as u128, epoch as u128)?;
         self.sb.last_epoch = epoch;
-        self.sb.snapshots += 1;
+        self.sb.snapshots = self.sb.snapshots.saturating_add(1);
         Ok(SnapshotRef { id, epoch })
     }
 
@@ -576,7 +576,12 @@ impl<I: BlockIo> Store<I> {
         if let Some((k, v)) = self.ceil(TREE_PRIVATE, private_key(e, 0))? {
             if hi64(k) == e {
                 self.ensure(self.op_need(TREE_PRIVATE))?;
-                self.remove(TREE_PRIVATE, k)?;
+                if self.remove(TREE_PRIVATE, k)?.is_none() {
+                    return Err(Error::Corrupt {
+                        what: "btree: found key cannot be removed",
+                        block: 0,
+                    });
+                }
                 self.free_data(lo64(v))?;
                 self.sb.private = self.sb.private.saturating_sub(1);
                 return Ok(false);
@@ -607,7 +612,12 @@ impl<I: BlockIo> Store<I> {
                     self.reclaim_cursor = k;
                     if !self.first_lacking(hi64(k), hi64(v), lo64(k))?.found {
                         self.ensure(self.op_need(TREE_SHARED))?;
-                        self.remove(TREE_SHARED, k)?;
+                        if self.remove(TREE_SHARED, k)?.is_none() {
+                            return Err(Error::Corrupt {
+                                what: "btree: found key cannot be removed",
+                                block: 0,
+                            });
+                        }
                         self.free_data(lo64(v))?;
                         self.sb.shared = self.sb.shared.saturating_sub(1);
                         self.reclaim_cursor = k.saturating_add(1);
@@ -692,7 +702,7 @@ impl<I: BlockIo> Store<I> {
                 shared_key(c, last),
                 shared_val(hi_prev + 1, plan.cow),
             )?;
-            self.sb.shared += 1;
+            self.sb.shared = self.sb.shared.saturating_add(1);
             Ok(())
         } else {
             // Meanwhile no snapshot needs it (deleted, or all unshared).
@@ -764,7 +774,7 @@ impl<I: BlockIo> Store<I> {
             return Err(err);
         }
         self.insert(TREE_PRIVATE, private_key(e, c), plan.to as u128)?;
-        self.sb.private += 1;
+        self.sb.private = self.sb.private.saturating_add(1);
         if let Some((k, v)) = self.covering_shared(c, e)? {
             if !self.first_lacking(c, hi64(v), lo64(k))?.found {
                 self.remove(TREE_SHARED, k)?;

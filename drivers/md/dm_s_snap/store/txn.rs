@@ -250,6 +250,9 @@ impl<I: BlockIo> Store<I> {
         if used > st.nr_chunks || st.meta_chunks < g.fixed_end + NR_TREES as u64 {
             return Err(bad("superblock: usage counters out of range"));
         }
+        if st.shared > st.nr_chunks || st.private > st.nr_chunks {
+            return Err(bad("superblock: exception counters out of range"));
+        }
         if st.deleting_epoch > st.last_epoch || st.snapshots > st.last_epoch {
             return Err(bad("superblock: snapshot counters out of range"));
         }
