@@ -318,6 +318,24 @@ impl<D: Disk> Harness<D> {
         assert_eq!(txid, self.commits.last().unwrap().0);
     }
 
+    /// Simulates a crash: cached dirty blocks are lost (blocks written
+    /// early stay on the device), the store reopens at its last commit.
+    pub fn crash(&mut self) {
+        let io = self.store.take().unwrap().into_io();
+        io.drop_all();
+        let disk = io.into_disk();
+        self.open_disk(disk);
+        let last = self.commits.last().unwrap();
+        assert_eq!(
+            self.s().info().committed_txid,
+            last.0,
+            "reopened at another commit"
+        );
+        self.snaps = last.3.clone();
+        self.pending.clear();
+        self.user_origin = self.origin.clone();
+    }
+
     /// Compares every snapshot and the origin with the model.
     pub fn verify_all(&self) {
         let ids: Vec<u32> = self.s().snapshots().map(|s| s.unwrap().id()).collect();
