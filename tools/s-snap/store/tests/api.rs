@@ -1,0 +1,150 @@
+//! API behaviour: open rules, read-only stores, plan bookkeeping and the
+//! origin-write answers.
+
+mod common;
+
+use common::*;
+use s_snap_store::userspace::{Cache, MemDisk};
+use s_snap_store::{min_chunks, BlockIo, Error, Location, OriginWrite, SnapWritePlan, Store};
+
+fn open(disk: MemDisk) -> Store<Cache<MemDisk>> {
+    Store::open(Cache::new(disk, BS, 32), CS).unwrap()
+}
+
+#[test]
+fn device_size_rules() {
+    let min = min_chunks(CS);
+    assert_eq!(min, 23);
+    assert_eq!(
+        Store::open(Cache::new(MemDisk::new((min as usize - 1) * BS), BS, 8), CS).err(),
+        Some(Error::DeviceTooSmall)
+    );
+    let s = open(MemDisk::new(min as usize * BS));
+    assert_eq!(s.usage().total_chunks, min);
+    // A device grown after format: only the format-time size is used.
+    let mut img = s.into_io().into_disk().to_vec();
+    img.resize(4 * min as usize * BS, 0);
+    let s = open(MemDisk::from_vec(img));
+    assert_eq!(s.usage().total_chunks, min);
+    // Shrunk below the format-time size: refused.
+    let mut img = s.into_io().into_disk().to_vec();
+    img.truncate((min as usize - 1) * BS);
+    assert_eq!(
+        Store::open(Cache::new(MemDisk::from_vec(img), BS, 8), CS).err(),
+        Some(Error::DeviceTooSmall)
+    );
+    // Invalid chunk sizes.
+    for cs in [0u32, 4, 12, 2048] {
+        let r = Store::open(Cache::new(MemDisk::new(64 * BS), BS, 8), cs);
+        assert_eq!(r.err(), Some(Error::InvalidChunkSize), "{cs}");
+    }
+}
+
+#[test]
+fn read_only_store_refuses_changes_and_writes_nothing() {
+    let mut s = open(MemDisk::new(256 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let img = s.into_io().into_disk().to_vec();
+    let mut ro = Store::open_existing(Cache::new(MemDisk::from_vec(img.clone()), BS, 8)).unwrap();
+    assert_eq!(ro.create_snapshot(2).err(), Some(Error::ReadOnly));
+    assert_eq!(ro.delete_snapshot(1).err(), Some(Error::ReadOnly));
+    assert_eq!(ro.origin_write_prepare(0).err(), Some(Error::ReadOnly));
+    assert_eq!(ro.commit().err(), Some(Error::ReadOnly));
+    assert_eq!(ro.snapshots().count(), 1);
+    let io = ro.into_io();
+    io.write_dirty().unwrap();
+    assert!(io.into_disk().to_vec() == img, "read-only open wrote");
+}
+
+#[test]
+fn plans_block_commit_and_abort_frees() {
+    let mut s = open(MemDisk::new(256 * BS));
+    let base = s.usage();
+    let snap = s.create_snapshot(7).unwrap();
+    let OriginWrite::Copy(p) = s.origin_write_prepare(3).unwrap() else {
+        panic!("copy expected");
+    };
+    assert_eq!(s.usage().data_chunks, base.data_chunks + 1);
+    assert_eq!(s.commit().err(), Some(Error::Busy));
+    s.abort_origin_write(p).unwrap();
+    assert_eq!(s.usage().data_chunks, base.data_chunks);
+    s.commit().unwrap();
+    // The copy is needed again after the abort.
+    let OriginWrite::Copy(p) = s.origin_write_prepare(3).unwrap() else {
+        panic!("copy expected");
+    };
+    let cow = p.cow();
+    s.origin_write_complete(p).unwrap();
+    assert_eq!(s.snapshot_lookup(snap, 3).unwrap(), Location::Cow(cow));
+    // Not committed yet: further writes must wait for the commit.
+    assert_eq!(s.origin_write_prepare(3).unwrap(), OriginWrite::AfterCommit);
+    s.commit().unwrap();
+    assert_eq!(s.origin_write_prepare(3).unwrap(), OriginWrite::Proceed);
+    // Unshare plan aborted.
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(snap, 9).unwrap() else {
+        panic!("unshare expected");
+    };
+    assert_eq!(u.from(), Location::Origin);
+    s.abort_snapshot_write(u).unwrap();
+    // A plan whose snapshot was deleted meanwhile frees its chunk.
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(snap, 9).unwrap() else {
+        panic!("unshare expected");
+    };
+    let OriginWrite::Copy(p) = s.origin_write_prepare(4).unwrap() else {
+        panic!("copy expected");
+    };
+    s.delete_snapshot(7).unwrap();
+    assert_eq!(s.snapshot_write_complete(u).err(), Some(Error::NotFound));
+    s.origin_write_complete(p).unwrap();
+    s.commit().unwrap();
+    let u = s.usage();
+    assert_eq!((u.data_chunks, u.shared_exceptions, u.snapshots), (0, 0, 0));
+    assert_eq!(u.metadata_chunks, base.metadata_chunks);
+    check_store(&s);
+}
+
+#[test]
+fn deleted_snapshot_makes_origin_writes_wait() {
+    let mut s = open(MemDisk::new(256 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    // The only snapshot is deleted but not committed: a crash would bring
+    // it back, so the origin write must wait for the commit.
+    s.delete_snapshot(1).unwrap();
+    assert_eq!(s.origin_write_prepare(5).unwrap(), OriginWrite::AfterCommit);
+    s.commit().unwrap();
+    assert_eq!(s.origin_write_prepare(5).unwrap(), OriginWrite::Proceed);
+    // Snapshot ids are reusable after deletion; epochs are not.
+    let a = s.create_snapshot(1).unwrap();
+    assert_eq!(a.epoch(), 2);
+    assert_eq!(s.create_snapshot(1).err(), Some(Error::Exists));
+    assert_eq!(s.delete_snapshot(99).err(), Some(Error::NotFound));
+}
+
+#[test]
+fn private_writes_of_all_snapshots_need_no_copy() {
+    let mut s = open(MemDisk::new(512 * BS));
+    let snaps: Vec<_> = (0..5)
+        .map(|i| s.create_snapshot(100 - i).unwrap())
+        .collect();
+    for snap in &snaps {
+        let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(*snap, 2).unwrap() else {
+            panic!("unshare expected");
+        };
+        s.snapshot_write_complete(u).unwrap();
+        assert!(matches!(
+            s.snapshot_write_prepare(*snap, 2).unwrap(),
+            SnapWritePlan::Direct(_)
+        ));
+    }
+    // Every snapshot owns chunk 2: no copy, but the privates are not
+    // committed yet.
+    assert_eq!(s.origin_write_prepare(2).unwrap(), OriginWrite::AfterCommit);
+    s.commit().unwrap();
+    assert_eq!(s.origin_write_prepare(2).unwrap(), OriginWrite::Proceed);
+    // Listing is by ascending id.
+    let ids: Vec<u32> = s.snapshots().map(|x| x.unwrap().id()).collect();
+    assert_eq!(ids, vec![96, 97, 98, 99, 100]);
+    check_store(&s);
+}
