@@ -69,6 +69,7 @@
 //! }
 //! ```
 
+pub mod bufio;
 
 use crate::{
     alloc::{flags::GFP_KERNEL, AllocError, KBox, KVec},
