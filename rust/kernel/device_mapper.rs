@@ -70,6 +70,7 @@
 //! ```
 
 pub mod bufio;
+pub mod kcopyd;
 
 use crate::{
     alloc::{flags::GFP_KERNEL, AllocError, KBox, KVec},
