@@ -571,10 +571,11 @@ impl DmDev {
         // SAFETY: The device is open, so `bdev` is valid; take a reference on it.
         unsafe { bindings::get_device(&mut (*bdev).bd_device) };
         let mut name = [0u8; 16];
-        for (d, s) in name.iter_mut().zip(name_src.iter()) {
-            // CAST: `c_char` to `u8` keeps the bits.
-            *d = *s as u8;
-        }
+        // CAST: `c_char` and `u8` have the same size and any bits are valid for both.
+        // SAFETY: `name_src` is 16 bytes long, `name` too, and they do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(name_src.as_ptr().cast::<u8>(), name.as_mut_ptr(), 16)
+        };
         name[15] = 0;
         // INVARIANT: We hold a reference on `bdev`; `name` is NUL-terminated.
         Self {
@@ -1034,7 +1035,7 @@ impl<T: TargetOperations> Registration<T> {
     /// # Safety
     ///
     /// `ti` must be a valid target of this type: its `type` points to `self.tt`.
-    unsafe fn registration<'a>(ti: *mut bindings::dm_target) -> &'a Self {
+    unsafe fn from_target<'a>(ti: *mut bindings::dm_target) -> &'a Self {
         // SAFETY: `ti->type` points to the `tt` field of a pinned, live `Registration<T>`
         // (device-mapper holds a module reference, so the registration outlives the target).
         // CAST: `Opaque<target_type>` is transparent over `target_type`.
@@ -1070,6 +1071,12 @@ impl<T: TargetOperations> Registration<T> {
         Ok(args)
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a target of this type under construction and `argv` must point to `argc`
+    /// valid strings, as device-mapper guarantees for `target_type::ctr`.
     unsafe extern "C" fn ctr_callback(
         ti: *mut bindings::dm_target,
         argc: c_uint,
@@ -1077,7 +1084,7 @@ impl<T: TargetOperations> Registration<T> {
     ) -> c_int {
         // SAFETY: Device-mapper calls this with a valid target of our type under construction
         // and valid arguments.
-        let reg = unsafe { Self::registration(ti) };
+        let reg = unsafe { Self::from_target(ti) };
         // SAFETY: As above.
         let target = unsafe { Target::from_raw(ti) };
         let per_io = core::mem::size_of::<T::PerIo>();
@@ -1139,6 +1146,12 @@ impl<T: TargetOperations> Registration<T> {
         }
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a target of this type whose constructor succeeded, and this must be the only
+    /// call for it, as device-mapper guarantees for `target_type::dtr`.
     unsafe extern "C" fn dtr_callback(ti: *mut bindings::dm_target) {
         // SAFETY: Device-mapper calls the destructor once, for a target whose constructor
         // succeeded; `private` is the state boxed by `ctr_callback`.
@@ -1153,6 +1166,12 @@ impl<T: TargetOperations> Registration<T> {
         }
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type and `bio` a dm clone sent to it, as
+    /// device-mapper guarantees for `target_type::map`.
     unsafe extern "C" fn map_callback(
         ti: *mut bindings::dm_target,
         bio: *mut bindings::bio,
@@ -1214,6 +1233,12 @@ impl<T: TargetOperations> Registration<T> {
         }
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type, `bio` a bio it mapped and `error` valid
+    /// for reads and writes, as device-mapper guarantees for `target_type::end_io`.
     unsafe extern "C" fn end_io_callback(
         ti: *mut bindings::dm_target,
         bio: *mut bindings::bio,
@@ -1244,6 +1269,12 @@ impl<T: TargetOperations> Registration<T> {
         }) as c_int
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type and `result` valid for writes of `maxlen`
+    /// bytes, as device-mapper guarantees for `target_type::status`.
     unsafe extern "C" fn status_callback(
         ti: *mut bindings::dm_target,
         type_: bindings::status_type_t,
@@ -1275,6 +1306,13 @@ impl<T: TargetOperations> Registration<T> {
         );
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type, `argv` must point to `argc` valid strings
+    /// and `result` be valid for writes of `maxlen` bytes, as device-mapper guarantees for
+    /// `target_type::message`.
     unsafe extern "C" fn message_callback(
         ti: *mut bindings::dm_target,
         argc: c_uint,
@@ -1303,30 +1341,56 @@ impl<T: TargetOperations> Registration<T> {
         })
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type.
     unsafe extern "C" fn presuspend_callback(ti: *mut bindings::dm_target) {
         // SAFETY: Called for a constructed target of our type.
         let (state, target) = unsafe { (Self::state(ti), Target::from_raw(ti)) };
         T::presuspend(state.data.as_ref(), target);
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type.
     unsafe extern "C" fn postsuspend_callback(ti: *mut bindings::dm_target) {
         // SAFETY: Called for a constructed target of our type.
         let (state, target) = unsafe { (Self::state(ti), Target::from_raw(ti)) };
         T::postsuspend(state.data.as_ref(), target);
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type.
     unsafe extern "C" fn preresume_callback(ti: *mut bindings::dm_target) -> c_int {
         // SAFETY: Called for a constructed target of our type.
         let (state, target) = unsafe { (Self::state(ti), Target::from_raw(ti)) };
         from_result(|| T::preresume(state.data.as_ref(), target).map(|()| 0))
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type.
     unsafe extern "C" fn resume_callback(ti: *mut bindings::dm_target) {
         // SAFETY: Called for a constructed target of our type.
         let (state, target) = unsafe { (Self::state(ti), Target::from_raw(ti)) };
         T::resume(state.data.as_ref(), target);
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type and `callout`/`data` a callout of
+    /// device-mapper, as it guarantees for `target_type::iterate_devices`.
     unsafe extern "C" fn iterate_devices_callback(
         ti: *mut bindings::dm_target,
         callout: bindings::iterate_devices_callout_fn,
@@ -1345,6 +1409,11 @@ impl<T: TargetOperations> Registration<T> {
         it.ret
     }
 
+    /// Device-mapper callback.
+    ///
+    /// # Safety
+    ///
+    /// `ti` must be a constructed target of this type and `limits` valid for reads and writes.
     unsafe extern "C" fn io_hints_callback(
         ti: *mut bindings::dm_target,
         limits: *mut bindings::queue_limits,

@@ -128,6 +128,12 @@ impl Client {
         })
     }
 
+    /// The kcopyd completion callback of a job submitted by [`Client::submit`].
+    ///
+    /// # Safety
+    ///
+    /// `context` must be a `Job<F>` boxed by [`Client::submit`], and this must be the only
+    /// call for it.
     unsafe extern "C" fn notify<F: FnOnce(CopyResult) + Send + 'static>(
         read_err: c_int,
         write_err: c_ulong,
