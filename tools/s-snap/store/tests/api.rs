@@ -148,3 +148,41 @@ fn private_writes_of_all_snapshots_need_no_copy() {
     assert_eq!(ids, vec![96, 97, 98, 99, 100]);
     check_store(&s);
 }
+
+#[test]
+fn delete_on_full_device_commits_midway_and_resumes() {
+    // A nearly full device: deleting a snapshot with many exceptions needs
+    // more fresh metadata chunks (shadow copies) than are free; the delete
+    // commits what it has done and goes on.
+    let mut h = Harness::new(MemDisk::new(8000 * BS), 40000, 64);
+    let baseline = usage_baseline(&h.s().usage());
+    h.create(1);
+    for c in 0..6500 {
+        h.snap_write(1, c * 5, 0);
+    }
+    h.commit();
+    h.create(2);
+    let mut c = 0;
+    while h.nospace == 0 {
+        h.origin_write(c, 1);
+        c += 1;
+    }
+    h.commit();
+    let before = h.s().info().committed_txid;
+    let u = h.s().usage();
+    assert!(u.free_chunks < 80, "{u:?}");
+    h.delete(1);
+    let after = h.s().info().committed_txid;
+    assert!(
+        after > before,
+        "delete did not commit midway ({before} -> {after})"
+    );
+    h.commit();
+    assert_eq!(h.s().info().deleting_epoch, 0);
+    h.verify_all();
+    h.check();
+    h.delete(2);
+    h.commit();
+    h.check();
+    assert_eq!(usage_baseline(&h.s().usage()), baseline);
+}

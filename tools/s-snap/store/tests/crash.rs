@@ -11,8 +11,12 @@ use s_snap_store::userspace::{Cache, CrashDisk, Event, MemDisk, Survival};
 use s_snap_store::{Location, Store};
 use std::collections::BTreeMap;
 
-const DEV_CHUNKS: usize = 256;
 const ORIGIN_CHUNKS: usize = 24;
+
+thread_local! {
+    /// Recoveries that found a snapshot deletion pending.
+    static PENDING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 struct Rng(u64);
 impl Rng {
@@ -32,8 +36,8 @@ fn log_len(d: &CrashDisk) -> usize {
 }
 
 /// Runs a workload on a crash disk; returns the harness (with logs).
-fn workload(seed: u64, ops: usize) -> Harness<CrashDisk> {
-    let disk = CrashDisk::new(vec![0; DEV_CHUNKS * BS]);
+fn workload(seed: u64, ops: usize, dev_chunks: usize) -> Harness<CrashDisk> {
+    let disk = CrashDisk::new(vec![0; dev_chunks * BS]);
     let mut h = Harness::build(disk, ORIGIN_CHUNKS, 8, Some((seed, 3)), log_len);
     // Writes to chunks a snapshot already owns are not transactional
     // (like any block device without a flush), so the crash model skips
@@ -78,7 +82,7 @@ fn workload(seed: u64, ops: usize) -> Harness<CrashDisk> {
 
 /// The origin device as it was after the first `k` events.
 fn origin_at(h: &Harness<CrashDisk>, k: usize) -> Vec<Data> {
-    let mut o: Vec<Data> = (0..ORIGIN_CHUNKS as u64)
+    let mut o: Vec<Data> = (0..h.origin.len() as u64)
         .map(|c| [c << 32, (c << 32) | 1])
         .collect();
     for &(p, c, s, v) in &h.origin_log {
@@ -104,7 +108,10 @@ fn verify(s: &Store<Cache<MemDisk>>, model: &BTreeMap<u32, Vec<Data>>, origin: &
     assert_eq!(ids, want, "{ctx}: snapshot ids");
     for (id, m) in model {
         let snap = s.snapshot_epoch(*id).unwrap().unwrap();
-        for c in 0..ORIGIN_CHUNKS as u64 {
+        // Large models are sampled (a different offset per call).
+        let step = if m.len() <= 4096 { 1 } else { 17 };
+        let first = (ctx.len() as u64 * 7) % step;
+        for c in (first..m.len() as u64).step_by(step as usize) {
             let got = match s.snapshot_lookup(snap, c).unwrap() {
                 Location::Origin => origin[c as usize],
                 Location::Cow(x) => read_chunk(s, x),
@@ -124,11 +131,31 @@ fn recover(
     how: Survival,
     go_on: bool,
 ) {
-    let img = CrashDisk::image_at(initial, log, k, how);
+    recover_from(h, initial, log, 0, k, how, go_on)
+}
+
+/// Like `recover`, with `base` the durable image after the first `start`
+/// events (`start` right after a flush).
+fn recover_from(
+    h: &Harness<CrashDisk>,
+    base: &[u8],
+    log: &[Event],
+    start: usize,
+    k: usize,
+    how: Survival,
+    go_on: bool,
+) {
+    let img = CrashDisk::image_at(base, &log[start..], k - start, how);
     let ctx = format!("crash after {k} events ({how:?})");
+    // The committed state as found (a read-write open may go on to finish
+    // a pending snapshot deletion and commit again).
+    let (t, pending) =
+        match Store::open_existing(Cache::new(MemDisk::from_vec(img.clone()), BS, 16)) {
+            Ok(s) => (s.info().committed_txid, s.info().deleting_epoch != 0),
+            Err(_) => (1, false), // not formatted yet: a read-write open formats
+        };
     let io = Cache::new(MemDisk::from_vec(img), BS, 16);
     let mut s = Store::open(io, CS).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
-    let t = s.info().committed_txid;
     // Commits whose superblock write may have reached the disk, and the
     // newest one that surely did.
     let surely = h
@@ -138,6 +165,7 @@ fn recover(
         .map(|c| c.0)
         .max()
         .unwrap_or(0);
+    PENDING.with(|p| p.set(p.get() + pending as u64));
     let entry = h
         .commits
         .iter()
@@ -171,8 +199,8 @@ fn recover(
     }
 }
 
-fn crash_all_points(seed: u64, ops: usize) {
-    let h = workload(seed, ops);
+fn crash_all_points(seed: u64, ops: usize, dev_chunks: usize) {
+    let h = workload(seed, ops, dev_chunks);
     assert!(h.copies > 0 && h.commits.len() > 3, "workload too small");
     let st = h.s().io().stats();
     assert!(st.early_writes > 0, "no early write-back happened");
@@ -201,26 +229,92 @@ fn crash_all_points(seed: u64, ops: usize) {
         points += 1;
     }
     eprintln!(
-        "seed {seed}: {} events, {} commits, {} copies, {} unshares, {} early writes, {points} crash points x 3",
+        "seed {seed}: {} events, {} commits, {} copies, {} unshares, {} NoSpace, {} early writes, {points} crash points x 3",
         log.len(),
         h.commits.len(),
         h.copies,
         h.unshares,
+        h.nospace,
         st.early_writes
     );
 }
 
 #[test]
 fn crash_every_write_point_seed1() {
-    crash_all_points(0x5eed_0001, 160);
+    crash_all_points(0x5eed_0001, 200, 256);
 }
 
 #[test]
 fn crash_every_write_point_seed2() {
-    crash_all_points(0x5eed_0002, 160);
+    crash_all_points(0x5eed_0002, 300, 256);
 }
 
 #[test]
 fn crash_every_write_point_seed3() {
-    crash_all_points(0x5eed_0003, 220);
+    crash_all_points(0x5eed_0003, 400, 512);
+}
+
+/// A small device: NoSpace, deletions that commit midway.
+#[test]
+fn crash_every_write_point_small_device() {
+    crash_all_points(0x5eed_0004, 400, 64);
+}
+
+#[test]
+fn crash_every_write_point_seed5() {
+    crash_all_points(0x5eed_0005, 500, 128);
+}
+
+/// Crashes at every write point of a snapshot deletion on a full device,
+/// which commits midway: the store reopens with the deletion pending and
+/// finishes it.
+#[test]
+fn crash_during_delete_that_commits_midway() {
+    let disk = CrashDisk::new(vec![0; 6000 * BS]);
+    let mut h = Harness::build(disk, 40000, 64, Some((11, 4)), log_len);
+    h.allow_direct = false;
+    h.create(1);
+    for c in 0..5200 {
+        h.snap_write(1, c * 5, 0);
+    }
+    h.commit();
+    h.create(2);
+    let mut c = 0;
+    while h.nospace == 0 {
+        h.origin_write(c, 1);
+        c += 1;
+    }
+    h.commit();
+    let before = h.s().info().committed_txid;
+    let disk = h.s().io().disk();
+    let start = disk.log_len();
+    assert_eq!(disk.log().last(), Some(&Event::Flush));
+    h.delete(1);
+    h.commit();
+    assert!(h.s().info().committed_txid > before + 1, "no midway commit");
+    let disk = h.s().io().disk();
+    let log = disk.log();
+    let base = CrashDisk::image_at(disk.initial(), &log, start, Survival::DropAll);
+    // Every 8th write point, plus every point near a flush (where the
+    // superblock writes are): the window has thousands of events.
+    let near_flush = |k: usize| {
+        log[k.saturating_sub(3)..(k + 3).min(log.len())]
+            .iter()
+            .any(|e| *e == Event::Flush)
+    };
+    let mut points = 0;
+    for k in start..=log.len() {
+        if (k - start) % 8 != 0 && !near_flush(k) {
+            continue;
+        }
+        points += 1;
+        recover_from(&h, &base, &log, start, k, Survival::DropAll, k % 64 == 0);
+        recover_from(&h, &base, &log, start, k, Survival::Subset(k as u64), false);
+    }
+    let pending_seen = PENDING.with(|p| p.get());
+    eprintln!(
+        "{} events in the deletion, {points} crash points x 2, {pending_seen} recoveries with the deletion pending",
+        log.len() - start
+    );
+    assert!(pending_seen > 0);
 }

@@ -188,7 +188,21 @@ impl<D: Disk> Harness<D> {
     }
 
     pub fn delete(&mut self, id: u32) -> bool {
-        match self.sm().delete_snapshot(id) {
+        let before_pos = (self.pos)(self.s().io().disk());
+        let before = self.s().info().committed_txid;
+        let r = self.sm().delete_snapshot(id);
+        // A deletion may commit midway; those commits already show the
+        // snapshot as gone.
+        let after = self.s().info().committed_txid;
+        if after > before {
+            let mut m = self.snaps.clone();
+            m.remove(&id);
+            let after_pos = (self.pos)(self.s().io().disk());
+            for t in before + 1..=after {
+                self.commits.push((t, before_pos, after_pos, m.clone()));
+            }
+        }
+        match r {
             Ok(()) => {
                 assert!(self.snaps.remove(&id).is_some(), "deleted unknown {id}");
                 true
