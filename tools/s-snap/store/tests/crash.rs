@@ -297,14 +297,11 @@ fn crash_during_delete_that_commits_midway() {
     let base = CrashDisk::image_at(disk.initial(), &log, start, Survival::DropAll);
     // Every 8th write point, plus every point near a flush (where the
     // superblock writes are): the window has thousands of events.
-    let near_flush = |k: usize| {
-        log[k.saturating_sub(3)..(k + 3).min(log.len())]
-            .iter()
-            .any(|e| *e == Event::Flush)
-    };
+    let near_flush =
+        |k: usize| log[k.saturating_sub(3)..(k + 3).min(log.len())].contains(&Event::Flush);
     let mut points = 0;
     for k in start..=log.len() {
-        if (k - start) % 8 != 0 && !near_flush(k) {
+        if !(k - start).is_multiple_of(8) && !near_flush(k) {
             continue;
         }
         points += 1;
