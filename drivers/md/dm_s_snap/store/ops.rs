@@ -516,10 +516,17 @@ impl<I: BlockIo> Store<I> {
 
     /// Deletes snapshot `id` and frees everything only it used.
     ///
-    /// If metadata space runs out, the deletion commits what it has done and
-    /// goes on (when no plan is outstanding); otherwise it returns
-    /// [`Error::NoSpace`], the snapshot is gone for every purpose and the
-    /// rest of the reclaim resumes at the next commit or open.
+    /// `Ok(())` means the snapshot is gone. If metadata space runs out
+    /// while its chunks are reclaimed, the deletion commits what it has done
+    /// and goes on (when no plan is outstanding); if it still cannot go on,
+    /// the rest of the reclaim resumes at the next commit or open
+    /// ([`StoreInfo::deleting_epoch`] is then non-zero).
+    ///
+    /// Errors: [`Error::NotFound`]; [`Error::NoSpace`] if not even the
+    /// snapshot table can be updated; [`Error::Busy`] if the reclaim of an
+    /// earlier deletion is still pending and cannot go on now (commit when
+    /// no plan is outstanding, then retry). In these cases the snapshot
+    /// still exists.
     pub fn delete_snapshot(&mut self, id: u32) -> Result<()> {
         self.writable()?;
         let r = self.delete_inner(id);
@@ -527,13 +534,17 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn delete_inner(&mut self, id: u32) -> Result<()> {
-        if self.sb.deleting_epoch != 0 {
-            self.finish_pending_delete()?;
-        }
         let v = match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
             Some(v) if v & DELETING == 0 => v,
             _ => return Err(Error::NotFound),
         };
+        if self.sb.deleting_epoch != 0 {
+            match self.finish_pending_delete() {
+                Ok(()) => {}
+                Err(Error::NoSpace) => return Err(Error::Busy),
+                Err(e) => return Err(e),
+            }
+        }
         let e = lo64(v);
         self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
         self.insert(TREE_SNAPS, ID_SPACE | id as u128, DELETING | e as u128)?;
@@ -542,7 +553,10 @@ impl<I: BlockIo> Store<I> {
         self.sb.snapshots = self.sb.snapshots.saturating_sub(1);
         self.max_deleted_epoch = self.max_deleted_epoch.max(e);
         self.reclaim_cursor = 0;
-        self.finish_pending_delete()
+        match self.finish_pending_delete() {
+            Ok(()) | Err(Error::NoSpace) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the reclaim of the snapshot being deleted to its end,
@@ -554,7 +568,9 @@ impl<I: BlockIo> Store<I> {
                 Ok(true) => return Ok(()),
                 Ok(false) => progress = true,
                 Err(Error::NoSpace) => {
-                    if self.outstanding == 0 && progress {
+                    // A commit makes this transaction's frees reusable.
+                    let frees = self.deferred != 0 || self.garbage_count != 0;
+                    if self.outstanding == 0 && (progress || frees) {
                         self.commit_inner()?;
                         progress = false;
                     } else {
