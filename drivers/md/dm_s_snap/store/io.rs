@@ -19,7 +19,9 @@
 //!   was called has been written (or returns an error).
 //! * [`BlockIo::flush`] returns after everything written before it is on
 //!   stable storage.
-//! * The store never holds two handles to the same block at the same time.
+//! * The store never holds two handles to the same block at the same time,
+//!   and never more than two handles at all (so a dm-bufio client with two
+//!   or more reserved buffers always makes progress).
 
 use super::error::Error;
 use core::ops::{Deref, DerefMut};

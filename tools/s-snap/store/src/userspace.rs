@@ -338,6 +338,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Flushes issued.
     pub flushes: u64,
+    /// Most handles held at the same time.
+    pub max_held: u64,
 }
 
 struct Entry {
@@ -356,6 +358,7 @@ struct CacheState {
     stats: CacheStats,
     write_error: bool,
     chaos: Option<(u64, u32)>,
+    held: u64,
 }
 
 /// A bounded block cache over a [`Disk`] implementing [`BlockIo`].
@@ -387,6 +390,7 @@ impl<D: Disk> Cache<D> {
                 stats: CacheStats::default(),
                 write_error: false,
                 chaos: None,
+                held: 0,
             }),
         }
     }
@@ -488,6 +492,8 @@ impl<D: Disk> Cache<D> {
             let (tick, verified) = (e.tick, e.verified);
             st.lru.remove(&tick);
             st.stats.hits += 1;
+            st.held += 1;
+            st.stats.max_held = st.stats.max_held.max(st.held);
             return Ok(CacheBlock {
                 cache: self,
                 nr,
@@ -513,6 +519,8 @@ impl<D: Disk> Cache<D> {
             },
         );
         self.evict(&mut st);
+        st.held += 1;
+        st.stats.max_held = st.stats.max_held.max(st.held);
         Ok(CacheBlock {
             cache: self,
             nr,
@@ -524,6 +532,7 @@ impl<D: Disk> Cache<D> {
 
     fn release(&self, nr: u64, data: Box<[u8]>, dirty: bool, verified: bool) {
         let mut st = self.st.borrow_mut();
+        st.held -= 1;
         st.tick += 1;
         let tick = st.tick;
         let mut write_now = false;

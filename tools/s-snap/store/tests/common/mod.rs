@@ -367,7 +367,16 @@ impl<D: Disk> Harness<D> {
     }
 }
 
+/// The store holds at most this many block handles at once (the kernel's
+/// dm-bufio client reserves buffers for it).
+pub const MAX_HELD: u64 = 2;
+
 pub fn check_store<D: Disk>(s: &Store<Cache<D>>) {
+    assert!(
+        s.io().stats().max_held <= MAX_HELD,
+        "held {} blocks at once",
+        s.io().stats().max_held
+    );
     let mut scratch = vec![0u8; s.check_scratch_len()];
     let mut probs = vec![];
     s.check(&mut scratch, &mut |p| probs.push(p)).unwrap();
