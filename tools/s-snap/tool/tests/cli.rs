@@ -106,6 +106,7 @@ fn clean_image_passes_and_dumps() {
     let shared = v["shared_exceptions"].as_array().unwrap().len() as u64;
     assert_eq!(v["usage"]["shared_exceptions"].as_u64().unwrap(), shared);
     assert!(shared > 300);
+    std::fs::remove_file(&img).ok();
 }
 
 #[test]
@@ -123,6 +124,7 @@ fn other_chunk_size_is_probed() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["superblock"]["chunk_sectors"], 64);
     assert!(v.get("shared_exceptions").is_none());
+    std::fs::remove_file(&img).ok();
 }
 
 #[test]
@@ -142,6 +144,7 @@ fn corrupt_image_fails_with_exit_1() {
     // dump reports the error too.
     let o = tool(&["dump", img.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0));
+    std::fs::remove_file(&img).ok();
 }
 
 #[test]
@@ -153,4 +156,5 @@ fn zeroed_or_foreign_device_is_not_a_store() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not an s-snap exception store"));
     // Nothing was written.
     assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0));
+    std::fs::remove_file(&img).ok();
 }
