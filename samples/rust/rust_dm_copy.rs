@@ -18,12 +18,12 @@
 
 use kernel::block::bio::Sector;
 use kernel::device_mapper::{
-    bufio, kcopyd, CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, MapResult,
-    Registration, StatusFlags, StatusType, StatusWriter, Target, TargetCtx, TargetOperations,
+    bufio, kcopyd, CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, MapResult, Registration,
+    StatusFlags, StatusType, StatusWriter, Target, TargetCtx, TargetOperations,
 };
 use kernel::prelude::*;
-use kernel::sync::{Arc, Mutex};
-use kernel::{c_str, new_mutex, str::CStr};
+use kernel::sync::Arc;
+use kernel::{c_str, str::CStr};
 
 use core::fmt::Write;
 use core::ops::ControlFlow;
@@ -53,7 +53,7 @@ struct CopyTarget {
     counters: Arc<Counters>,
     kcopyd: kcopyd::Client,
     #[pin]
-    bufio: Mutex<bufio::Client>,
+    bufio: bufio::Client,
 }
 
 fn parse(arg: &CStr) -> Result<u64> {
@@ -120,21 +120,20 @@ impl TargetOperations for CopyTarget {
         let start = parse(offset).ctr_err(c_str!("Invalid device sector"))?;
         let dev = t.get_device(path).ctr_err(c_str!("Device lookup failed"))?;
         let kcopyd = kcopyd::Client::new().ctr_err(c_str!("Cannot create kcopyd client"))?;
-        let bufio = bufio::Client::new(&dev, BLOCK_SIZE, 1)
-            .ctr_err(c_str!("Cannot create bufio client"))?;
         let counters = t.context().clone();
         t.set_num_flush_bios(1);
+        let bufio = bufio::Client::new(&dev, BLOCK_SIZE, 1);
         KBox::pin_init(
-            pin_init!(CopyTarget {
+            try_pin_init!(CopyTarget {
                 dev,
                 start,
                 counters,
                 kcopyd,
-                bufio <- new_mutex!(bufio),
-            }),
+                bufio <- bufio,
+            }? Error),
             GFP_KERNEL,
         )
-        .ctr_err(c_str!("Cannot allocate copy context"))
+        .ctr_err(c_str!("Cannot create the bufio client"))
     }
 
     fn map(this: Pin<&Self>, target: &Target, bio: DmBio<Self>) -> MapResult<Self> {
@@ -179,7 +178,7 @@ impl TargetOperations for CopyTarget {
                 };
                 let block = this.block(target, block)?;
                 let byte = u8::try_from(parse(byte)?)?;
-                let mut client = this.bufio.lock();
+                let client = &this.bufio;
                 {
                     let mut buf = client.new_buffer(block)?;
                     buf.fill(byte);
@@ -193,8 +192,7 @@ impl TargetOperations for CopyTarget {
                     return Err(EINVAL);
                 };
                 let block = this.block(target, block)?;
-                let mut client = this.bufio.lock();
-                let buf = client.read(block)?;
+                let buf = this.bufio.read(block)?;
                 for b in &buf[..8] {
                     write!(reply, "{:02x}", b)?;
                 }

@@ -10,10 +10,15 @@
 //! All operations may sleep; use them from process context (constructor, workqueues), never
 //! from a target's `map` or `end_io`.
 //!
-//! A client hands out one buffer at a time: the buffer methods take `&mut self`, so the
-//! borrow checker guarantees that no two [`Buffer`]s alias the same block, and dm-bufio's rule
-//! that a thread holds at most one buffer (unless it holds reserved buffers) is kept. Share a
-//! client between threads with a [`Mutex`](crate::sync::Mutex).
+//! Buffers are handed out through `&self`, so a client can be shared between threads and
+//! several buffers can be held at once, as dm-bufio allows. To keep Rust's aliasing rules, a
+//! client refuses (with `EBUSY`) to hand out a second buffer for a block that is already held,
+//! and at most [`MAX_HELD`] buffers may be held at a time. A client creates enough reserved
+//! buffers for its users to make progress under memory pressure while they hold several.
+//!
+//! Each buffer carries a "validated" flag, cleared whenever dm-bufio loads the buffer with a
+//! (new) block, so that users can check a block's contents (say, a checksum) once per read from
+//! the device rather than on every access.
 //!
 //! Users must be GPL modules and select `DM_BUFIO` in Kconfig. Because dm-bufio may be a module
 //! while this crate is built in, every function here is `#[inline]`: it is instantiated only
@@ -29,7 +34,7 @@
 //! use kernel::prelude::*;
 //!
 //! fn bump_counter(dev: &DmDev) -> Result {
-//!     let mut client = Client::new(dev, 4096, 1)?;
+//!     let client = KBox::pin_init(Client::new(dev, 4096, 1), GFP_KERNEL)?;
 //!     {
 //!         let mut block = client.read(0)?;
 //!         block[0] = block[0].wrapping_add(1);
@@ -43,13 +48,39 @@ use crate::{
     bindings,
     block::bio::Sector,
     device_mapper::DmDev,
-    error::{from_err_ptr, to_result, Result},
+    error::{code::EBUSY, from_err_ptr, to_result, Error, Result},
+    init::PinInit,
+    new_spinlock,
+    prelude::*,
+    sync::SpinLock,
 };
 use core::{
-    marker::PhantomData,
     ops::{Deref, DerefMut},
     ptr::NonNull,
 };
+
+/// The most buffers one client lets its users hold at the same time.
+pub const MAX_HELD: usize = 32;
+
+/// The blocks whose buffers are held.
+struct Held {
+    blocks: [Sector; MAX_HELD],
+    len: usize,
+}
+
+/// Clears the validated flag of a buffer that dm-bufio (re)loads (`alloc_callback`).
+///
+/// Generic so that it is instantiated in the module using the client, like the `#[inline]`
+/// functions here (dm-bufio may be a module).
+///
+/// # Safety
+///
+/// `b` must be a buffer of a client created by [`Client::new`], which has one byte of
+/// auxiliary data.
+unsafe extern "C" fn clear_validated<T>(b: *mut bindings::dm_buffer) {
+    // SAFETY: By the safety requirements the buffer has one byte of auxiliary data.
+    unsafe { bindings::dm_bufio_get_aux_data(b).cast::<u8>().write(0) };
+}
 
 /// A dm-bufio client on a device (C `struct dm_bufio_client`).
 ///
@@ -58,49 +89,85 @@ use core::{
 /// # Invariants
 ///
 /// `c` is a valid client created by `dm_bufio_client_create()` on the block device of `_dev`,
-/// and `block_size` its block size.
+/// with one byte of auxiliary data per buffer, and `block_size` its block size. `held` lists
+/// the blocks of all live [`Buffer`]s of the client, each once.
+#[pin_data]
 pub struct Client {
-    c: NonNull<bindings::dm_bufio_client>,
+    c: RawClient,
     block_size: usize,
     // Keeps the block device structure alive as long as the client.
     _dev: DmDev,
+    #[pin]
+    held: SpinLock<Held>,
 }
 
 // SAFETY: A dm-bufio client may be used and destroyed from any thread; the functions taking
-// `&self` lock internally.
+// `&self` lock internally, and `held` is behind a lock.
 unsafe impl Send for Client {}
 // SAFETY: See above.
 unsafe impl Sync for Client {}
 
 impl Client {
     /// Creates a client caching blocks of `block_size` bytes (a power of two, at least 512) of
-    /// `dev`, keeping `reserved_buffers` buffers allocated so that reads can progress under
-    /// memory pressure.
+    /// `dev`, keeping `reserved_buffers` buffers allocated so that users holding that many
+    /// buffers at once always make progress under memory pressure.
     #[inline]
-    pub fn new(dev: &DmDev, block_size: u32, reserved_buffers: u32) -> Result<Self> {
-        // SAFETY: `dev` holds the block device; no callbacks and no auxiliary data.
-        let c = from_err_ptr(unsafe {
-            bindings::dm_bufio_client_create(
-                dev.bdev().as_raw(),
-                block_size,
-                reserved_buffers,
-                0,
-                None,
-                None,
-                0,
-            )
-        })?;
-        // INVARIANT: `dm_bufio_client_create()` succeeded.
-        Ok(Self {
-            // SAFETY: `from_err_ptr` returned a valid (non-null) pointer.
-            c: unsafe { NonNull::new_unchecked(c) },
+    pub fn new(dev: &DmDev, block_size: u32, reserved_buffers: u32) -> impl PinInit<Self, Error> {
+        let dev = dev.clone();
+        try_pin_init!(Self {
+            c: {
+                // SAFETY: `dev` holds the block device; one byte of auxiliary data, cleared by
+                // `clear_validated` whenever a buffer is (re)loaded.
+                let c = from_err_ptr(unsafe {
+                    bindings::dm_bufio_client_create(
+                        dev.bdev().as_raw(),
+                        block_size,
+                        reserved_buffers,
+                        1,
+                        Some(clear_validated::<()>),
+                        None,
+                        0,
+                    )
+                })?;
+                // SAFETY: `from_err_ptr` returned a valid (non-null) pointer.
+                RawClient(unsafe { NonNull::new_unchecked(c) })
+            },
             block_size: block_size as usize,
-            _dev: dev.clone(),
-        })
+            _dev: dev,
+            held <- new_spinlock!(
+                Held {
+                    blocks: [0; MAX_HELD],
+                    len: 0,
+                },
+                "bufio::Client::held"
+            ),
+        }? Error)
+    }
+
+    /// Records that a buffer of `block` is about to be handed out.
+    fn hold(&self, block: Sector) -> Result {
+        let mut held = self.held.lock();
+        let len = held.len;
+        if len == MAX_HELD || held.blocks[..len].contains(&block) {
+            return Err(EBUSY);
+        }
+        held.blocks[len] = block;
+        held.len = len + 1;
+        Ok(())
+    }
+
+    /// Records that the buffer of `block` was released.
+    fn unhold(&self, block: Sector) {
+        let mut held = self.held.lock();
+        let len = held.len;
+        if let Some(i) = held.blocks[..len].iter().position(|&b| b == block) {
+            held.blocks[i] = held.blocks[len - 1];
+            held.len = len - 1;
+        }
     }
 
     fn as_raw(&self) -> *mut bindings::dm_bufio_client {
-        self.c.as_ptr()
+        self.c.0.as_ptr()
     }
 
     /// Returns the block size in bytes.
@@ -119,11 +186,16 @@ impl Client {
 
     /// Makes block 0 start at sector `start` of the device (`dm_bufio_set_sector_offset()`).
     ///
-    /// Takes `&mut self`: no buffer may be held and no I/O be in progress.
+    /// Meant to be called right after creation; fails with `EBUSY` while buffers are held.
     #[inline]
-    pub fn set_sector_offset(&mut self, start: Sector) {
-        // SAFETY: By the type invariant the client is valid; `&mut self` excludes held buffers.
+    pub fn set_sector_offset(&self, start: Sector) -> Result {
+        let held = self.held.lock();
+        if held.len != 0 {
+            return Err(EBUSY);
+        }
+        // SAFETY: By the type invariant the client is valid.
         unsafe { bindings::dm_bufio_set_sector_offset(self.as_raw(), start) };
+        Ok(())
     }
 
     /// Sets the minimum number of buffers kept in the cache (`dm_bufio_set_minimum_buffers()`).
@@ -134,30 +206,49 @@ impl Client {
     }
 
     /// Reads block `block` (from the cache or the device) and returns its buffer
-    /// (`dm_bufio_read()`).
+    /// (`dm_bufio_read()`). Fails with `EBUSY` if a buffer of the block is held already, or if
+    /// [`MAX_HELD`] buffers are.
     #[inline]
-    pub fn read(&mut self, block: Sector) -> Result<Buffer<'_>> {
+    pub fn read(&self, block: Sector) -> Result<Buffer<'_>> {
+        self.hold(block)?;
         let mut b = core::ptr::null_mut();
         // SAFETY: By the type invariant the client is valid; `b` is valid for writes.
-        let data = from_err_ptr(unsafe { bindings::dm_bufio_read(self.as_raw(), block, &mut b) })?;
-        // SAFETY: `dm_bufio_read()` succeeded: `b` is a held buffer whose data is `data`, of the
-        // client's block size.
-        Ok(unsafe { Buffer::new(b, data, self.block_size) })
+        let data = from_err_ptr(unsafe { bindings::dm_bufio_read(self.as_raw(), block, &mut b) });
+        match data {
+            // SAFETY: `dm_bufio_read()` succeeded: `b` is a held buffer of `block` whose data
+            // is `data`, of the client's block size; `hold` recorded the block.
+            Ok(data) => Ok(unsafe { Buffer::new(self, block, b, data) }),
+            Err(e) => {
+                self.unhold(block);
+                Err(e)
+            }
+        }
     }
 
     /// Returns the buffer of block `block` without reading the device (`dm_bufio_new()`), to
     /// overwrite the block entirely. The returned data is zeroed; mark it dirty to write it.
+    /// Fails like [`Client::read`].
     #[inline]
-    pub fn new_buffer(&mut self, block: Sector) -> Result<Buffer<'_>> {
+    pub fn new_buffer(&self, block: Sector) -> Result<Buffer<'_>> {
+        self.hold(block)?;
         let mut b = core::ptr::null_mut();
         // SAFETY: By the type invariant the client is valid; `b` is valid for writes.
-        let data = from_err_ptr(unsafe { bindings::dm_bufio_new(self.as_raw(), block, &mut b) })?;
-        // SAFETY: `dm_bufio_new()` succeeded: `b` is a held buffer whose data is `data`, of the
-        // client's block size. The data may be uninitialised, so zero it before exposing it.
-        Ok(unsafe {
-            core::ptr::write_bytes(data.cast::<u8>(), 0, self.block_size);
-            Buffer::new(b, data, self.block_size)
-        })
+        let data = from_err_ptr(unsafe { bindings::dm_bufio_new(self.as_raw(), block, &mut b) });
+        match data {
+            Ok(data) => {
+                // SAFETY: `dm_bufio_new()` succeeded: `b` is a held buffer of `block` whose
+                // data is `data`, of the client's block size; `hold` recorded the block. The
+                // data may be uninitialised, so zero it before exposing it.
+                Ok(unsafe {
+                    core::ptr::write_bytes(data.cast::<u8>(), 0, self.block_size);
+                    Buffer::new(self, block, b, data)
+                })
+            }
+            Err(e) => {
+                self.unhold(block);
+                Err(e)
+            }
+        }
     }
 
     /// Starts reading `n` blocks from `block` into the cache in the background
@@ -193,18 +284,25 @@ impl Client {
     /// Drops block `block` from the cache if it is not held, without writing it
     /// (`dm_bufio_forget()`).
     #[inline]
-    pub fn forget(&mut self, block: Sector) {
+    pub fn forget(&self, block: Sector) {
         // SAFETY: By the type invariant the client is valid.
         unsafe { bindings::dm_bufio_forget(self.as_raw(), block) };
     }
 }
 
-impl Drop for Client {
+/// The C client, destroyed when dropped.
+///
+/// A separate type so that its `Drop` can be `#[inline]` (the drop glue of [`Client`] is then
+/// instantiated in the module using it, like everything else here). It is the first field of
+/// [`Client`], so it is destroyed before the device reference is dropped.
+struct RawClient(NonNull<bindings::dm_bufio_client>);
+
+impl Drop for RawClient {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: By the type invariant the client is valid; no buffer is held since buffers
-        // borrow the client.
-        unsafe { bindings::dm_bufio_client_destroy(self.as_raw()) };
+        // SAFETY: The pointer is a valid client (type invariant of `Client`); no buffer is held
+        // since buffers borrow the client.
+        unsafe { bindings::dm_bufio_client_destroy(self.0.as_ptr()) };
     }
 }
 
@@ -218,38 +316,69 @@ impl Drop for Client {
 ///
 /// # Invariants
 ///
-/// `b` is a buffer held by us, whose data of `len` bytes is at `data`; the client borrowed for
-/// `'a` outlives it.
+/// `b` is a buffer of block `block` held by us, whose data of `len` bytes is at `data`, and
+/// `block` is recorded in the `held` list of `client`, which outlives the buffer.
 pub struct Buffer<'a> {
+    client: &'a Client,
+    block: Sector,
     b: NonNull<bindings::dm_buffer>,
     data: NonNull<u8>,
     len: usize,
-    _p: PhantomData<&'a mut Client>,
 }
 
-impl Buffer<'_> {
+impl<'a> Buffer<'a> {
     /// # Safety
     ///
-    /// `b` must be a buffer held by the caller, with `len` bytes of data at `data`, of a client
-    /// that stays valid and is exclusively borrowed for the buffer's lifetime.
+    /// `b` must be a buffer of `block` held by the caller, with the client's block size of data
+    /// at `data`, and `block` must have been recorded in `client`'s held list for this buffer.
     #[inline]
-    unsafe fn new(b: *mut bindings::dm_buffer, data: *mut core::ffi::c_void, len: usize) -> Self {
+    unsafe fn new(
+        client: &'a Client,
+        block: Sector,
+        b: *mut bindings::dm_buffer,
+        data: *mut core::ffi::c_void,
+    ) -> Self {
         // INVARIANT: By the safety requirements.
         Self {
+            client,
+            block,
             // SAFETY: A held buffer is not null.
             b: unsafe { NonNull::new_unchecked(b) },
             // SAFETY: The data of a buffer is not null.
             data: unsafe { NonNull::new_unchecked(data.cast()) },
-            len,
-            _p: PhantomData,
+            len: client.block_size,
         }
+    }
+
+    /// Returns `true` if [`Buffer::set_validated`] was called since dm-bufio last loaded this
+    /// buffer with its block.
+    #[inline]
+    pub fn is_validated(&self) -> bool {
+        // SAFETY: By the type invariant the buffer is held, and its client has one byte of
+        // auxiliary data, which only `clear_validated` and these two methods access.
+        unsafe {
+            bindings::dm_bufio_get_aux_data(self.b.as_ptr())
+                .cast::<u8>()
+                .read()
+                != 0
+        }
+    }
+
+    /// Records that the user checked (or produced) the buffer's contents.
+    #[inline]
+    pub fn set_validated(&self) {
+        // SAFETY: As in `is_validated`.
+        unsafe {
+            bindings::dm_bufio_get_aux_data(self.b.as_ptr())
+                .cast::<u8>()
+                .write(1)
+        };
     }
 
     /// Returns the block number of the buffer.
     #[inline]
     pub fn block(&self) -> Sector {
-        // SAFETY: By the type invariant the buffer is held.
-        unsafe { bindings::dm_bufio_get_block_number(self.b.as_ptr()) }
+        self.block
     }
 
     /// Marks the whole buffer dirty, to be written back (`dm_bufio_mark_buffer_dirty()`).
@@ -281,7 +410,7 @@ impl Deref for Buffer<'_> {
     #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: By the type invariant the data is valid for `len` bytes while the buffer is
-        // held, and no other `Buffer` aliases it (the client is exclusively borrowed).
+        // held, and no other `Buffer` aliases it (the client hands out one buffer per block).
         unsafe { core::slice::from_raw_parts(self.data.as_ptr(), self.len) }
     }
 }
@@ -299,5 +428,6 @@ impl Drop for Buffer<'_> {
     fn drop(&mut self) {
         // SAFETY: By the type invariant we hold the buffer.
         unsafe { bindings::dm_bufio_release(self.b.as_ptr()) };
+        self.client.unhold(self.block);
     }
 }
