@@ -64,11 +64,17 @@ if [ -d "$PRISTINE" ]; then
 		cmp -s "$PRISTINE/$f" "$KTREE/$f" || cp "$PRISTINE/$f" "$KTREE/$f"
 	done < <(find "$PRISTINE" -type f)
 fi
+# Pristine copies come from the tarball, never from the tree (which may hold edits).
+missing=()
 for f in "${patched[@]}"; do
-	if [ ! -f "$PRISTINE/$f" ]; then
-		mkdir -p "$(dirname "$PRISTINE/$f")"
-		cp "$KTREE/$f" "$PRISTINE/$f"
-	fi
+	[ -f "$PRISTINE/$f" ] || missing+=("linux-source-6.12/$f")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	mkdir -p "$PRISTINE"
+	tar -C "$PRISTINE" --strip-components=1 -xf /usr/src/linux-source-6.12.tar.xz "${missing[@]}" ||
+		die "patches/ touch files that linux-source-6.12 does not have"
+fi
+for f in "${patched[@]}"; do
 	mkdir -p "$(dirname "$work/$f")"
 	cp "$PRISTINE/$f" "$work/$f"
 done
