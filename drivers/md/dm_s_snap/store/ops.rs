@@ -506,7 +506,9 @@ impl<I: BlockIo> Store<I> {
             .last_epoch
             .checked_add(1)
             .ok_or(Error::Limit("epoch counter"))?;
-        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
+        // A create must not eat into the metadata reserve: a full store has to stay able to
+        // delete snapshots (which shadows snapshot-table nodes) to get space back.
+        self.ensure(self.meta_reserve() + 2 * self.op_need(TREE_SNAPS) + 2)?;
         self.insert(TREE_SNAPS, epoch as u128, id as u128)?;
         self.insert(TREE_SNAPS, ID_SPACE | id as u128, epoch as u128)?;
         self.sb.last_epoch = epoch;

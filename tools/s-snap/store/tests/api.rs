@@ -186,3 +186,34 @@ fn delete_on_full_device_commits_midway_and_resumes() {
     h.check();
     assert_eq!(usage_baseline(&h.s().usage()), baseline);
 }
+
+#[test]
+fn full_store_can_still_delete_snapshots() {
+    // Fill a small store with snapshots until the snapshot table has no room:
+    // creates must stop while the metadata reserve is intact, so that every
+    // snapshot can still be deleted and the space comes back.
+    let mut s = open(MemDisk::new(256 * BS));
+    let baseline = s.usage();
+    let mut created = 0u32;
+    loop {
+        match s.create_snapshot(created) {
+            Ok(_) => {
+                s.commit().unwrap();
+                created += 1;
+            }
+            Err(Error::NoSpace) => break,
+            Err(e) => panic!("create {created}: {e}"),
+        }
+        assert!(created < 100_000, "the store never filled up");
+    }
+    assert!(created > 64, "only {created} snapshots fit");
+    for id in 0..created {
+        s.delete_snapshot(id)
+            .unwrap_or_else(|e| panic!("delete {id} of a full store: {e}"));
+        s.commit().unwrap();
+    }
+    check_store(&s);
+    let after = s.usage();
+    assert_eq!(usage_baseline(&after), usage_baseline(&baseline));
+    assert_eq!(after.snapshots, 0);
+}

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use s_snap_store::userspace::{Cache, CrashDisk, Event, MemDisk, Survival};
-use s_snap_store::{Location, Store};
+use s_snap_store::{Error, Location, Store};
 use std::collections::BTreeMap;
 
 const ORIGIN_CHUNKS: usize = 24;
@@ -187,12 +187,18 @@ fn recover_from(
             s.delete_snapshot(id).unwrap();
             model.remove(&id);
         }
-        s.create_snapshot(1000).unwrap();
-        model.insert(1000, origin.clone());
-        s.commit().unwrap();
-        s.create_snapshot(1001).unwrap();
-        model.insert(1001, origin.clone());
-        s.commit().unwrap();
+        // Creates keep the metadata reserve for deletes, so on the small
+        // devices they may be refused for space: that is an answer, not a bug.
+        for id in [1000, 1001] {
+            match s.create_snapshot(id) {
+                Ok(_) => {
+                    model.insert(id, origin.clone());
+                }
+                Err(Error::NoSpace) => {}
+                Err(e) => panic!("{ctx}: create {id}: {e}"),
+            }
+            s.commit().unwrap();
+        }
         let io = s.into_io();
         let s = Store::open(io, CS).unwrap();
         verify(&s, &model, &origin, &format!("{ctx}, continued"));
