@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The `s-snap-origin` target: `<origin dev> <COW dev> S <chunk size>`.
+//!
+//! Maps the origin device one to one. Reads pass straight through; writes and flushes go to
+//! the pool's worker, which preserves what the snapshots still share before the write reaches
+//! the origin. Snapshots are created and deleted with `dmsetup message`.
+
+use crate::pool::{DeleteError, OriginIo, Pool};
+use crate::store;
+use crate::{parse_u32, Registry};
+use core::fmt::Write;
+use core::ops::ControlFlow;
+use kernel::{
+    c_str,
+    device_mapper::{
+        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult,
+        StatusFlags, StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
+    },
+    prelude::*,
+    str::CStr,
+    sync::Arc,
+};
+
+/// An `s-snap-origin` target.
+pub(crate) struct OriginTarget {
+    registry: Arc<Registry>,
+    pool: Arc<Pool>,
+    origin: DmDev,
+    cow: DmDev,
+}
+
+fn store_error(e: store::Error) -> CtrError {
+    let (code, msg) = match e {
+        store::Error::NotAStore => (
+            EINVAL,
+            c_str!("COW device holds data that is not an exception store: refusing to use it"),
+        ),
+        store::Error::DeviceTooSmall => (EINVAL, c_str!("COW device is too small")),
+        store::Error::InvalidChunkSize => (
+            EINVAL,
+            c_str!("Invalid chunk size: a power of two from 8 to 1024 sectors"),
+        ),
+        store::Error::ChunkSizeMismatch => (
+            EINVAL,
+            c_str!("Chunk size differs from the one the exception store was created with"),
+        ),
+        store::Error::Unsupported(_) => (
+            EINVAL,
+            c_str!("Exception store has an unsupported format version"),
+        ),
+        store::Error::Corrupt { .. } => {
+            (EIO, c_str!("Exception store metadata is corrupt (run s-snap-tool check)"))
+        }
+        _ => (EIO, c_str!("Cannot read the exception store")),
+    };
+    CtrError::new(code, msg)
+}
+
+impl OriginTarget {
+    fn message_inner(
+        &self,
+        args: &[&CStr],
+        reply: &mut StatusWriter<'_>,
+    ) -> Result {
+        let words: KVec<&str> = {
+            let mut v = KVec::with_capacity(args.len(), GFP_KERNEL)?;
+            for a in args {
+                v.push(a.to_str().map_err(|_| EINVAL)?, GFP_KERNEL)?;
+            }
+            v
+        };
+        let dev = self.origin.name();
+        match words.as_slice() {
+            ["snapshot", op @ ("create" | "delete"), id] => {
+                let Some(id) = parse_u32(id) else {
+                    pr_err!("{}: invalid snapshot id '{}'\n", dev, id);
+                    return Err(EINVAL);
+                };
+                if *op == "create" {
+                    self.pool.create_snapshot(id).map_err(|e| {
+                        let (code, why) = match e {
+                            store::Error::Exists => (EEXIST, "already exists"),
+                            store::Error::NoSpace | store::Error::Limit(_) => {
+                                (ENOSPC, "does not fit in the exception store")
+                            }
+                            _ => (EIO, "cannot be created"),
+                        };
+                        pr_err!("{}: snapshot {} {} ({})\n", dev, id, why, e);
+                        code
+                    })
+                } else {
+                    self.pool.delete_snapshot(id).map_err(|e| match e {
+                        DeleteError::Active => {
+                            pr_err!("{}: snapshot {} has an active s-snap device\n", dev, id);
+                            EBUSY
+                        }
+                        DeleteError::Store(e) => {
+                            let (code, why) = match e {
+                                store::Error::NotFound => (ENOENT, "does not exist"),
+                                store::Error::Busy => {
+                                    (EBUSY, "cannot be deleted yet: a deletion is in progress")
+                                }
+                                store::Error::NoSpace => {
+                                    (ENOSPC, "cannot be deleted: no metadata space")
+                                }
+                                _ => (EIO, "cannot be deleted"),
+                            };
+                            pr_err!("{}: snapshot {} {} ({})\n", dev, id, why, e);
+                            code
+                        }
+                    })
+                }
+            }
+            ["usage"] => self.pool.write_usage(reply).map_err(|_| ENOSPC),
+            _ => {
+                pr_err!(
+                    "{}: unknown message (expected: snapshot create <id> | snapshot delete <id> | usage)\n",
+                    dev
+                );
+                Err(EINVAL)
+            }
+        }
+    }
+}
+
+#[vtable]
+impl TargetOperations for OriginTarget {
+    type Context = Registry;
+    type PerIo = OriginIo;
+
+    fn ctr(t: &mut TargetCtx<'_, Self>, args: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
+        let [origin_path, cow_path, store_type, chunk] = args else {
+            return Err(CtrError::new(
+                EINVAL,
+                c_str!("Invalid argument count: <origin dev> <COW dev> S <chunk size>"),
+            ));
+        };
+        if store_type.as_bytes() != b"S" {
+            return Err(CtrError::new(
+                EINVAL,
+                c_str!("Unsupported exception store type: only S (shared) is supported"),
+            ));
+        }
+        let chunk_sectors = chunk
+            .to_str()
+            .ok()
+            .and_then(parse_u32)
+            .filter(|&c| {
+                c.is_power_of_two()
+                    && (store::MIN_CHUNK_SECTORS..=store::MAX_CHUNK_SECTORS).contains(&c)
+            })
+            .ok_or(CtrError::new(
+                EINVAL,
+                c_str!("Invalid chunk size: a power of two from 8 to 1024 sectors"),
+            ))?;
+        let origin = t
+            .get_device(origin_path)
+            .ctr_err(c_str!("Cannot get origin device"))?;
+        let cow = t
+            .get_device(cow_path)
+            .ctr_err(c_str!("Cannot get COW device"))?;
+        if origin.dev_t() == cow.dev_t() {
+            return Err(CtrError::new(
+                EINVAL,
+                c_str!("Origin and COW must be different devices"),
+            ));
+        }
+        if t.len() > origin.nr_sectors() {
+            return Err(CtrError::new(
+                EINVAL,
+                c_str!("Target is larger than the origin device"),
+            ));
+        }
+        t.set_max_io_len(chunk_sectors.into())
+            .ctr_err(c_str!("Cannot set the chunk size as maximum I/O size"))?;
+        t.set_num_flush_bios(1);
+        let registry = t.context().clone();
+        let pool = registry.attach_origin(&origin, &cow, chunk_sectors, store_error)?;
+        KBox::pin(
+            Self {
+                registry,
+                pool,
+                origin,
+                cow,
+            },
+            GFP_KERNEL,
+        )
+        .ctr_err(c_str!("Cannot allocate target"))
+    }
+
+    fn map(this: Pin<&Self>, t: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+        bio.remap(this.pool.origin.bdev(), t.offset(bio.sector()));
+        if bio.is_write() || bio.is_flush() {
+            this.pool.defer_origin(bio);
+            MapResult::Submitted
+        } else {
+            MapResult::Remapped(bio)
+        }
+    }
+
+    fn end_io(
+        this: Pin<&Self>,
+        _t: &Target,
+        bio: &TargetBio<Self>,
+        _status: &mut Result,
+    ) -> EndIoResult {
+        if bio.per_io().counted {
+            this.pool.origin_write_done();
+        }
+        EndIoResult::Done
+    }
+
+    fn status(
+        this: Pin<&Self>,
+        _t: &Target,
+        kind: StatusType,
+        _flags: StatusFlags,
+        out: &mut StatusWriter<'_>,
+    ) -> core::fmt::Result {
+        match kind {
+            StatusType::Info => this.pool.write_snapshot_list(out),
+            StatusType::Table => write!(
+                out,
+                "{} {} S {}",
+                this.origin.name(),
+                this.cow.name(),
+                this.pool.chunk_sectors
+            ),
+            StatusType::Ima => Ok(()),
+        }
+    }
+
+    fn message(
+        this: Pin<&Self>,
+        _t: &Target,
+        args: &[&CStr],
+        reply: &mut StatusWriter<'_>,
+    ) -> Result {
+        this.message_inner(args, reply)
+    }
+
+    fn postsuspend(this: Pin<&Self>, _t: &Target) {
+        // Whatever was written before the suspend is durable once it completes.
+        this.pool.sync();
+    }
+
+    fn iterate_devices(
+        this: Pin<&Self>,
+        t: &Target,
+        devices: &mut DeviceIterator<'_>,
+    ) -> ControlFlow<()> {
+        devices.visit(&this.origin, 0, t.len())
+    }
+}
+
+impl Drop for OriginTarget {
+    fn drop(&mut self) {
+        self.pool.sync();
+        self.registry.detach_origin(&self.pool);
+    }
+}

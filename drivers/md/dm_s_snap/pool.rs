@@ -1,0 +1,824 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The state shared by an `s-snap-origin` target and the `s-snap` targets of its snapshots:
+//! the exception store on the COW device, the chunk copies in flight, and the worker that
+//! does everything that may sleep.
+//!
+//! `map` never touches the store (it may not sleep): origin reads are remapped at once, and
+//! every other bio is queued for the worker. The worker, under the pool's mutex, asks the store
+//! what each bio needs, starts chunk copies with dm-kcopyd, commits, and issues the bios whose
+//! data is safe. The ordering is the store's contract:
+//!
+//! - an origin write to a chunk that a snapshot still shares waits until the chunk was copied,
+//!   the exception completed and a commit finished;
+//! - a snapshot write to a chunk the snapshot does not own yet waits until the snapshot's
+//!   current data was copied into a chunk of its own;
+//! - REQ_PREFLUSH and REQ_FUA bios are issued only after a commit;
+//! - an origin write, or a snapshot write that unshares, waits while snapshot reads of the
+//!   chunk are in flight, so that a read never sees data written after it was issued and never
+//!   reads a chunk that is being freed.
+//!
+//! At most one copy per chunk is in flight. The store refuses to commit while copies are
+//! outstanding, so when a commit is wanted no new copy is started until those in flight are
+//! done ("commit barrier"); bios held back meanwhile are retried after the commit.
+
+use crate::cow::CowIo;
+use crate::origin::OriginTarget;
+use crate::snapshot::SnapshotTarget;
+use crate::store::{self, Location, OriginWrite, SnapWritePlan, SnapshotRef, Store, Usage};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use kernel::{
+    block::bio::{BioList, Sector},
+    device_mapper::{
+        kcopyd::{self, Region},
+        DmBio, DmDev, StatusWriter,
+    },
+    new_condvar, new_mutex, new_spinlock,
+    prelude::*,
+    sync::{Arc, CondVar, Mutex, SpinLock},
+    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+};
+
+/// Snapshot reads in flight are counted per bucket of chunks (a hash), so that the count needs
+/// no allocation in `end_io`; an unrelated chunk sharing a bucket only delays a write a little.
+const READ_BUCKETS: usize = 256;
+
+/// A bio of the origin target, queued for the worker.
+pub(crate) type OriginBio = DmBio<OriginTarget>;
+/// A bio of a snapshot target, queued for the worker.
+pub(crate) type SnapBio = DmBio<SnapshotTarget>;
+
+/// Per-bio data of snapshot bios.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SnapIo {
+    /// The snapshot the bio is for.
+    pub(crate) snap: Option<SnapshotRef>,
+    /// `1 + bucket` of the read counter this bio holds, or 0.
+    pub(crate) read_bucket: u16,
+}
+
+/// Per-bio data of origin bios.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct OriginIo {
+    /// The write is counted in [`Pool::writes_in_flight`].
+    pub(crate) counted: bool,
+}
+
+/// Bios handed from `map` to the worker.
+#[derive(Default)]
+struct Inbox {
+    origin: BioList<OriginBio>,
+    snap: BioList<SnapBio>,
+}
+
+/// A copy of one chunk that kcopyd performs for a plan.
+struct CopyJob {
+    /// 0 while in flight, then [`COPY_OK`] or [`COPY_FAILED`].
+    state: AtomicU32,
+}
+
+const COPY_OK: u32 = 1;
+const COPY_FAILED: u32 = 2;
+
+enum PlanKind {
+    Origin(store::CopyPlan),
+    Unshare(store::UnsharePlan),
+}
+
+/// A chunk with a copy in flight, and the bios waiting for it.
+struct Pending {
+    chunk: u64,
+    plan: PlanKind,
+    job: Arc<CopyJob>,
+    origin_waiters: BioList<OriginBio>,
+    snap_waiters: BioList<SnapBio>,
+}
+
+/// Everything the worker and the message handlers change, under [`Pool::state`].
+struct State {
+    store: Store<CowIo>,
+    pending: KVec<Pending>,
+    /// Origin writes to issue after the next commit (and retry then).
+    after_commit_origin: BioList<OriginBio>,
+    /// Snapshot bios to issue after the next commit.
+    after_commit_snap: BioList<SnapBio>,
+    /// Origin writes held back (commit barrier, quiesce, reads in flight): retried later.
+    held_origin: BioList<OriginBio>,
+    /// Snapshot writes held back because reads of their chunk are in flight.
+    held_snap: BioList<SnapBio>,
+    /// The store changed since the last commit.
+    dirty: bool,
+    /// Message handlers waiting for copies and origin writes to drain.
+    quiescing: u32,
+    /// Ids of snapshots that have an active `s-snap` device.
+    active: KVec<u32>,
+    /// A store operation failed fatally: every bio that needs the store fails.
+    failed: bool,
+    /// Origin writes were failed because the COW device is full.
+    cow_full: bool,
+}
+
+/// Everything behind one COW device.
+#[pin_data]
+pub(crate) struct Pool {
+    /// The origin device (a reference of its own, see [`DmDev`]).
+    pub(crate) origin: DmDev,
+    /// The COW device.
+    pub(crate) cow: DmDev,
+    /// Chunk size in sectors.
+    pub(crate) chunk_sectors: u32,
+    chunk_shift: u32,
+    kcopyd: kcopyd::Client,
+    #[pin]
+    state: Mutex<State>,
+    #[pin]
+    inbox: SpinLock<Inbox>,
+    /// Signalled when copies or origin writes drain (see [`Pool::quiesce`]).
+    #[pin]
+    drained: CondVar,
+    /// Origin writes issued to the origin device and not completed yet.
+    writes_in_flight: AtomicU32,
+    /// Snapshot reads in flight per bucket of chunks.
+    reads_in_flight: [AtomicU32; READ_BUCKETS],
+    /// The worker has bios waiting for reads to drain.
+    read_waiters: AtomicBool,
+    #[pin]
+    work: Work<Pool>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Pool { self.work }
+}
+
+/// Why [`Pool::open`] failed, for the table error message.
+pub(crate) enum OpenError {
+    Store(store::Error),
+    Kernel(Error),
+}
+
+impl From<Error> for OpenError {
+    fn from(e: Error) -> Self {
+        OpenError::Kernel(e)
+    }
+}
+
+fn bucket(chunk: u64) -> usize {
+    // Fibonacci hashing spreads neighbouring chunks over the buckets.
+    (chunk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % READ_BUCKETS
+}
+
+/// The error a bio gets when the store cannot serve it.
+fn bio_error(e: store::Error) -> Error {
+    match e {
+        store::Error::NoSpace => ENOSPC,
+        _ => EIO,
+    }
+}
+
+impl Pool {
+    /// Opens (or formats) the store on `cow` and creates the pool.
+    pub(crate) fn open(
+        origin: &DmDev,
+        cow: &DmDev,
+        chunk_sectors: u32,
+    ) -> Result<Arc<Self>, OpenError> {
+        let io = CowIo::new(cow, chunk_sectors)?;
+        let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
+        let kcopyd = kcopyd::Client::new()?;
+        let pool = Arc::pin_init(
+            pin_init!(Self {
+                origin: origin.clone(),
+                cow: cow.clone(),
+                chunk_sectors,
+                chunk_shift: chunk_sectors.trailing_zeros(),
+                kcopyd,
+                state <- new_mutex!(State {
+                    store,
+                    pending: KVec::new(),
+                    after_commit_origin: BioList::default(),
+                    after_commit_snap: BioList::default(),
+                    held_origin: BioList::default(),
+                    held_snap: BioList::default(),
+                    dirty: false,
+                    quiescing: 0,
+                    active: KVec::new(),
+                    failed: false,
+                    cow_full: false,
+                }, "s_snap::Pool::state"),
+                inbox <- new_spinlock!(Inbox::default(), "s_snap::Pool::inbox"),
+                drained <- new_condvar!("s_snap::Pool::drained"),
+                writes_in_flight: AtomicU32::new(0),
+                reads_in_flight: [const { AtomicU32::new(0) }; READ_BUCKETS],
+                read_waiters: AtomicBool::new(false),
+                work <- new_work!("s_snap::Pool::work"),
+            }),
+            GFP_KERNEL,
+        )?;
+        Ok(pool)
+    }
+
+    /// The chunk holding origin sector `sector`.
+    pub(crate) fn chunk_of(&self, sector: Sector) -> u64 {
+        sector >> self.chunk_shift
+    }
+
+    fn chunk_mask(&self) -> Sector {
+        Sector::from(self.chunk_sectors) - 1
+    }
+
+    fn chunk_region<'a>(&self, dev: &'a DmDev, chunk: u64) -> Region<'a> {
+        Region::new(dev, chunk << self.chunk_shift, Sector::from(self.chunk_sectors))
+    }
+
+    /// Queues the worker.
+    pub(crate) fn kick(self: &Arc<Self>) {
+        let _ = workqueue::system_unbound().enqueue(self.clone());
+    }
+
+    /// Hands an origin bio to the worker (from `map`: does not sleep).
+    pub(crate) fn defer_origin(self: &Arc<Self>, bio: OriginBio) {
+        self.inbox.lock().origin.push_back(bio);
+        self.kick();
+    }
+
+    /// Hands a snapshot bio to the worker (from `map`: does not sleep).
+    pub(crate) fn defer_snap(self: &Arc<Self>, bio: SnapBio) {
+        self.inbox.lock().snap.push_back(bio);
+        self.kick();
+    }
+
+    /// Called from `end_io` of a counted origin write.
+    pub(crate) fn origin_write_done(&self) {
+        if self.writes_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Called from `end_io` of a snapshot read that holds a read count.
+    pub(crate) fn snap_read_done(self: &Arc<Self>, read_bucket: u16) {
+        let Some(b) = (read_bucket as usize).checked_sub(1) else {
+            return;
+        };
+        if let Some(count) = self.reads_in_flight.get(b) {
+            if count.fetch_sub(1, Ordering::AcqRel) == 1
+                && self.read_waiters.load(Ordering::Acquire)
+            {
+                self.kick();
+            }
+        }
+    }
+
+    fn reads_pending(&self, chunk: u64) -> bool {
+        self.reads_in_flight[bucket(chunk)].load(Ordering::Acquire) != 0
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The worker.
+    // ---------------------------------------------------------------------------------------
+
+    fn run_worker(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.read_waiters.store(false, Ordering::Release);
+        self.complete_copies(&mut st);
+
+        let retry_origin = core::mem::take(&mut st.held_origin);
+        let retry_snap = core::mem::take(&mut st.held_snap);
+        let (new_origin, new_snap) = {
+            let mut inbox = self.inbox.lock();
+            (inbox.origin.take(), inbox.snap.take())
+        };
+        self.process_origin_list(&mut st, retry_origin);
+        self.process_snap_list(&mut st, retry_snap);
+        self.process_origin_list(&mut st, new_origin);
+        self.process_snap_list(&mut st, new_snap);
+
+        self.commit_if_wanted(&mut st);
+        if st.pending.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Completes the plans whose copies finished and wakes their waiters.
+    fn complete_copies(&self, st: &mut State) {
+        let mut i = 0;
+        while i < st.pending.len() {
+            let state = st.pending[i].job.state.load(Ordering::Acquire);
+            if state == 0 {
+                i += 1;
+                continue;
+            }
+            let mut p = st.pending.swap_remove(i);
+            let result = if state == COPY_OK {
+                match p.plan {
+                    PlanKind::Origin(plan) => st.store.origin_write_complete(plan),
+                    PlanKind::Unshare(plan) => st.store.snapshot_write_complete(plan),
+                }
+            } else {
+                pr_err!("copy of chunk {} failed\n", p.chunk);
+                match p.plan {
+                    PlanKind::Origin(plan) => st.store.abort_origin_write(plan),
+                    PlanKind::Unshare(plan) => st.store.abort_snapshot_write(plan),
+                }
+                .and(Err(store::Error::Io("chunk copy")))
+            };
+            match result {
+                Ok(()) => {
+                    st.dirty = true;
+                    // Origin writes go after the commit that makes the exception durable; the
+                    // retry then issues them (or copies again for a snapshot created since).
+                    st.after_commit_origin.append(&mut p.origin_waiters);
+                    // A snapshot write now finds its own chunk: retry it at once.
+                    st.held_snap.append(&mut p.snap_waiters);
+                }
+                Err(e) => {
+                    self.note_error(st, e);
+                    while let Some(bio) = p.origin_waiters.pop() {
+                        bio.end(Err(bio_error(e)));
+                    }
+                    while let Some(bio) = p.snap_waiters.pop() {
+                        bio.end(Err(bio_error(e)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_error(&self, st: &mut State, e: store::Error) {
+        if e.is_fatal() && !st.failed {
+            pr_err!("exception store failed ({}): failing I/O\n", e);
+            st.failed = true;
+        }
+    }
+
+    fn pending_index(st: &State, chunk: u64) -> Option<usize> {
+        st.pending.iter().position(|p| p.chunk == chunk)
+    }
+
+    /// Whether no new copy may start: a commit is wanted, or a message handler quiesces.
+    fn barrier(st: &State) -> bool {
+        st.quiescing != 0
+            || (!st.pending.is_empty()
+                && (!st.after_commit_origin.is_empty() || !st.after_commit_snap.is_empty()))
+    }
+
+    fn process_origin_list(self: &Arc<Self>, st: &mut State, mut list: BioList<OriginBio>) {
+        while let Some(bio) = list.pop() {
+            self.process_origin(st, bio, false);
+        }
+    }
+
+    fn process_snap_list(self: &Arc<Self>, st: &mut State, mut list: BioList<SnapBio>) {
+        while let Some(bio) = list.pop() {
+            self.process_snap(st, bio);
+        }
+    }
+
+    /// Issues an origin bio whose chunk is safe to write. A bio that asks for durability
+    /// (REQ_PREFLUSH, REQ_FUA) waits for a commit first, unless `committed` says that one
+    /// finished since it arrived.
+    fn issue_origin(&self, st: &mut State, mut bio: OriginBio, committed: bool) {
+        if !committed && (bio.is_flush() || bio.is_fua()) {
+            st.after_commit_origin.push_back(bio);
+            return;
+        }
+        if bio.is_write() && bio.has_data() {
+            bio.per_io_mut().counted = true;
+            self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        bio.submit();
+    }
+
+    /// Decides what an origin write (or flush) needs, and starts it. `committed` is true for a
+    /// bio that waited for a commit which has now finished.
+    fn process_origin(self: &Arc<Self>, st: &mut State, bio: OriginBio, committed: bool) {
+        if st.failed {
+            bio.end(Err(EIO));
+            return;
+        }
+        if !bio.has_data() {
+            // An empty flush: issued to the origin after a commit.
+            self.issue_origin(st, bio, committed);
+            return;
+        }
+        let chunk = self.chunk_of(bio.sector());
+        if let Some(i) = Self::pending_index(st, chunk) {
+            st.pending[i].origin_waiters.push_back(bio);
+            return;
+        }
+        if Self::barrier(st) {
+            st.held_origin.push_back(bio);
+            return;
+        }
+        if self.reads_pending(chunk) {
+            self.read_waiters.store(true, Ordering::Release);
+            st.held_origin.push_back(bio);
+            // The last read may have ended before the flag was seen.
+            if !self.reads_pending(chunk) {
+                self.kick();
+            }
+            return;
+        }
+        match st.store.origin_write_prepare(chunk) {
+            Ok(OriginWrite::Proceed) => self.issue_origin(st, bio, committed),
+            Ok(OriginWrite::AfterCommit) => st.after_commit_origin.push_back(bio),
+            Ok(OriginWrite::Copy(plan)) => {
+                let from = self.chunk_region(&self.origin, chunk);
+                let to = self.chunk_region(&self.cow, plan.cow());
+                match self.start_copy(st, chunk, from, to, PlanKind::Origin(plan)) {
+                    Ok(i) => st.pending[i].origin_waiters.push_back(bio),
+                    Err(e) => bio.end(Err(e)),
+                }
+            }
+            Err(store::Error::NoSpace) => {
+                // COW full: the origin keeps its data, the write fails, the snapshots stay
+                // intact (see Documentation/admin-guide/device-mapper/shared-snapshot.rst).
+                if !st.cow_full {
+                    pr_err!("COW device full: failing origin writes that need a copy\n");
+                    st.cow_full = true;
+                }
+                bio.end(Err(ENOSPC));
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// Starts copying for a plan; returns the index of its pending entry.
+    fn start_copy(
+        self: &Arc<Self>,
+        st: &mut State,
+        chunk: u64,
+        from: Region<'_>,
+        to: Region<'_>,
+        plan: PlanKind,
+    ) -> Result<usize> {
+        let setup = (|| -> Result<Arc<CopyJob>> {
+            st.pending.reserve(1, GFP_NOIO)?;
+            let job = Arc::new(
+                CopyJob {
+                    state: AtomicU32::new(0),
+                },
+                GFP_NOIO,
+            )?;
+            let (pool, done) = (self.clone(), job.clone());
+            self.kcopyd.copy(&from, &[to], move |result| {
+                let state = if result.is_ok() { COPY_OK } else { COPY_FAILED };
+                done.state.store(state, Ordering::Release);
+                pool.kick();
+            })?;
+            Ok(job)
+        })();
+        match setup {
+            Ok(job) => {
+                // Cannot fail: capacity was reserved above.
+                st.pending.push(
+                    Pending {
+                        chunk,
+                        plan,
+                        job,
+                        origin_waiters: BioList::default(),
+                        snap_waiters: BioList::default(),
+                    },
+                    GFP_NOIO,
+                )?;
+                Ok(st.pending.len() - 1)
+            }
+            Err(e) => {
+                let aborted = match plan {
+                    PlanKind::Origin(plan) => st.store.abort_origin_write(plan),
+                    PlanKind::Unshare(plan) => st.store.abort_snapshot_write(plan),
+                };
+                if let Err(ae) = aborted {
+                    self.note_error(st, ae);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Issues a snapshot bio, after a commit if it asks for durability.
+    fn issue_snap(&self, st: &mut State, bio: SnapBio) {
+        if bio.is_flush() || bio.is_fua() {
+            st.after_commit_snap.push_back(bio);
+        } else {
+            bio.submit();
+        }
+    }
+
+    fn process_snap(self: &Arc<Self>, st: &mut State, mut bio: SnapBio) {
+        let Some(snap) = bio.per_io().snap else {
+            bio.end(Err(EIO));
+            return;
+        };
+        if st.failed {
+            bio.end(Err(EIO));
+            return;
+        }
+        if !bio.has_data() {
+            // An empty flush: snapshot data lives on the COW device, which the commit flushes;
+            // the flush is passed on to it as well for writes that went there directly.
+            bio.set_dev(self.cow.bdev());
+            st.after_commit_snap.push_back(bio);
+            return;
+        }
+        let sector = bio.sector();
+        let chunk = self.chunk_of(sector);
+        let offset = sector & self.chunk_mask();
+        if let Some(i) = Self::pending_index(st, chunk) {
+            st.pending[i].snap_waiters.push_back(bio);
+            return;
+        }
+        if !bio.is_write() {
+            match st.store.snapshot_lookup(snap, chunk) {
+                Ok(location) => {
+                    let b = bucket(chunk);
+                    self.reads_in_flight[b].fetch_add(1, Ordering::AcqRel);
+                    // CAST: `b < READ_BUCKETS`, which fits a `u16`.
+                    bio.per_io_mut().read_bucket = b as u16 + 1;
+                    match location {
+                        Location::Origin => bio.remap(self.origin.bdev(), sector),
+                        Location::Cow(c) => {
+                            bio.remap(self.cow.bdev(), (c << self.chunk_shift) + offset)
+                        }
+                    }
+                    bio.submit();
+                }
+                Err(e) => {
+                    self.note_error(st, e);
+                    bio.end(Err(bio_error(e)));
+                }
+            }
+            return;
+        }
+        if self.reads_pending(chunk) {
+            self.read_waiters.store(true, Ordering::Release);
+            st.held_snap.push_back(bio);
+            if !self.reads_pending(chunk) {
+                self.kick();
+            }
+            return;
+        }
+        match st.store.snapshot_write_prepare(snap, chunk) {
+            Ok(SnapWritePlan::Direct(c)) => {
+                bio.remap(self.cow.bdev(), (c << self.chunk_shift) + offset);
+                self.issue_snap(st, bio);
+            }
+            Ok(SnapWritePlan::Unshare(plan)) => {
+                // The snapshot's current data of the chunk goes to its new chunk first, so that
+                // a crash after the commit never exposes an unwritten chunk.
+                let from = match plan.from() {
+                    Location::Origin => self.chunk_region(&self.origin, chunk),
+                    Location::Cow(c) => self.chunk_region(&self.cow, c),
+                };
+                let to = self.chunk_region(&self.cow, plan.to());
+                match self.start_copy(st, chunk, from, to, PlanKind::Unshare(plan)) {
+                    Ok(i) => st.pending[i].snap_waiters.push_back(bio),
+                    Err(e) => bio.end(Err(e)),
+                }
+            }
+            Err(store::Error::NoSpace) => {
+                if !st.cow_full {
+                    pr_err!("COW device full: failing snapshot writes that need a chunk\n");
+                    st.cow_full = true;
+                }
+                bio.end(Err(ENOSPC));
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// Commits if bios wait for a commit or the store changed, once no copy is in flight; then
+    /// issues or retries the bios that waited for it.
+    fn commit_if_wanted(self: &Arc<Self>, st: &mut State) {
+        let waiting = !st.after_commit_origin.is_empty() || !st.after_commit_snap.is_empty();
+        if !(waiting || st.dirty) || !st.pending.is_empty() || st.failed {
+            return;
+        }
+        let result = st.store.commit();
+        let mut origin = core::mem::take(&mut st.after_commit_origin);
+        let mut snap = core::mem::take(&mut st.after_commit_snap);
+        match result {
+            Ok(()) => {
+                st.dirty = false;
+                // Each one is checked again: a snapshot may have been created meanwhile, and
+                // then its chunk needs a copy first. Normally this issues it.
+                while let Some(bio) = origin.pop() {
+                    self.process_origin(st, bio, true);
+                }
+                while let Some(bio) = snap.pop() {
+                    bio.submit();
+                }
+                // Retry what the barrier held back, and commit again for what the checks
+                // above left waiting.
+                if !st.held_origin.is_empty()
+                    || !st.held_snap.is_empty()
+                    || !st.after_commit_origin.is_empty()
+                {
+                    self.kick();
+                }
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                while let Some(bio) = origin.pop() {
+                    bio.end(Err(EIO));
+                }
+                while let Some(bio) = snap.pop() {
+                    bio.end(Err(EIO));
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Messages, status and the targets' life cycle.
+    // ---------------------------------------------------------------------------------------
+
+    /// Stops new copies and waits until none are in flight and no origin write is, then runs
+    /// `f`, commits, and lets I/O go again.
+    fn quiesced<R, E: From<store::Error>>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut State) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut st = self.state.lock();
+        st.quiescing += 1;
+        while !st.pending.is_empty() || self.writes_in_flight.load(Ordering::Acquire) != 0 {
+            // Copies complete in the worker, which needs the lock we give up while waiting.
+            self.kick();
+            self.drained.wait(&mut st);
+        }
+        let result = if st.failed {
+            Err(store::Error::Failed.into())
+        } else {
+            f(&mut st).and_then(|r| {
+                st.dirty = true;
+                let committed = st.store.commit();
+                if let Err(e) = committed {
+                    self.note_error(&mut st, e);
+                    return Err(e.into());
+                }
+                st.dirty = false;
+                Ok(r)
+            })
+        };
+        st.quiescing -= 1;
+        drop(st);
+        self.kick();
+        result
+    }
+
+    /// `snapshot create <id>`.
+    pub(crate) fn create_snapshot(self: &Arc<Self>, id: u32) -> Result<(), store::Error> {
+        self.quiesced(|st| {
+            let r = st.store.create_snapshot(id).map(|_| ());
+            if let Err(e) = r {
+                self.note_error(st, e);
+            }
+            r
+        })
+    }
+
+    /// `snapshot delete <id>`: refused while an `s-snap` device of the snapshot is active.
+    pub(crate) fn delete_snapshot(self: &Arc<Self>, id: u32) -> Result<(), DeleteError> {
+        self.quiesced(|st| {
+            if st.active.contains(&id) {
+                return Err(DeleteError::Active);
+            }
+            let r = st.store.delete_snapshot(id);
+            if let Err(e) = r {
+                self.note_error(st, e);
+            }
+            r.map_err(DeleteError::Store)
+        })
+    }
+
+    /// Writes the origin's status: `: no snapshot`, or the count and the ids.
+    pub(crate) fn write_snapshot_list(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+        let st = self.state.lock();
+        let count = st.store.usage().snapshots;
+        if count == 0 {
+            return out.write_str(": no snapshot");
+        }
+        write!(out, "{count}")?;
+        for snap in st.store.snapshots() {
+            match snap {
+                Ok(snap) => write!(out, " {}", snap.id())?,
+                Err(_) => return out.write_str(" (unreadable)"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the reply of the `usage` message.
+    pub(crate) fn write_usage(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+        let st = self.state.lock();
+        let Usage {
+            chunk_size,
+            total_chunks,
+            data_chunks,
+            metadata_chunks,
+            free_chunks,
+            shared_exceptions,
+            private_exceptions,
+            snapshots,
+        } = st.store.usage();
+        writeln!(
+            out,
+            "chunk_sectors {} total_chunks {total_chunks} used_chunks {} data_chunks {data_chunks} \
+             metadata_chunks {metadata_chunks} free_chunks {free_chunks} \
+             shared_exceptions {shared_exceptions} private_exceptions {private_exceptions} \
+             snapshots {snapshots} cow_full {} failed {}",
+            chunk_size / 512,
+            data_chunks + metadata_chunks,
+            u8::from(st.cow_full),
+            u8::from(st.failed),
+        )?;
+        for snap in st.store.snapshots() {
+            let Ok(snap) = snap else { break };
+            let chunks = st.store.snapshot_usage(snap.id()).unwrap_or(0);
+            writeln!(
+                out,
+                "snapshot {} chunks {chunks} active {}",
+                snap.id(),
+                u8::from(st.active.contains(&snap.id()))
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Looks up snapshot `id` and marks it active (for an `s-snap` ctr).
+    pub(crate) fn activate(&self, id: u32) -> Result<SnapshotRef, ActivateError> {
+        let mut st = self.state.lock();
+        let snap = match st.store.snapshot_epoch(id) {
+            Ok(Some(snap)) => snap,
+            Ok(None) => return Err(ActivateError::NoSuchSnapshot),
+            Err(e) => return Err(ActivateError::Store(e)),
+        };
+        if st.active.contains(&id) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        st.active
+            .push(id, GFP_KERNEL)
+            .map_err(|_| ActivateError::NoMemory)?;
+        Ok(snap)
+    }
+
+    /// The `s-snap` device of snapshot `id` went away.
+    pub(crate) fn deactivate(&self, id: u32) {
+        let mut st = self.state.lock();
+        if let Some(i) = st.active.iter().position(|&a| a == id) {
+            st.active.swap_remove(i);
+        }
+    }
+
+    /// Commits whatever the store holds (origin suspend, target teardown).
+    pub(crate) fn sync(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        while !st.pending.is_empty() {
+            self.kick();
+            self.drained.wait(&mut st);
+        }
+        if st.failed {
+            return;
+        }
+        match st.store.commit() {
+            Ok(()) => st.dirty = false,
+            Err(e) => self.note_error(&mut st, e),
+        }
+    }
+}
+
+/// Why `snapshot delete` failed.
+pub(crate) enum DeleteError {
+    /// An `s-snap` device of the snapshot is active.
+    Active,
+    /// The store refused or failed.
+    Store(store::Error),
+}
+
+impl From<store::Error> for DeleteError {
+    fn from(e: store::Error) -> Self {
+        DeleteError::Store(e)
+    }
+}
+
+/// Why an `s-snap` ctr could not use a snapshot.
+pub(crate) enum ActivateError {
+    NoSuchSnapshot,
+    AlreadyActive,
+    NoMemory,
+    Store(store::Error),
+}
+
+impl WorkItem for Pool {
+    type Pointer = Arc<Pool>;
+
+    fn run(this: Arc<Pool>) {
+        this.run_worker();
+    }
+}
