@@ -1,0 +1,15 @@
+# SPDX-License-Identifier: GPL-2.0
+# vm: disks=64M,64M
+# Bad input: unknown messages and non-numeric ids.
+. /tests/lib
+load_origin
+expect_fail "unknown message" msg snapshot rename 1
+expect_fail "empty snapshot message" msg snapshot
+expect_fail "unknown word" msg frobnicate
+expect_log "unknown message (expected: snapshot create <id> | snapshot delete <id> | usage)"
+for id in x -1 1.5 4294967296 ""; do
+	expect_fail "id '$id'" msg snapshot create "$id"
+done
+expect_log "invalid snapshot id"
+[ "$(dmsetup status work | cut -d' ' -f4-)" = ": no snapshot" ] || fail "a snapshot appeared"
+dmsetup remove work
