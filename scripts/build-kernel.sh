@@ -51,7 +51,7 @@ done
 echo "$new_manifest" >"$manifest"
 
 # 3. Re-apply patches/ to pristine copies of the files they touch.
-PRISTINE="$KTREE/.s-snap-pristine"
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mapfile -t patched < <(cat "$REPO"/patches/*.patch 2>/dev/null |

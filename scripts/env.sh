@@ -6,6 +6,9 @@ CACHE=${S_SNAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s-snap}
 KVERSION=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null | tr '~:' '__')
 KTREE="$CACHE/linux-${KVERSION:-unknown}"
 MODROOT="$KTREE/.s-snap-modroot"
+# Pristine copies of the files patches/ edit, beside the tree (the kernel's rustfmt
+# target walks every .rs file inside it).
+PRISTINE="$KTREE.pristine"
 BZIMAGE="$KTREE/arch/x86/boot/bzImage"
 BINDGEN="$HOME/.cargo/bin/bindgen"
 # Per-checkout scratch space: initramfs, disk images, logs.

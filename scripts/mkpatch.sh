@@ -24,8 +24,8 @@ trap 'rm -rf "$tmp"' EXIT
 } >"$tmp/patch"
 for f in "$@"; do
 	mkdir -p "$(dirname "$tmp/a/$f")" "$(dirname "$tmp/b/$f")"
-	if [ -f "$KTREE/.s-snap-pristine/$f" ]; then
-		cp "$KTREE/.s-snap-pristine/$f" "$tmp/a/$f"
+	if [ -f "$PRISTINE/$f" ]; then
+		cp "$PRISTINE/$f" "$tmp/a/$f"
 	else
 		tar -xOf /usr/src/linux-source-6.12.tar.xz "linux-source-6.12/$f" >"$tmp/a/$f"
 	fi

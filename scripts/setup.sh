@@ -11,7 +11,7 @@ BINDGEN_VERSION=0.73.2
 PACKAGES=(
 	linux-source-6.12
 	rustc-web rust-web-src
-	clang-19 lld-19 llvm-19 libclang-19-dev
+	rust-web-clippy clang-19 lld-19 llvm-19 libclang-19-dev
 	libelf-dev libssl-dev bc flex bison cpio kmod rsync
 	busybox-static qemu-system-x86 dmsetup e2fsprogs util-linux fio
 )

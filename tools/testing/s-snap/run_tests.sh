@@ -30,6 +30,13 @@ step "setup"
 step "kernel build"
 "$REPO/scripts/build-kernel.sh" >"$OUT/kernel-build.log" 2>&1 || { tail -n 30 "$OUT/kernel-build.log"; failed=$((failed + 1)); summary; }
 
+step "lint (rustfmt, clippy, checkpatch, no unsafe in the driver, cargo fmt/clippy)"
+if "$REPO/scripts/lint.sh"; then
+	passed=$((passed + 1))
+else
+	failed=$((failed + 1))
+fi
+
 # Userspace: cargo's own per-binary "test result:" lines are summed.
 if [ -f "$REPO/tools/s-snap/Cargo.toml" ]; then
 	step "userspace tests (cargo test --release in tools/s-snap)"

@@ -513,13 +513,13 @@ impl<I: BlockIo> Store<I> {
             let h = self.io.read(self.selector_block())?;
             let first = SB_SELECTOR + usize::try_from(g.nr_bitmaps / 8).unwrap_or(0);
             let mut ok = true;
-            if !g.nr_bitmaps.is_multiple_of(8) {
+            if g.nr_bitmaps % 8 != 0 {
                 let b = rd8(&h, first)?;
                 if b >> (g.nr_bitmaps % 8) != 0 {
                     ok = false;
                 }
             }
-            let start = if !g.nr_bitmaps.is_multiple_of(8) {
+            let start = if g.nr_bitmaps % 8 != 0 {
                 first + 1
             } else {
                 first

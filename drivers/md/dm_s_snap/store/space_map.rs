@@ -159,7 +159,7 @@ impl<I: BlockIo> Store<I> {
             if w == from / 64 {
                 free &= u64::MAX << (from % 64);
             }
-            if w == last && !to.is_multiple_of(64) {
+            if w == last && to % 64 != 0 {
                 free &= (1u64 << (to % 64)) - 1;
             }
             if free != 0 {

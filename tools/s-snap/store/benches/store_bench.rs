@@ -73,7 +73,7 @@ fn main() {
                 OriginWrite::Proceed | OriginWrite::AfterCommit => {}
             }
             ops += 1;
-            if ops.is_multiple_of(1000) {
+            if ops % 1000 == 0 {
                 let tc = Instant::now();
                 s.commit().unwrap();
                 commit_time += tc.elapsed().as_secs_f64();

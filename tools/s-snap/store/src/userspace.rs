@@ -538,7 +538,7 @@ impl<D: Disk> Cache<D> {
         let mut write_now = false;
         if let Some((seed, one_in)) = st.chaos {
             let mut s = seed ^ tick.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            write_now = splitmix(&mut s).is_multiple_of(one_in as u64);
+            write_now = splitmix(&mut s) % one_in as u64 == 0;
         }
         let Some(e) = st.map.get_mut(&nr) else {
             panic!("released block {nr} is not cached");

@@ -307,7 +307,7 @@ fn crash_during_delete_that_commits_midway() {
         |k: usize| log[k.saturating_sub(3)..(k + 3).min(log.len())].contains(&Event::Flush);
     let mut points = 0;
     for k in start..=log.len() {
-        if !(k - start).is_multiple_of(8) && !near_flush(k) {
+        if (k - start) % 8 != 0 && !near_flush(k) {
             continue;
         }
         points += 1;
