@@ -14,8 +14,8 @@ use core::ops::ControlFlow;
 use kernel::{
     c_str,
     device_mapper::{
-        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult,
-        StatusFlags, StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
+        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult, StatusFlags,
+        StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
     },
     prelude::*,
     str::CStr,
@@ -49,20 +49,17 @@ fn store_error(e: store::Error) -> CtrError {
             EINVAL,
             c_str!("Exception store has an unsupported format version"),
         ),
-        store::Error::Corrupt { .. } => {
-            (EIO, c_str!("Exception store metadata is corrupt (run s-snap-tool check)"))
-        }
+        store::Error::Corrupt { .. } => (
+            EIO,
+            c_str!("Exception store metadata is corrupt (run s-snap-tool check)"),
+        ),
         _ => (EIO, c_str!("Cannot read the exception store")),
     };
     CtrError::new(code, msg)
 }
 
 impl OriginTarget {
-    fn message_inner(
-        &self,
-        args: &[&CStr],
-        reply: &mut StatusWriter<'_>,
-    ) -> Result {
+    fn message_inner(&self, args: &[&CStr], reply: &mut StatusWriter<'_>) -> Result {
         let words: KVec<&str> = {
             let mut v = KVec::with_capacity(args.len(), GFP_KERNEL)?;
             for a in args {

@@ -228,7 +228,11 @@ impl Pool {
     }
 
     fn chunk_region<'a>(&self, dev: &'a DmDev, chunk: u64) -> Region<'a> {
-        Region::new(dev, chunk << self.chunk_shift, Sector::from(self.chunk_sectors))
+        Region::new(
+            dev,
+            chunk << self.chunk_shift,
+            Sector::from(self.chunk_sectors),
+        )
     }
 
     /// Queues the worker.

@@ -14,8 +14,8 @@ use core::ops::ControlFlow;
 use kernel::{
     c_str,
     device_mapper::{
-        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult,
-        StatusFlags, StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
+        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult, StatusFlags,
+        StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
     },
     prelude::*,
     str::CStr,

@@ -77,6 +77,8 @@ struct Held {
 ///
 /// `b` must be a buffer of a client created by [`Client::new`], which has one byte of
 /// auxiliary data.
+// The type parameter only makes the function generic (see above).
+#[allow(clippy::extra_unused_type_parameters)]
 unsafe extern "C" fn clear_validated<T>(b: *mut bindings::dm_buffer) {
     // SAFETY: By the safety requirements the buffer has one byte of auxiliary data.
     unsafe { bindings::dm_bufio_get_aux_data(b).cast::<u8>().write(0) };
