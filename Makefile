@@ -18,6 +18,14 @@ demo: initramfs
 check:
 	tools/testing/s-snap/run_tests.sh
 
+## bench: benchmark origin writes with 0..64 snapshots (s-snap, dm-snapshot,
+## dm-thin, linear) in the VM; writes bench-results/ (about 10 minutes)
+.PHONY: bench
+bench: initramfs
+	python3 tools/testing/s-snap/bench/run.py --out $(OUT) \
+		--kernel "$$(bash -c '. scripts/env.sh; echo $$BZIMAGE')" \
+		--initrd $(OUT)/initramfs.cpio.gz
+
 setup:
 	scripts/setup.sh
 

@@ -190,10 +190,11 @@ def main():
     args.log_dir = args.log_dir or args.out / "logs"
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
-    # selftest-* prove the harness fails when it should; demo-* are demos.
+    # selftest-* prove the harness fails when it should; demo-* are demos;
+    # bench-* are benchmarks (`make bench`).
     tests = args.tests or sorted(
         p.stem for p in GUEST_DIR.glob("*.sh")
-        if not p.stem.startswith(("selftest-", "demo-"))
+        if not p.stem.startswith(("selftest-", "demo-", "bench-"))
     )
     failed = [name for name in tests if not run_test(args, name)]
     return 1 if failed else 0
