@@ -221,10 +221,42 @@ struct Lacking {
     uncommitted: bool,
 }
 
+/// The entries of one tree in key order from a start key, found one at a
+/// time by a successor search (so that no block stays held between items).
+struct Entries<'a, I: BlockIo> {
+    store: &'a Store<I>,
+    tree: usize,
+    next: Option<u128>,
+}
+
+impl<I: BlockIo> Entries<'_, I> {
+    /// The next entry; after an error or the last entry, always `None`.
+    fn next_entry(&mut self) -> Option<Result<(u128, u128)>> {
+        let from = self.next?;
+        match self.store.ceil(self.tree, from) {
+            Ok(Some((k, v))) => {
+                self.next = k.checked_add(1);
+                Some(Ok((k, v)))
+            }
+            Ok(None) => {
+                self.next = None;
+                None
+            }
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.next = None;
+    }
+}
+
 /// Iterator over live snapshots in ascending id order.
 pub struct Snapshots<'a, I: BlockIo> {
-    store: &'a Store<I>,
-    next: Option<u128>,
+    entries: Entries<'a, I>,
 }
 
 impl<I: BlockIo> Iterator for Snapshots<'_, I> {
@@ -232,108 +264,74 @@ impl<I: BlockIo> Iterator for Snapshots<'_, I> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let from = self.next?;
-            match self.store.ceil(TREE_SNAPS, from) {
-                Err(e) => {
-                    self.next = None;
-                    return Some(Err(e));
-                }
-                Ok(None) => {
-                    self.next = None;
-                    return None;
-                }
-                Ok(Some((k, v))) => {
-                    if hi64(k) != 1 {
-                        self.next = None;
-                        return None;
-                    }
-                    self.next = k.checked_add(1);
-                    if v & DELETING != 0 {
-                        continue;
-                    }
-                    let id = match u32::try_from(lo64(k)) {
-                        Ok(id) => id,
-                        Err(_) => {
-                            self.next = None;
-                            return Some(Err(Error::Corrupt {
-                                what: "snapshot table: id out of range",
-                                block: 0,
-                            }));
-                        }
-                    };
-                    return Some(Ok(SnapshotRef { id, epoch: lo64(v) }));
-                }
+            let (k, v) = match self.entries.next_entry()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e)),
+            };
+            // The id half of the snapshot table ends the listing.
+            if hi64(k) != 1 {
+                self.entries.stop();
+                return None;
             }
+            if v & DELETING != 0 {
+                continue;
+            }
+            let Ok(id) = u32::try_from(lo64(k)) else {
+                self.entries.stop();
+                return Some(Err(Error::Corrupt {
+                    what: "snapshot table: id out of range",
+                    block: 0,
+                }));
+            };
+            return Some(Ok(SnapshotRef { id, epoch: lo64(v) }));
         }
     }
 }
 
 /// Iterator over shared exceptions in (chunk, hi) order.
 pub struct SharedExceptions<'a, I: BlockIo> {
-    store: &'a Store<I>,
-    next: Option<u128>,
+    entries: Entries<'a, I>,
 }
 
 impl<I: BlockIo> Iterator for SharedExceptions<'_, I> {
     type Item = Result<SharedException>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let from = self.next?;
-        match self.store.ceil(TREE_SHARED, from) {
-            Err(e) => {
-                self.next = None;
-                Some(Err(e))
-            }
-            Ok(None) => {
-                self.next = None;
-                None
-            }
-            Ok(Some((k, v))) => {
-                self.next = k.checked_add(1);
-                Some(Ok(SharedException {
-                    chunk: hi64(k),
-                    hi: lo64(k),
-                    lo: hi64(v),
-                    cow: lo64(v),
-                }))
-            }
-        }
+        Some(self.entries.next_entry()?.map(|(k, v)| SharedException {
+            chunk: hi64(k),
+            hi: lo64(k),
+            lo: hi64(v),
+            cow: lo64(v),
+        }))
     }
 }
 
 /// Iterator over private exceptions in (epoch, chunk) order.
 pub struct PrivateExceptions<'a, I: BlockIo> {
-    store: &'a Store<I>,
-    next: Option<u128>,
+    entries: Entries<'a, I>,
 }
 
 impl<I: BlockIo> Iterator for PrivateExceptions<'_, I> {
     type Item = Result<PrivateException>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let from = self.next?;
-        match self.store.ceil(TREE_PRIVATE, from) {
-            Err(e) => {
-                self.next = None;
-                Some(Err(e))
-            }
-            Ok(None) => {
-                self.next = None;
-                None
-            }
-            Ok(Some((k, v))) => {
-                self.next = k.checked_add(1);
-                Some(Ok(PrivateException {
-                    epoch: hi64(k),
-                    chunk: lo64(k),
-                    cow: lo64(v),
-                }))
-            }
-        }
+        Some(self.entries.next_entry()?.map(|(k, v)| PrivateException {
+            epoch: hi64(k),
+            chunk: lo64(k),
+            cow: lo64(v),
+        }))
     }
 }
 
 impl<I: BlockIo> Store<I> {
+    fn entries(&self, tree: usize, from: Option<u128>) -> Entries<'_, I> {
+        Entries {
+            store: self,
+            tree,
+            next: from,
+        }
+    }
+
     /// The epoch of live snapshot `id`, if any.
     pub fn snapshot_epoch(&self, id: u32) -> Result<Option<SnapshotRef>> {
         match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
@@ -345,24 +343,21 @@ impl<I: BlockIo> Store<I> {
     /// Live snapshots in ascending id order.
     pub fn snapshots(&self) -> Snapshots<'_, I> {
         Snapshots {
-            store: self,
-            next: Some(ID_SPACE),
+            entries: self.entries(TREE_SNAPS, Some(ID_SPACE)),
         }
     }
 
     /// Shared exceptions in (chunk, hi) order.
     pub fn shared_exceptions(&self) -> SharedExceptions<'_, I> {
         SharedExceptions {
-            store: self,
-            next: Some(0),
+            entries: self.entries(TREE_SHARED, Some(0)),
         }
     }
 
     /// Private exceptions in (epoch, chunk) order.
     pub fn private_exceptions(&self) -> PrivateExceptions<'_, I> {
         PrivateExceptions {
-            store: self,
-            next: Some(0),
+            entries: self.entries(TREE_PRIVATE, Some(0)),
         }
     }
 
@@ -818,8 +813,7 @@ impl<I: BlockIo> Store<I> {
         let e = snap.epoch;
         let mut n = 0u64;
         let mut it = PrivateExceptions {
-            store: self,
-            next: Some(private_key(e, 0)),
+            entries: self.entries(TREE_PRIVATE, Some(private_key(e, 0))),
         };
         for p in &mut it {
             if p?.epoch != e {
