@@ -400,8 +400,7 @@ fn run(
                     let tags = model.snapshots.get_mut(&id).context("model")?;
                     (rig.active[&id].clone(), tags)
                 };
-                write_blocks(&path, first, &tags)
-                    .with_context(|| format!("op {op}: {kind}"))?;
+                write_blocks(&path, first, &tags).with_context(|| format!("op {op}: {kind}"))?;
                 target[first as usize..(first + count) as usize].copy_from_slice(&tags);
             }
             "create" => {
