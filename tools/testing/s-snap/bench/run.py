@@ -47,6 +47,8 @@ def run_vm(args, test):
     log = args.log_dir / f"{test}.boot1.console.log"
     if rc != 0:
         sys.exit(f"bench: the VM run failed (exit {rc}); see {args.log_dir}/{test}.boot1.*.log")
+    # Kept beside the log, so that --log can report it too.
+    log.with_suffix(".elapsed").write_text(f"{elapsed:.1f}\n")
     return log, elapsed
 
 
@@ -237,6 +239,7 @@ NOTES = [
 
 
 def plot(path, rows, header):
+    """first-write IOPS against N; `header` is one line of date and kernel."""
     try:
         import matplotlib
     except ImportError:
@@ -264,7 +267,7 @@ def plot(path, rows, header):
     ax.set_yscale("log")
     ax.set_xlabel("snapshots of the origin (N)")
     ax.set_ylabel("origin first-write IOPS (4 KiB, QD1; median, bars: min-max)")
-    ax.set_title("Origin writes to not-yet-copied chunks\n" + "; ".join(header[:1]) +
+    ax.set_title("Origin writes to not-yet-copied chunks\n" + header +
                  "\nQEMU TCG: ratios hold, absolute numbers do not", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -289,6 +292,9 @@ def main():
     elapsed = None
     if args.log:
         log = args.log
+        saved = log.with_suffix(".elapsed")
+        if saved.exists():
+            elapsed = float(saved.read_text())
     else:
         if not args.kernel or not args.initrd:
             parser.error("--kernel and --initrd are needed unless --log is given")
@@ -302,17 +308,22 @@ def main():
                             capture_output=True, text=True).stdout.strip() or "unknown"
     header = [
         f"Date: {when}; guest kernel {info.get('kernel', '?')}; "
-        f"commit {commit}; {info.get('cpus', '?')} guest CPU(s)",
+        f"repository HEAD {commit} when the results were written (the kernel is the "
+        f"last one built); {info.get('cpus', '?')} guest CPU(s)",
         "",
         f"Parameters: {info.get('params', '?')}" +
         (f"; VM run {elapsed / 60:.1f} min" if elapsed else ""),
+        "",
+        "Made by `make bench` (tools/testing/s-snap/bench/run.py, guest script",
+        "tools/testing/s-snap/guest/bench-lib).",
     ]
     if args.smoke:
         header.append("")
         header.append("**Smoke run with tiny sizes: the numbers mean nothing.**")
     write_csv(args.results / "results.csv", all_rows)
     write_markdown(args.results / "results.md", rows, info, header, "throughput.png")
-    plot(args.results / "throughput.png", rows, header)
+    plot(args.results / "throughput.png", rows,
+         f"{when}, guest kernel {info.get('kernel', '?')}")
     print(f"bench: wrote {args.results}/results.csv, results.md, throughput.png"
           + (f" (VM run {elapsed:.0f} s)" if elapsed else ""))
     return 0

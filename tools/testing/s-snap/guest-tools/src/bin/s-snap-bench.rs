@@ -128,7 +128,11 @@ fn report(label: &str, ops: u64, secs: f64, bytes_per_op: u64) {
     let secs = secs.max(1e-9);
     let iops = ops as f64 / secs;
     let mbps = iops * bytes_per_op as f64 / 1e6;
-    let ms = if ops > 0 { secs * 1000.0 / ops as f64 } else { 0.0 };
+    let ms = if ops > 0 {
+        secs * 1000.0 / ops as f64
+    } else {
+        0.0
+    };
     println!("@@BENCH,{label},{ops},{secs:.4},{iops:.1},{mbps:.3},{ms:.4}");
 }
 
@@ -147,19 +151,29 @@ fn blocks(
         Pattern::Seq => (offset..offset + count).collect(),
         Pattern::Rand => {
             ensure!(region > 0, "empty region");
-            (0..count).map(|_| offset + rng.gen_range(0..region)).collect()
+            (0..count)
+                .map(|_| offset + rng.gen_range(0..region))
+                .collect()
         }
         Pattern::Distinct => {
             ensure!(unit > 0, "unit must be at least one block");
             let units = region / unit;
             ensure!(set > 0, "empty set");
-            ensure!(set <= units, "{set} distinct units wanted, the region has {units}");
+            ensure!(
+                set <= units,
+                "{set} distinct units wanted, the region has {units}"
+            );
             // A whole permutation, so that a smaller --set with the same seed
             // is a prefix of a larger one (rewrites hit what was written).
             let mut chosen: Vec<u64> = (0..units).map(|u| offset + u * unit).collect();
             chosen.shuffle(&mut rng);
             chosen.truncate(set as usize);
-            chosen.iter().copied().cycle().take(count as usize).collect()
+            chosen
+                .iter()
+                .copied()
+                .cycle()
+                .take(count as usize)
+                .collect()
         }
     })
 }
@@ -199,7 +213,12 @@ fn io(
         } else {
             file.read_exact_at(buf.bytes(), pos)
         }
-        .with_context(|| format!("{} block {block} of {dev}", if write { "write" } else { "read" }))?;
+        .with_context(|| {
+            format!(
+                "{} block {block} of {dev}",
+                if write { "write" } else { "read" }
+            )
+        })?;
         done += 1;
         if let Some(limit) = limit {
             // Checking the clock every 16 I/Os costs nothing measurable.
@@ -226,10 +245,28 @@ fn time(label: &str, ops: u64, command: &[String]) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Io { label, dev, write, pattern, offset, region, unit, count, set, seconds, seed } => {
+        Cmd::Io {
+            label,
+            dev,
+            write,
+            pattern,
+            offset,
+            region,
+            unit,
+            count,
+            set,
+            seconds,
+            seed,
+        } => {
             let set = set.unwrap_or(count);
-            io(&label, &dev, write, pattern, offset, region, unit, count, set, seconds, seed)
+            io(
+                &label, &dev, write, pattern, offset, region, unit, count, set, seconds, seed,
+            )
         }
-        Cmd::Time { label, ops, command } => time(&label, ops, &command),
+        Cmd::Time {
+            label,
+            ops,
+            command,
+        } => time(&label, ops, &command),
     }
 }
