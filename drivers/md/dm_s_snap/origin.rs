@@ -176,14 +176,17 @@ impl TargetOperations for OriginTarget {
         let pool = registry.attach_origin(&origin, &cow, chunk_sectors, store_error)?;
         KBox::pin(
             Self {
-                registry,
-                pool,
+                registry: registry.clone(),
+                pool: pool.clone(),
                 origin,
                 cow,
             },
             GFP_KERNEL,
         )
-        .ctr_err(c_str!("Cannot allocate target"))
+        .map_err(|_| {
+            registry.detach_origin(&pool);
+            CtrError::new(ENOMEM, c_str!("Cannot allocate target"))
+        })
     }
 
     fn map(this: Pin<&Self>, t: &Target, bio: DmBio<Self>) -> MapResult<Self> {
@@ -254,6 +257,7 @@ impl TargetOperations for OriginTarget {
 impl Drop for OriginTarget {
     fn drop(&mut self) {
         self.pool.sync();
+        self.pool.teardown();
         self.registry.detach_origin(&self.pool);
     }
 }

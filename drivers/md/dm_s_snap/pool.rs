@@ -30,6 +30,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
     block::bio::{BioList, Sector},
+    c_str,
     device_mapper::{
         kcopyd::{self, Region},
         DmBio, DmDev, StatusWriter,
@@ -37,7 +38,7 @@ use kernel::{
     new_condvar, new_mutex, new_spinlock,
     prelude::*,
     sync::{Arc, CondVar, Mutex, SpinLock},
-    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+    workqueue::{impl_has_work, new_work, OwnedQueue, Work, WorkItem},
 };
 
 /// Snapshot reads in flight are counted per bucket of chunks (a hash), so that the count needs
@@ -80,6 +81,48 @@ struct CopyJob {
 
 const COPY_OK: u32 = 1;
 const COPY_FAILED: u32 = 2;
+
+/// Counts the kcopyd completions that still hold a reference to the pool.
+///
+/// A completion runs in kcopyd's worker: if it dropped the last reference to the pool, the
+/// pool would destroy its kcopyd client from kcopyd's own context. Completions drop their pool
+/// reference first and then leave the tracker, so that a target's teardown, after waiting for
+/// the tracker, knows that no completion holds the pool any more.
+#[pin_data]
+struct CopyTracker {
+    #[pin]
+    in_flight: SpinLock<u32>,
+    #[pin]
+    idle: CondVar,
+}
+
+impl CopyTracker {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            in_flight <- new_spinlock!(0, "s_snap::CopyTracker::in_flight"),
+            idle <- new_condvar!("s_snap::CopyTracker::idle"),
+        })
+    }
+
+    fn start(&self) {
+        *self.in_flight.lock() += 1;
+    }
+
+    fn finish(&self) {
+        let mut n = self.in_flight.lock();
+        *n -= 1;
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self) {
+        let mut n = self.in_flight.lock();
+        while *n != 0 {
+            self.idle.wait(&mut n);
+        }
+    }
+}
 
 enum PlanKind {
     Origin(store::CopyPlan),
@@ -130,6 +173,9 @@ pub(crate) struct Pool {
     pub(crate) chunk_sectors: u32,
     chunk_shift: u32,
     kcopyd: kcopyd::Client,
+    copies: Arc<CopyTracker>,
+    /// The worker's queue: in the I/O path, so it must make progress under memory pressure.
+    wq: OwnedQueue,
     #[pin]
     state: Mutex<State>,
     #[pin]
@@ -186,6 +232,8 @@ impl Pool {
         let io = CowIo::new(cow, chunk_sectors)?;
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
         let kcopyd = kcopyd::Client::new()?;
+        let copies = Arc::pin_init(CopyTracker::new(), GFP_KERNEL)?;
+        let wq = OwnedQueue::new(c_str!("s-snap"), OwnedQueue::MEM_RECLAIM, 1)?;
         let pool = Arc::pin_init(
             pin_init!(Self {
                 origin: origin.clone(),
@@ -193,6 +241,8 @@ impl Pool {
                 chunk_sectors,
                 chunk_shift: chunk_sectors.trailing_zeros(),
                 kcopyd,
+                copies,
+                wq,
                 state <- new_mutex!(State {
                     store,
                     pending: KVec::new(),
@@ -237,7 +287,8 @@ impl Pool {
 
     /// Queues the worker.
     pub(crate) fn kick(self: &Arc<Self>) {
-        let _ = workqueue::system_unbound().enqueue(self.clone());
+        // Already queued is fine: the queued run will see what this one would have.
+        let _ = self.wq.enqueue(self.clone());
     }
 
     /// Hands an origin bio to the worker (from `map`: does not sleep).
@@ -467,12 +518,20 @@ impl Pool {
                 },
                 GFP_NOIO,
             )?;
-            let (pool, done) = (self.clone(), job.clone());
-            self.kcopyd.copy(&from, &[to], move |result| {
+            let (pool, done, tracker) = (self.clone(), job.clone(), self.copies.clone());
+            self.copies.start();
+            let submitted = self.kcopyd.copy(&from, &[to], move |result| {
                 let state = if result.is_ok() { COPY_OK } else { COPY_FAILED };
                 done.state.store(state, Ordering::Release);
                 pool.kick();
-            })?;
+                // Before leaving the tracker (see `CopyTracker`).
+                drop(pool);
+                tracker.finish();
+            });
+            if let Err(e) = submitted {
+                self.copies.finish();
+                return Err(e);
+            }
             Ok(job)
         })();
         match setup {
@@ -778,6 +837,14 @@ impl Pool {
         if let Some(i) = st.active.iter().position(|&a| a == id) {
             st.active.swap_remove(i);
         }
+    }
+
+    /// Makes sure that only targets hold the pool: no kcopyd completion and no worker run
+    /// does any more. Called by a target's destructor, in process context, so that the pool is
+    /// never dropped from kcopyd's or its own worker (which would wait for itself).
+    pub(crate) fn teardown(&self) {
+        self.copies.wait_idle();
+        self.wq.flush();
     }
 
     /// Commits whatever the store holds (origin suspend, target teardown).

@@ -161,6 +161,7 @@ impl TargetOperations for SnapshotTarget {
 impl Drop for SnapshotTarget {
     fn drop(&mut self) {
         self.pool.sync();
+        self.pool.teardown();
         self.pool.deactivate(self.snap.id());
         self.registry.detach_snapshot(&self.pool);
     }

@@ -28,4 +28,6 @@ dmsetup resume work || fail "resume after reload"
 [ "$(dmsetup status work | cut -d' ' -f4-)" = "1 7" ] || fail "status after reload"
 dmsetup remove snap7
 dmsetup remove work
+# Every pool is gone with its targets: the module unloads.
+rmmod dm_s_snap || fail "module unload"
 echo "s-snap-table: ok"
