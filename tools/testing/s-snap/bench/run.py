@@ -317,6 +317,8 @@ def main():
         "Made by `make bench` (tools/testing/s-snap/bench/run.py, guest script",
         "tools/testing/s-snap/guest/bench-lib).",
     ]
+    if "warning" in info:
+        header += ["", f"**Warning: {info['warning']}.**"]
     if args.smoke:
         header.append("")
         header.append("**Smoke run with tiny sizes: the numbers mean nothing.**")
