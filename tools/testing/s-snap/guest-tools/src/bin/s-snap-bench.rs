@@ -18,13 +18,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BLOCK: usize = 4096;
+use s_snap_guest_tools::{AlignedBlock, BLOCK};
 
 #[derive(Parser)]
 #[command(about = "Timed 4 KiB O_DIRECT I/O and timed commands, printed as @@BENCH CSV lines")]
@@ -92,36 +91,6 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-}
-
-/// A 4 KiB buffer aligned for `O_DIRECT`.
-struct AlignedBlock {
-    ptr: *mut u8,
-}
-
-impl AlignedBlock {
-    fn layout() -> Layout {
-        Layout::from_size_align(BLOCK, BLOCK).expect("valid layout")
-    }
-
-    fn new() -> Self {
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(Self::layout()) };
-        assert!(!ptr.is_null(), "out of memory");
-        Self { ptr }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` points to BLOCK bytes owned by `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, BLOCK) }
-    }
-}
-
-impl Drop for AlignedBlock {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { dealloc(self.ptr, Self::layout()) }
-    }
 }
 
 fn report(label: &str, ops: u64, secs: f64, bytes_per_op: u64) {

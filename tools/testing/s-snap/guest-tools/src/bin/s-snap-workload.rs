@@ -14,14 +14,14 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
-const BLOCK: usize = 4096;
+use s_snap_guest_tools::{AlignedBlock, BLOCK};
+
 const ORIGIN_NAME: &str = "work";
 const MODEL_MAGIC: &[u8; 8] = b"SSNAPMDL";
 
@@ -78,36 +78,6 @@ enum Cmd {
         #[arg(long)]
         model: String,
     },
-}
-
-/// A 4 KiB buffer aligned for `O_DIRECT`.
-struct AlignedBlock {
-    ptr: *mut u8,
-}
-
-impl AlignedBlock {
-    fn layout() -> Layout {
-        Layout::from_size_align(BLOCK, BLOCK).expect("valid layout")
-    }
-
-    fn new() -> Self {
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(Self::layout()) };
-        assert!(!ptr.is_null(), "out of memory");
-        Self { ptr }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` points to BLOCK bytes owned by `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, BLOCK) }
-    }
-}
-
-impl Drop for AlignedBlock {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { dealloc(self.ptr, Self::layout()) }
-    }
 }
 
 /// The content a block with `tag` at `index` carries (tag 0: all zeroes).
