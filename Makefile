@@ -6,7 +6,7 @@
 OUT ?= $(CURDIR)/out
 export S_SNAP_OUT := $(OUT)
 
-.PHONY: demo check setup kernel initramfs clean
+.PHONY: demo check check-debug setup kernel initramfs clean
 
 ## demo: install, build, boot a VM and replay the posting's dmsetup session
 demo: initramfs
@@ -17,6 +17,11 @@ demo: initramfs
 ## check: run every test (cargo and VM); ends with "N passed, N failed"
 check:
 	tools/testing/s-snap/run_tests.sh
+
+## check-debug: the same on the checking kernel (KASAN, lockdep, kmemleak, Rust
+## debug assertions), built in a tree of its own
+check-debug:
+	S_SNAP_FLAVOR=debug S_SNAP_OUT=$(OUT)/debug tools/testing/s-snap/run_tests.sh
 
 ## bench: benchmark origin writes with 0..64 snapshots (s-snap, dm-snapshot,
 ## dm-thin, linear) in the VM; writes bench-results/ (about 10 minutes)

@@ -88,19 +88,30 @@ done
 
 MAKEFLAGS_KERNEL=(-C "$KTREE" -j"$(nproc)" LLVM=-19 RUSTC=/usr/bin/rustc BINDGEN="$BINDGEN")
 
-# 4. Configure when the fragment changed.
-fragment="$REPO/kernel/configs/s_snap.config"
-want=$(sha256sum "$fragment" | cut -d' ' -f1)
+# 4. Configure when the fragments changed.
+fragments=(s_snap.config)
+[ "$FLAVOR" != debug ] || fragments+=(s_snap_debug.config)
+want=$(cd "$REPO/kernel/configs" && cat "${fragments[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$KTREE/.config" ] || [ "$(cat "$KTREE/.s-snap-config" 2>/dev/null)" != "$want" ]; then
-	log "configuring (tinyconfig + s_snap.config)"
+	log "configuring (tinyconfig + ${fragments[*]})"
 	make -s "${MAKEFLAGS_KERNEL[@]}" tinyconfig >/dev/null
-	make -s "${MAKEFLAGS_KERNEL[@]}" s_snap.config >/dev/null
 	bad=0
-	while IFS= read -r line; do
-		case "$line" in CONFIG_*=*) ;; *) continue ;; esac
-		grep -qxF "$line" "$KTREE/.config" || { log "config: $line did not stick"; bad=1; }
-	done <"$fragment"
-	[ $bad -eq 0 ] || die "the configuration fragment does not apply (see above)"
+	for fragment in "${fragments[@]}"; do
+		make -s "${MAKEFLAGS_KERNEL[@]}" "$fragment" >/dev/null
+	done
+	for fragment in "${fragments[@]}"; do
+		while IFS= read -r line; do
+			case "$line" in
+			CONFIG_*=*) grep -qxF "$line" "$KTREE/.config" ;;
+			"# CONFIG_"*" is not set")
+				sym=${line#\# }
+				! grep -q "^${sym%% *}=" "$KTREE/.config"
+				;;
+			*) continue ;;
+			esac || { log "config: '$line' did not stick"; bad=1; }
+		done <"$REPO/kernel/configs/$fragment"
+	done
+	[ $bad -eq 0 ] || die "the configuration fragments do not apply (see above)"
 	echo "$want" >"$KTREE/.s-snap-config"
 fi
 

@@ -141,7 +141,7 @@ def boot(args, name, number, images, timeout, memory, log_dir, show):
 def run_test(args, name):
     settings = test_settings(name)
     boots = int(settings["boots"])
-    timeout = args.timeout or int(settings["timeout"])
+    timeout = args.timeout or int(settings["timeout"]) * args.timeout_scale
     memory = int(settings["memory"])
     image_dir = args.out / "images" / name
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +184,8 @@ def main():
     parser.add_argument("--out", type=Path, default=REPO / "out", help="scratch directory")
     parser.add_argument("--log-dir", type=Path, help="where console and kernel logs go")
     parser.add_argument("--timeout", type=int, help="seconds per boot (overrides the test's)")
+    parser.add_argument("--timeout-scale", type=int, default=1,
+                        help="multiply the tests' own timeouts (slow checking kernels)")
     parser.add_argument("--show", action="store_true", help="print the tests' output live")
     parser.add_argument("--keep-images", action="store_true", help="keep the disk images")
     args = parser.parse_args()
