@@ -4,8 +4,8 @@
 //!
 //! This source is compiled unchanged into the kernel module (as module
 //! `store` of the `dm_s_snap` crate) and into userspace tools and tests
-//! (crate `s-snap-store`). It uses neither `std` nor `alloc`, no `unsafe`
-//! and no external crate; all metadata memory comes from the block handles
+//! (crate `s-snap-store`). It is safe Rust without `std`, `alloc` or any
+//! external crate; all metadata memory comes from the block handles
 //! of a [`BlockIo`] implementation (dm-bufio in the kernel).
 //!
 //! Model: every snapshot has a user id and an epoch (creation order). A

@@ -83,14 +83,7 @@ impl<I: BlockIo> Store<I> {
             let mut h = self.read_valid(cur, BM_MAGIC)?;
             let v = rd8(&h, off)?;
             if (v & mask != 0) == set {
-                return Err(Error::Corrupt {
-                    what: if set {
-                        "space map: allocating an allocated chunk"
-                    } else {
-                        "space map: freeing a free chunk"
-                    },
-                    block: nr,
-                });
+                return Err(flip_error(set, nr));
             }
             wr8(&mut h, off, v ^ mask)?;
             seal(&self.io, &mut h)?;
@@ -101,14 +94,7 @@ impl<I: BlockIo> Store<I> {
             let src = self.read_valid(cur, BM_MAGIC)?;
             let v = rd8(&src, off)?;
             if (v & mask != 0) == set {
-                return Err(Error::Corrupt {
-                    what: if set {
-                        "space map: allocating an allocated chunk"
-                    } else {
-                        "space map: freeing a free chunk"
-                    },
-                    block: nr,
-                });
+                return Err(flip_error(set, nr));
             }
             let mut dst = self.io.new_block(other)?;
             if dst.len() != self.g.block_size {
@@ -287,5 +273,17 @@ impl<I: BlockIo> Store<I> {
         } else {
             self.free_chunk(nr)
         }
+    }
+}
+
+/// The error for allocating an allocated chunk or freeing a free one.
+fn flip_error(set: bool, nr: u64) -> Error {
+    Error::Corrupt {
+        what: if set {
+            "space map: allocating an allocated chunk"
+        } else {
+            "space map: freeing a free chunk"
+        },
+        block: nr,
     }
 }
