@@ -16,19 +16,6 @@ use std::time::Duration;
 const DEV_CHUNKS: usize = 512;
 const ORIGIN_CHUNKS: usize = 300;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A valid store with two-level trees, its snapshot model and origin.
 fn base_image() -> (Vec<u8>, BTreeMap<u32, Vec<Data>>, Vec<Data>) {
     let mut h = Harness::new(MemDisk::new(DEV_CHUNKS * BS), ORIGIN_CHUNKS, 64);

@@ -18,19 +18,6 @@ thread_local! {
     static PENDING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn log_len(d: &CrashDisk) -> usize {
     d.log_len()
 }

@@ -7,16 +7,6 @@ mod common;
 use common::*;
 use s_snap_store::userspace::SparseDisk;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn several_bitmap_blocks_with_crashes() {
     // 4 KiB chunks: one bitmap block covers 32512 chunks; use 3.
