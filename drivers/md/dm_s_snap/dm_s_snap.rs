@@ -25,6 +25,7 @@ use kernel::{
 };
 
 mod cow;
+mod map_cache;
 mod origin;
 mod pool;
 mod snapshot;

@@ -2,9 +2,9 @@
 
 //! The `s-snap-origin` target: `<origin dev> <COW dev> S <chunk size>`.
 //!
-//! Maps the origin device one to one. Reads pass straight through; writes and flushes go to
-//! the pool's worker, which preserves what the snapshots still share before the write reaches
-//! the origin. Snapshots are created and deleted with `dmsetup message`.
+//! Maps the origin device one to one. Reads pass straight through, and so do writes to chunks
+//! that no snapshot shares any more; other writes and flushes go to the pool's worker, which
+//! preserves what the snapshots still share before the write reaches the origin. Snapshots are created and deleted with `dmsetup message`.
 
 use crate::pool::{DeleteError, OriginIo, Pool};
 use crate::store;
@@ -189,9 +189,9 @@ impl TargetOperations for OriginTarget {
         })
     }
 
-    fn map(this: Pin<&Self>, t: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+    fn map(this: Pin<&Self>, t: &Target, mut bio: DmBio<Self>) -> MapResult<Self> {
         bio.remap(this.pool.origin.bdev(), t.offset(bio.sector()));
-        if bio.is_write() || bio.is_flush() {
+        if (bio.is_write() || bio.is_flush()) && !this.pool.origin_write_unshared(&mut bio) {
             this.pool.defer_origin(bio);
             MapResult::Submitted
         } else {

@@ -5,6 +5,7 @@
 //! does everything that may sleep.
 //!
 //! `map` never touches the store (it may not sleep): origin reads are remapped at once, and
+//! so are origin writes and snapshot reads whose answer the worker left in the [`MapCache`];
 //! every other bio is queued for the worker. The worker, under the pool's mutex, asks the store
 //! what each bio needs, starts chunk copies with dm-kcopyd, commits, and issues the bios whose
 //! data is safe. The ordering is the store's contract:
@@ -23,6 +24,7 @@
 //! done ("commit barrier"); bios held back meanwhile are retried after the commit.
 
 use crate::cow::CowIo;
+use crate::map_cache::MapCache;
 use crate::origin::OriginTarget;
 use crate::snapshot::SnapshotTarget;
 use crate::store::{self, Location, OriginWrite, SnapWritePlan, SnapshotRef, Store, Usage};
@@ -180,6 +182,9 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     #[pin]
     inbox: SpinLock<Inbox>,
+    /// Store answers `map` may act on (see [`MapCache`] for the ordering rules).
+    #[pin]
+    map_cache: SpinLock<MapCache>,
     /// Signalled when copies or origin writes drain (see [`Pool::quiesce`]).
     #[pin]
     drained: CondVar,
@@ -231,6 +236,8 @@ impl Pool {
     ) -> Result<Arc<Self>, OpenError> {
         let io = CowIo::new(cow, chunk_sectors)?;
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
+        let mut map_cache = MapCache::new()?;
+        map_cache.set_no_snapshots(store.usage().snapshots == 0);
         let kcopyd = kcopyd::Client::new()?;
         let copies = Arc::pin_init(CopyTracker::new(), GFP_KERNEL)?;
         let wq = OwnedQueue::new(c_str!("s-snap"), OwnedQueue::MEM_RECLAIM, 1)?;
@@ -257,6 +264,7 @@ impl Pool {
                     cow_full: false,
                 }, "s_snap::Pool::state"),
                 inbox <- new_spinlock!(Inbox::default(), "s_snap::Pool::inbox"),
+                map_cache <- new_spinlock!(map_cache, "s_snap::Pool::map_cache"),
                 drained <- new_condvar!("s_snap::Pool::drained"),
                 writes_in_flight: AtomicU32::new(0),
                 reads_in_flight: [const { AtomicU32::new(0) }; READ_BUCKETS],
@@ -301,6 +309,54 @@ impl Pool {
     pub(crate) fn defer_snap(self: &Arc<Self>, bio: SnapBio) {
         self.inbox.lock().snap.push_back(bio);
         self.kick();
+    }
+
+    /// From `map`: whether an origin write may go to the origin at once, because the worker
+    /// found its chunk unshared. If so the write is counted (see [`Pool::quiesced`]).
+    pub(crate) fn origin_write_unshared(&self, bio: &mut OriginBio) -> bool {
+        if bio.is_flush() || bio.is_fua() || !bio.has_data() {
+            return false;
+        }
+        let chunk = self.chunk_of(bio.sector());
+        // Counted before the look-up: see `MapCache`.
+        self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.map_cache.lock().origin_unshared(chunk) {
+            bio.per_io_mut().counted = true;
+            true
+        } else {
+            self.origin_write_done();
+            false
+        }
+    }
+
+    /// From `map`: remaps a snapshot read to the COW device if the worker left the place of its
+    /// chunk in the cache; the read then holds a read count like one the worker issues.
+    pub(crate) fn snap_read_cached(self: &Arc<Self>, bio: &mut SnapBio, snap: SnapshotRef) -> bool {
+        if bio.is_write() || !bio.has_data() {
+            return false;
+        }
+        let sector = bio.sector();
+        let chunk = self.chunk_of(sector);
+        let b = bucket(chunk);
+        // Counted before the look-up: see `MapCache`.
+        self.reads_in_flight[b].fetch_add(1, Ordering::AcqRel);
+        // CAST: `b < READ_BUCKETS`, which fits a `u16`.
+        let read_bucket = b as u16 + 1;
+        let cow = self.map_cache.lock().snapshot_chunk(snap.epoch(), chunk);
+        match cow {
+            Some(c) => {
+                bio.per_io_mut().read_bucket = read_bucket;
+                bio.remap(
+                    self.cow.bdev(),
+                    (c << self.chunk_shift) + (sector & self.chunk_mask()),
+                );
+                true
+            }
+            None => {
+                self.snap_read_done(read_bucket);
+                false
+            }
+        }
     }
 
     /// Called from `end_io` of a counted origin write.
@@ -403,6 +459,7 @@ impl Pool {
         if e.is_fatal() && !st.failed {
             pr_err!("exception store failed ({}): failing I/O\n", e);
             st.failed = true;
+            self.map_cache.lock().clear();
         }
     }
 
@@ -475,7 +532,10 @@ impl Pool {
             return;
         }
         match st.store.origin_write_prepare(chunk) {
-            Ok(OriginWrite::Proceed) => self.issue_origin(st, bio, committed),
+            Ok(OriginWrite::Proceed) => {
+                self.map_cache.lock().set_origin_unshared(chunk);
+                self.issue_origin(st, bio, committed)
+            }
             Ok(OriginWrite::AfterCommit) => st.after_commit_origin.push_back(bio),
             Ok(OriginWrite::Copy(plan)) => {
                 let from = self.chunk_region(&self.origin, chunk);
@@ -604,6 +664,9 @@ impl Pool {
                     match location {
                         Location::Origin => bio.remap(self.origin.bdev(), sector),
                         Location::Cow(c) => {
+                            self.map_cache
+                                .lock()
+                                .set_snapshot_chunk(snap.epoch(), chunk, c);
                             bio.remap(self.cow.bdev(), (c << self.chunk_shift) + offset)
                         }
                     }
@@ -616,6 +679,11 @@ impl Pool {
             }
             return;
         }
+        // The write may move the chunk: `map` must not send reads to the old place once the
+        // reads in flight are known (see `MapCache`).
+        self.map_cache
+            .lock()
+            .forget_snapshot_chunk(snap.epoch(), chunk);
         if self.reads_pending(chunk) {
             self.read_waiters.store(true, Ordering::Release);
             st.held_snap.push_back(bio);
@@ -710,6 +778,8 @@ impl Pool {
     ) -> Result<R, E> {
         let mut st = self.state.lock();
         st.quiescing += 1;
+        // Before the in-flight counts are read: `map` raises them before it looks (`MapCache`).
+        self.map_cache.lock().clear();
         while !st.pending.is_empty() || self.writes_in_flight.load(Ordering::Acquire) != 0 {
             // Copies complete in the worker, which needs the lock we give up while waiting.
             self.kick();
@@ -726,6 +796,8 @@ impl Pool {
                     return Err(e.into());
                 }
                 st.dirty = false;
+                let none = st.store.usage().snapshots == 0;
+                self.map_cache.lock().set_no_snapshots(none);
                 Ok(r)
             })
         };

@@ -116,6 +116,9 @@ impl TargetOperations for SnapshotTarget {
     fn map(this: Pin<&Self>, t: &Target, mut bio: DmBio<Self>) -> MapResult<Self> {
         bio.set_sector(t.offset(bio.sector()));
         bio.per_io_mut().snap = Some(this.snap);
+        if this.pool.snap_read_cached(&mut bio, this.snap) {
+            return MapResult::Remapped(bio);
+        }
         this.pool.defer_snap(bio);
         MapResult::Submitted
     }
