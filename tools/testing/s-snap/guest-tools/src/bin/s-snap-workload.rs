@@ -16,11 +16,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
-use s_snap_guest_tools::{AlignedBlock, BLOCK};
+use s_snap_guest_tools::{dmsetup, fill_block, open_direct, sectors, AlignedBlock, BLOCK};
 
 const ORIGIN_NAME: &str = "work";
 const MODEL_MAGIC: &[u8; 8] = b"SSNAPMDL";
@@ -80,33 +79,6 @@ enum Cmd {
     },
 }
 
-/// The content a block with `tag` at `index` carries (tag 0: all zeroes).
-fn fill_block(buf: &mut [u8], tag: u64, index: u64) {
-    if tag == 0 {
-        buf.fill(0);
-        return;
-    }
-    let mut state = tag ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for word in buf.chunks_exact_mut(8) {
-        // xorshift64: cheap, and different for every (tag, block).
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes());
-    }
-    buf[..8].copy_from_slice(&tag.to_le_bytes());
-    buf[8..16].copy_from_slice(&index.to_le_bytes());
-}
-
-fn open_direct(path: &str) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .with_context(|| format!("open {path}"))
-}
-
 fn write_blocks(path: &str, first: u64, tags: &[u64]) -> Result<()> {
     let file = open_direct(path)?;
     let mut buf = AlignedBlock::new();
@@ -151,27 +123,6 @@ fn verify_device(path: &str, expected: &[u64], written: u64) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn dmsetup(args: &[&str]) -> Result<String> {
-    let out = Command::new("dmsetup")
-        .args(args)
-        .output()
-        .context("run dmsetup")?;
-    if !out.status.success() {
-        bail!(
-            "dmsetup {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn sectors(path: &str) -> Result<u64> {
-    let out = Command::new("blockdev").args(["--getsz", path]).output()?;
-    ensure!(out.status.success(), "blockdev --getsz {path} failed");
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 /// What every device should contain.
