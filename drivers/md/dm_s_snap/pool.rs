@@ -518,7 +518,9 @@ impl Pool {
             st.pending[i].origin_waiters.push_back(bio);
             return;
         }
-        if Self::barrier(st) {
+        // A write that waited for a commit goes on even while a message handler quiesces: the
+        // handler waits for it, so that a snapshot created next does not copy its chunk again.
+        if !committed && Self::barrier(st) {
             st.held_origin.push_back(bio);
             return;
         }
@@ -533,7 +535,11 @@ impl Pool {
         }
         match st.store.origin_write_prepare(chunk) {
             Ok(OriginWrite::Proceed) => {
-                self.map_cache.lock().set_origin_unshared(chunk);
+                // Not while a handler quiesces: a snapshot it creates may share the chunk again,
+                // and the handler emptied the cache already.
+                if st.quiescing == 0 {
+                    self.map_cache.lock().set_origin_unshared(chunk);
+                }
                 self.issue_origin(st, bio, committed)
             }
             Ok(OriginWrite::AfterCommit) => st.after_commit_origin.push_back(bio),
@@ -728,7 +734,17 @@ impl Pool {
     /// issues or retries the bios that waited for it.
     fn commit_if_wanted(self: &Arc<Self>, st: &mut State) {
         let waiting = !st.after_commit_origin.is_empty() || !st.after_commit_snap.is_empty();
-        if !(waiting || st.dirty) || !st.pending.is_empty() || st.failed {
+        if st.failed {
+            // No commit will come: fail what waits for one.
+            while let Some(bio) = st.after_commit_origin.pop() {
+                bio.end(Err(EIO));
+            }
+            while let Some(bio) = st.after_commit_snap.pop() {
+                bio.end(Err(EIO));
+            }
+            return;
+        }
+        if !(waiting || st.dirty) || !st.pending.is_empty() {
             return;
         }
         let result = st.store.commit();
@@ -770,8 +786,8 @@ impl Pool {
     // Messages, status and the targets' life cycle.
     // ---------------------------------------------------------------------------------------
 
-    /// Stops new copies and waits until none are in flight and no origin write is, then runs
-    /// `f`, commits, and lets I/O go again.
+    /// Stops new copies and waits until none are in flight and no origin write is in flight
+    /// or waits for a commit, then runs `f`, commits, and lets I/O go again.
     fn quiesced<R, E: From<store::Error>>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut State) -> Result<R, E>,
@@ -780,7 +796,10 @@ impl Pool {
         st.quiescing += 1;
         // Before the in-flight counts are read: `map` raises them before it looks (`MapCache`).
         self.map_cache.lock().clear();
-        while !st.pending.is_empty() || self.writes_in_flight.load(Ordering::Acquire) != 0 {
+        while !st.pending.is_empty()
+            || self.writes_in_flight.load(Ordering::Acquire) != 0
+            || (!st.failed && !st.after_commit_origin.is_empty())
+        {
             // Copies complete in the worker, which needs the lock we give up while waiting.
             self.kick();
             self.drained.wait(&mut st);

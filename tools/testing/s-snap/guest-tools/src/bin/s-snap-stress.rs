@@ -739,9 +739,11 @@ struct Exceptions {
 /// exception per chunk a snapshot wrote, and per snapshot the chunks it occupies (those it
 /// wrote or where it differs from the origin).  Shared exceptions: at least one per chunk
 /// version that live snapshots hold without a private copy and the origin no longer has, at
-/// most one per such snapshot and chunk.  More than one copy of a version happens when a
-/// snapshot is created after an origin write's copy and before the write: the write is then
-/// copied again for the new snapshot.  The snapshots' models must be fully known (verified).
+/// most one per such snapshot and chunk.  More than one copy of a version can still happen
+/// when a snapshot is created while an origin write, its copy done, waits for snapshot reads
+/// of its chunk: the write is then copied again for the new snapshot (writes that only wait
+/// for the commit are issued before the creation).  The snapshots' models must be fully known
+/// (verified).
 fn check_usage(
     shared: &Shared,
     origin: &[u64],
