@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! What the guest programs share: `O_DIRECT` block buffers, tagged block
-//! contents and `dmsetup`.
+//! contents, and the `dmsetup` rig of the origin and snapshot devices.
 
 use anyhow::{bail, ensure, Context, Result};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
@@ -61,6 +62,25 @@ impl Default for AlignedBlock {
 // SAFETY: the buffer is owned memory, like a `Box<[u8]>`.
 unsafe impl Send for AlignedBlock {}
 
+// --- Tagged blocks and the dmsetup rig, shared by the model-checked workloads ---
+
+/// The dm name of the origin device.
+pub const ORIGIN_NAME: &str = "work";
+
+/// The devices under test, as command line options.
+#[derive(clap::Args, Clone)]
+pub struct Devices {
+    /// Origin block device.
+    #[arg(long, default_value = "/dev/vda")]
+    pub origin: String,
+    /// COW block device.
+    #[arg(long, default_value = "/dev/vdb")]
+    pub cow: String,
+    /// Chunk size in 512-byte sectors.
+    #[arg(long, default_value_t = 16)]
+    pub chunk_sectors: u32,
+}
+
 /// The content a block with `tag` at `index` carries (tag 0: all zeroes): the
 /// tag and the index in its first 16 bytes, then a pattern derived from both,
 /// so a block in the wrong place or from the wrong write is recognised.
@@ -113,4 +133,80 @@ pub fn sectors(path: &str) -> Result<u64> {
     let out = Command::new("blockdev").args(["--getsz", path]).output()?;
     ensure!(out.status.success(), "blockdev --getsz {path} failed");
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// The loaded origin target and the snapshot devices activated on it.
+pub struct Rig {
+    pub devices: Devices,
+    pub size: u64,
+    pub active: BTreeMap<u32, String>,
+    /// Blocks at and above this index are never written by the workload.
+    pub written: u64,
+}
+
+impl Rig {
+    pub fn load_origin(devices: &Devices) -> Result<Self> {
+        let size = sectors(&devices.origin)?;
+        let table = format!(
+            "0 {size} s-snap-origin {} {} S {}",
+            devices.origin, devices.cow, devices.chunk_sectors
+        );
+        dmsetup(&["create", ORIGIN_NAME, "--table", &table])?;
+        Ok(Self {
+            devices: devices.clone(),
+            size,
+            active: BTreeMap::new(),
+            written: u64::MAX,
+        })
+    }
+
+    pub fn origin_path() -> String {
+        format!("/dev/mapper/{ORIGIN_NAME}")
+    }
+
+    pub fn snapshot_ids(&self) -> Result<Vec<u32>> {
+        // "0 <len> s-snap-origin <count> <id>..." or ": no snapshot".
+        let status = dmsetup(&["status", ORIGIN_NAME])?;
+        let words: Vec<&str> = status.split_whitespace().collect();
+        if words.get(3) == Some(&":") {
+            return Ok(Vec::new());
+        }
+        let count: usize = words.get(3).context("short status")?.parse()?;
+        let ids = words[4..]
+            .iter()
+            .map(|w| w.parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()?;
+        ensure!(ids.len() == count, "status count {count} but ids {ids:?}");
+        Ok(ids)
+    }
+
+    pub fn message(&self, text: &str) -> Result<String> {
+        let mut args = vec!["message", ORIGIN_NAME, "0"];
+        args.extend(text.split_whitespace());
+        dmsetup(&args)
+    }
+
+    pub fn activate(&mut self, id: u32) -> Result<String> {
+        let name = format!("snap{id}");
+        let table = format!("0 {} s-snap {} {id}", self.size, self.devices.origin);
+        dmsetup(&["create", &name, "--table", &table])?;
+        let path = format!("/dev/mapper/{name}");
+        self.active.insert(id, path.clone());
+        Ok(path)
+    }
+
+    pub fn deactivate(&mut self, id: u32) -> Result<()> {
+        if self.active.remove(&id).is_some() {
+            dmsetup(&["remove", &format!("snap{id}")])?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_all(&mut self) -> Result<()> {
+        for id in self.active.keys().copied().collect::<Vec<_>>() {
+            self.deactivate(id)?;
+        }
+        dmsetup(&["remove", ORIGIN_NAME])?;
+        Ok(())
+    }
 }

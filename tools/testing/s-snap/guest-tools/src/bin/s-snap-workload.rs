@@ -19,9 +19,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use s_snap_guest_tools::{dmsetup, fill_block, open_direct, sectors, AlignedBlock, BLOCK};
+use s_snap_guest_tools::{fill_block, open_direct, AlignedBlock, Devices, Rig, BLOCK};
 
-const ORIGIN_NAME: &str = "work";
 const MODEL_MAGIC: &[u8; 8] = b"SSNAPMDL";
 
 #[derive(Parser)]
@@ -29,19 +28,6 @@ const MODEL_MAGIC: &[u8; 8] = b"SSNAPMDL";
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(clap::Args, Clone)]
-struct Devices {
-    /// Origin block device.
-    #[arg(long, default_value = "/dev/vda")]
-    origin: String,
-    /// COW block device.
-    #[arg(long, default_value = "/dev/vdb")]
-    cow: String,
-    /// Chunk size in 512-byte sectors.
-    #[arg(long, default_value_t = 16)]
-    chunk_sectors: u32,
 }
 
 #[derive(Subcommand)]
@@ -172,99 +158,24 @@ impl Model {
     }
 }
 
-struct Rig {
-    devices: Devices,
-    size: u64,
-    active: BTreeMap<u32, String>,
-    /// Blocks at and above this index are never written by the workload.
-    written: u64,
-}
-
-impl Rig {
-    fn load_origin(devices: &Devices) -> Result<Self> {
-        let size = sectors(&devices.origin)?;
-        let table = format!(
-            "0 {size} s-snap-origin {} {} S {}",
-            devices.origin, devices.cow, devices.chunk_sectors
-        );
-        dmsetup(&["create", ORIGIN_NAME, "--table", &table])?;
-        Ok(Self {
-            devices: devices.clone(),
-            size,
-            active: BTreeMap::new(),
-            written: u64::MAX,
-        })
-    }
-
-    fn origin_path() -> String {
-        format!("/dev/mapper/{ORIGIN_NAME}")
-    }
-
-    fn snapshot_ids(&self) -> Result<Vec<u32>> {
-        // "0 <len> s-snap-origin <count> <id>..." or ": no snapshot".
-        let status = dmsetup(&["status", ORIGIN_NAME])?;
-        let words: Vec<&str> = status.split_whitespace().collect();
-        if words.get(3) == Some(&":") {
-            return Ok(Vec::new());
+/// Check the snapshot list and every device (activating each snapshot).
+fn verify_all(rig: &mut Rig, model: &Model) -> Result<()> {
+    let ids = rig.snapshot_ids()?;
+    let want: Vec<u32> = model.snapshots.keys().copied().collect();
+    ensure!(ids == want, "snapshot list {ids:?}, model has {want:?}");
+    verify_device(&Rig::origin_path(), &model.origin, rig.written).context("origin")?;
+    for (&id, tags) in &model.snapshots {
+        let was_active = rig.active.contains_key(&id);
+        let path = match rig.active.get(&id) {
+            Some(p) => p.clone(),
+            None => rig.activate(id)?,
+        };
+        verify_device(&path, tags, rig.written).with_context(|| format!("snapshot {id}"))?;
+        if !was_active {
+            rig.deactivate(id)?;
         }
-        let count: usize = words.get(3).context("short status")?.parse()?;
-        let ids = words[4..]
-            .iter()
-            .map(|w| w.parse::<u32>())
-            .collect::<Result<Vec<_>, _>>()?;
-        ensure!(ids.len() == count, "status count {count} but ids {ids:?}");
-        Ok(ids)
     }
-
-    fn message(&self, text: &str) -> Result<String> {
-        let mut args = vec!["message", ORIGIN_NAME, "0"];
-        args.extend(text.split_whitespace());
-        dmsetup(&args)
-    }
-
-    fn activate(&mut self, id: u32) -> Result<String> {
-        let name = format!("snap{id}");
-        let table = format!("0 {} s-snap {} {id}", self.size, self.devices.origin);
-        dmsetup(&["create", &name, "--table", &table])?;
-        let path = format!("/dev/mapper/{name}");
-        self.active.insert(id, path.clone());
-        Ok(path)
-    }
-
-    fn deactivate(&mut self, id: u32) -> Result<()> {
-        if self.active.remove(&id).is_some() {
-            dmsetup(&["remove", &format!("snap{id}")])?;
-        }
-        Ok(())
-    }
-
-    fn remove_all(&mut self) -> Result<()> {
-        for id in self.active.keys().copied().collect::<Vec<_>>() {
-            self.deactivate(id)?;
-        }
-        dmsetup(&["remove", ORIGIN_NAME])?;
-        Ok(())
-    }
-
-    /// Check the snapshot list and every device (activating each snapshot).
-    fn verify_all(&mut self, model: &Model) -> Result<()> {
-        let ids = self.snapshot_ids()?;
-        let want: Vec<u32> = model.snapshots.keys().copied().collect();
-        ensure!(ids == want, "snapshot list {ids:?}, model has {want:?}");
-        verify_device(&Self::origin_path(), &model.origin, self.written).context("origin")?;
-        for (&id, tags) in &model.snapshots {
-            let was_active = self.active.contains_key(&id);
-            let path = match self.active.get(&id) {
-                Some(p) => p.clone(),
-                None => self.activate(id)?,
-            };
-            verify_device(&path, tags, self.written).with_context(|| format!("snapshot {id}"))?;
-            if !was_active {
-                self.deactivate(id)?;
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 fn run(
@@ -356,9 +267,7 @@ fn run(
                 let ids: Vec<u32> = rig.active.keys().copied().collect();
                 rig.deactivate(ids[rng.gen_range(0..ids.len())])?;
             }
-            _ => rig
-                .verify_all(&model)
-                .with_context(|| format!("op {op}: verify"))?,
+            _ => verify_all(&mut rig, &model).with_context(|| format!("op {op}: verify"))?,
         }
         if reload_every > 0 && op % reload_every == reload_every - 1 {
             rig.remove_all()?;
@@ -367,7 +276,7 @@ fn run(
             *counts.entry("reload").or_default() += 1;
         }
     }
-    rig.verify_all(&model).context("final verify")?;
+    verify_all(&mut rig, &model).context("final verify")?;
     println!(
         "workload: {ops} operations {counts:?}, {} snapshots left, all devices equal the model",
         model.snapshots.len()
@@ -401,7 +310,7 @@ fn main() -> Result<()> {
             ensure!(Path::new(&model).exists(), "{model} does not exist");
             let model = Model::load(&model)?;
             let mut rig = Rig::load_origin(&devices)?;
-            rig.verify_all(&model)?;
+            verify_all(&mut rig, &model)?;
             println!(
                 "verify: origin and {} snapshots equal the saved model",
                 model.snapshots.len()
