@@ -12,6 +12,18 @@ in it may set the VM it needs::
 ``boots`` runs the test that many times on the same images (the guest sees
 ``S_SNAP_BOOT=1,2,...``), which proves persistence across a reboot.
 
+``kill=MIN-MAX`` (seconds) cuts every boot but the last off: once the guest
+prints ``@@S-SNAP ARMED`` (its workload is running), the host kills QEMU with
+SIGKILL at a random moment in that window after it.  The moment is drawn from
+``--seed`` and the boot number and written to the boot's console log.  A boot
+killed after the marker counts as a success; one whose test ends first fails.
+The last boot runs to completion and verifies.  The disks use cache=unsafe:
+whatever QEMU wrote to the image files survives its death, as on a machine
+with a write-through disk cache losing power (the loss of unflushed writes is
+another test's subject).  The guest kernel prints warnings to the console in
+such tests (``loglevel=5``), because a killed boot never dumps its kernel log,
+and it sees the seed as ``s_snap.seed=`` on its command line.
+
 Each test gets its own VM.  A test fails if its script exits non-zero, if the
 VM times out or dies, or if the guest kernel log shows an Oops, BUG, WARNING,
 KASAN, UBSAN, kmemleak or lockdep report.  The console and kernel log of every
@@ -22,6 +34,7 @@ passed.  One line per test is printed: ``vmtest: PASS name`` or
 
 import argparse
 import os
+import random
 import re
 import select
 import subprocess
@@ -54,7 +67,8 @@ def parse_size(text):
 
 def test_settings(name):
     """The test's '# vm:' settings, with defaults."""
-    settings = {"disks": "1G,1G,1G", "boots": "1", "timeout": "300", "memory": "1024"}
+    settings = {"disks": "1G,1G,1G", "boots": "1", "timeout": "300", "memory": "1024",
+                "kill": ""}
     script = GUEST_DIR / f"{name}.sh"
     if script.exists():
         for line in script.read_text().splitlines():
@@ -67,10 +81,25 @@ def test_settings(name):
     return settings
 
 
-def boot(args, name, number, images, timeout, memory, log_dir, show):
-    """Boot the VM once running test `name`; return (exit code or None, problems)."""
+def parse_kill(text):
+    """The kill=MIN-MAX window in seconds, or None."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)", text)
+    if not match or float(match.group(1)) > float(match.group(2)):
+        raise ValueError(f"bad kill window {text!r} (want e.g. kill=2-10)")
+    return float(match.group(1)), float(match.group(2))
+
+
+def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=None,
+         extra_cmdline=""):
+    """Boot the VM once running test `name`; return (exit code or None, problems, killed).
+
+    With `kill_after` (seconds), QEMU is killed that long after the guest prints
+    @@S-SNAP ARMED, unless the test ended first."""
     cmdline = (
         f"console=ttyS0 quiet panic=-1 oops=panic s_snap.tests={name} s_snap.boot={number}"
+        + extra_cmdline
     )
     qemu = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory),
@@ -87,6 +116,8 @@ def boot(args, name, number, images, timeout, memory, log_dir, show):
     rc = None
     in_klog = False
     in_test = False
+    kill_at = None
+    killed = False
     deadline = time.monotonic() + timeout
     buffer = b""
     with open(console_path, "w") as console, open(klog_path, "w") as klog:
@@ -94,11 +125,19 @@ def boot(args, name, number, images, timeout, memory, log_dir, show):
                                 stderr=subprocess.STDOUT)
         try:
             while True:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                if kill_at is not None and now >= kill_at:
+                    proc.kill()
+                    killed = True
+                    console.write(f"# vmtest: killed QEMU {kill_after:.2f} s after ARMED "
+                                  f"(seed {args.seed})\n")
+                    break
+                left = deadline - now
                 if left <= 0:
                     problems.append(f"timeout after {timeout} s")
                     break
-                ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+                wait = min(left, 1.0, kill_at - now if kill_at is not None else 1.0)
+                ready, _, _ = select.select([proc.stdout], [], [], wait)
                 if not ready:
                     if proc.poll() is not None:
                         break
@@ -122,6 +161,9 @@ def boot(args, name, number, images, timeout, memory, log_dir, show):
                         elif words[0] == "END" and len(words) == 3:
                             in_test = False
                             rc = int(words[2])
+                            kill_at = None
+                        elif words[0] == "ARMED" and kill_after is not None and rc is None:
+                            kill_at = time.monotonic() + kill_after
                         continue
                     if in_klog:
                         klog.write(line + "\n")
@@ -133,9 +175,9 @@ def boot(args, name, number, images, timeout, memory, log_dir, show):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    if rc is None and not problems:
+    if rc is None and not problems and not killed:
         problems.append("the VM stopped before the test finished")
-    return rc, problems
+    return rc, problems, killed
 
 
 def run_test(args, name):
@@ -143,6 +185,7 @@ def run_test(args, name):
     boots = int(settings["boots"])
     timeout = args.timeout or int(settings["timeout"]) * args.timeout_scale
     memory = int(settings["memory"])
+    kill = parse_kill(settings["kill"])
     image_dir = args.out / "images" / name
     image_dir.mkdir(parents=True, exist_ok=True)
     images = []
@@ -155,11 +198,24 @@ def run_test(args, name):
 
     started = time.monotonic()
     reasons = []
+    kills = 0
     for number in range(1, boots + 1):
-        rc, problems = boot(args, name, number, images, timeout, memory, args.log_dir,
-                            args.show)
+        kill_after = None
+        extra_cmdline = ""
+        if kill:
+            extra_cmdline = f" loglevel=5 s_snap.seed={args.seed}"
+            if number < boots:
+                kill_after = random.Random(f"{args.seed}:{name}:{number}").uniform(*kill)
+                if args.show:
+                    print(f"vmtest: {name} boot {number}: kill {kill_after:.2f} s after ARMED "
+                          f"(seed {args.seed})", flush=True)
+        rc, problems, killed = boot(args, name, number, images, timeout, memory,
+                                    args.log_dir, args.show, kill_after, extra_cmdline)
+        kills += killed
         if rc not in (None, 0):
             reasons.append(f"boot {number}: test exited with {rc}")
+        elif kill_after is not None and not killed and not problems:
+            reasons.append(f"boot {number}: the test ended before the kill")
         reasons += [f"boot {number}: {p}" for p in problems]
         if reasons:
             break
@@ -171,7 +227,8 @@ def run_test(args, name):
         print(f"vmtest: FAIL {name} ({elapsed:.1f} s): " + "; ".join(reasons[:5]), flush=True)
         print(f"vmtest:   logs: {args.log_dir}/{name}.boot*.log", flush=True)
         return False
-    print(f"vmtest: PASS {name} ({elapsed:.1f} s)", flush=True)
+    kill_note = f", {kills} kills, seed {args.seed}" if kill else ""
+    print(f"vmtest: PASS {name} ({elapsed:.1f} s{kill_note})", flush=True)
     return True
 
 
@@ -188,6 +245,8 @@ def main():
                         help="multiply the tests' own timeouts (slow checking kernels)")
     parser.add_argument("--show", action="store_true", help="print the tests' output live")
     parser.add_argument("--keep-images", action="store_true", help="keep the disk images")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the kill moments of kill= tests (passed to the guest)")
     args = parser.parse_args()
     args.log_dir = args.log_dir or args.out / "logs"
     args.log_dir.mkdir(parents=True, exist_ok=True)
