@@ -210,3 +210,12 @@ impl Rig {
         Ok(())
     }
 }
+
+/// The tag of a block read back at `index`: `Some(tag)` if it holds exactly what
+/// [`fill_block`] writes for that tag and index (`Some(0)`: all zeroes), `None` if it
+/// holds anything else.  `scratch` is a block-sized buffer.
+pub fn block_tag(block: &[u8], index: u64, scratch: &mut [u8]) -> Option<u64> {
+    let tag = u64::from_le_bytes(block[..8].try_into().ok()?);
+    fill_block(scratch, tag, index);
+    (block == scratch).then_some(tag)
+}
