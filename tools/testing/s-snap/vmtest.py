@@ -16,7 +16,9 @@ in it may set the VM it needs::
 prints ``@@S-SNAP ARMED`` (its workload is running), the host kills QEMU with
 SIGKILL at a random moment in that window after it.  The moment is drawn from
 ``--seed`` and the boot number and written to the boot's console log.  A boot
-killed after the marker counts as a success; one whose test ends first fails.
+killed after the marker counts as a success unless its test printed a line
+starting with ``FAIL:`` (e.g. an operation that hangs); one whose test ends
+first fails.
 The last boot runs to completion and verifies.  The disks use cache=unsafe:
 whatever QEMU wrote to the image files survives its death, as on a machine
 with a write-through disk cache losing power (the loss of unflushed writes is
@@ -118,6 +120,7 @@ def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=
     in_test = False
     kill_at = None
     killed = False
+    failed_line = None
     deadline = time.monotonic() + timeout
     buffer = b""
     with open(console_path, "w") as console, open(klog_path, "w") as klog:
@@ -169,6 +172,8 @@ def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=
                         klog.write(line + "\n")
                     elif show and in_test:
                         print(line, flush=True)
+                    if in_test and line.startswith("FAIL:") and failed_line is None:
+                        failed_line = line
                     if KERNEL_PROBLEM.search(line):
                         problems.append(f"kernel: {line.strip()}")
         finally:
@@ -177,6 +182,8 @@ def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=
             proc.wait()
     if rc is None and not problems and not killed:
         problems.append("the VM stopped before the test finished")
+    if killed and failed_line:
+        problems.append(f"before the kill: {failed_line}")
     return rc, problems, killed
 
 

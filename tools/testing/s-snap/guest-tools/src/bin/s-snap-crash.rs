@@ -8,7 +8,8 @@
 //! and creates, deletes, activates and deactivates snapshots, at random but
 //! reproducibly from `--seed` and `--boot`, until the VM is killed.  Once its
 //! workload is running it prints `@@S-SNAP ARMED`, the line after which the
-//! VM harness may kill the VM.  `verify` only checks.
+//! VM harness may kill the VM, and an operation that hangs is reported on a
+//! `FAIL:` line.  `verify` only checks.
 //!
 //! **What was acknowledged.**  After every `fdatasync` of the devices written
 //! since the previous one, the program records the model (what every device
@@ -40,6 +41,8 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use s_snap_guest_tools::{block_tag, fill_block, open_direct, AlignedBlock, Devices, Rig, BLOCK};
 
@@ -53,6 +56,9 @@ const MAX_WRITE_BLOCKS: u64 = 8;
 /// A sync is forced after this many writes, which bounds the tags that may
 /// appear after a kill.
 const MAX_UNSYNCED_WRITES: u32 = 16;
+/// An operation still running after this long is reported as a hang (they
+/// take well under a second): the kill would otherwise hide it.
+const STALL: Duration = Duration::from_secs(4);
 
 #[derive(Parser)]
 #[command(
@@ -517,6 +523,7 @@ impl Workload {
         let blocks = self.state.origin.len() as u64;
         let pick = |rng: &mut SmallRng, ids: Vec<u32>| ids[rng.gen_range(0..ids.len())];
         let mut counts = BTreeMap::<&str, u32>::new();
+        let current = watch_for_stalls();
         for op in 0..ops {
             let active: Vec<u32> = self.snapshot_files.keys().copied().collect();
             let inactive: Vec<u32> = (self.state.snapshots.keys())
@@ -533,6 +540,7 @@ impl Workload {
                 88..=91 if !active.is_empty() => "deactivate",
                 _ => "origin-write",
             };
+            *current.lock().expect("watchdog") = Some((op, kind, Instant::now()));
             match kind {
                 "origin-write" | "snapshot-write" => {
                     let first = rng.gen_range(0..blocks);
@@ -554,6 +562,7 @@ impl Workload {
                 _ => self.deactivate(pick(rng, active)),
             }
             .with_context(|| format!("op {op}: {kind}"))?;
+            *current.lock().expect("watchdog") = None;
             *counts.entry(kind).or_default() += 1;
             self.ops_done = op + 1;
             if self.ops_done.is_multiple_of(100) {
@@ -573,6 +582,26 @@ impl Workload {
         );
         Ok(())
     }
+}
+
+/// The operation in progress: number, kind and start.
+type Current = Arc<Mutex<Option<(u32, &'static str, Instant)>>>;
+
+/// Report, once, an operation that runs longer than [`STALL`], with a line the
+/// VM harness fails a killed boot on.
+fn watch_for_stalls() -> Current {
+    let current = Current::default();
+    let watched = current.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some((op, kind, since)) = *watched.lock().expect("watchdog") {
+            if since.elapsed() > STALL {
+                println!("FAIL: op {op} ({kind}) has not returned after {STALL:?}");
+                return;
+            }
+        }
+    });
+    current
 }
 
 /// Load the origin and, unless this is the first boot, check it against the
