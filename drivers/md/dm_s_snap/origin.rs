@@ -30,6 +30,9 @@ pub(crate) struct OriginTarget {
     cow: DmDev,
 }
 
+/// At most this many characters of a bad message word are echoed in the log.
+const MAX_ECHO: usize = 24;
+
 fn store_error(e: store::Error) -> CtrError {
     let (code, msg) = match e {
         store::Error::NotAStore => (
@@ -60,18 +63,34 @@ fn store_error(e: store::Error) -> CtrError {
 
 impl OriginTarget {
     fn message_inner(&self, args: &[&CStr], reply: &mut StatusWriter<'_>) -> Result {
+        let dev = self.origin.name();
         let words: KVec<&str> = {
             let mut v = KVec::with_capacity(args.len(), GFP_KERNEL)?;
             for a in args {
-                v.push(a.to_str().map_err(|_| EINVAL)?, GFP_KERNEL)?;
+                let Ok(word) = a.to_str() else {
+                    pr_err!("{}: message is not valid UTF-8 text\n", dev);
+                    return Err(EINVAL);
+                };
+                v.push(word, GFP_KERNEL)?;
             }
             v
         };
-        let dev = self.origin.name();
         match words.as_slice() {
             ["snapshot", op @ ("create" | "delete"), id] => {
                 let Some(id) = parse_u32(id) else {
-                    pr_err!("{}: invalid snapshot id '{}'\n", dev, id);
+                    // A log record has room for a short echo only, and then the reason.
+                    let more = if id.chars().nth(MAX_ECHO).is_some() {
+                        "..."
+                    } else {
+                        ""
+                    };
+                    pr_err!(
+                        "{}: invalid snapshot id '{:.*}{}'\n",
+                        dev,
+                        MAX_ECHO,
+                        id,
+                        more
+                    );
                     return Err(EINVAL);
                 };
                 if *op == "create" {
