@@ -37,6 +37,8 @@ fn main() {
     let nsnap = env("S_SNAP_BENCH_SNAPSHOTS", 64).max(1);
     let cs = env("S_SNAP_BENCH_CHUNK_SECTORS", 8) as u32;
     let cache_mib = env("S_SNAP_BENCH_CACHE_MIB", 64);
+    // 1 is what a target does at queue depth 1: one commit per copied chunk.
+    let commit_every = env("S_SNAP_BENCH_COMMIT_EVERY", 1000).max(1);
     let bs = cs as usize * 512;
     let cache_blocks = (cache_mib << 20) as usize / bs;
     let origin_chunks: u64 = 1 << 20;
@@ -73,7 +75,7 @@ fn main() {
                 OriginWrite::Proceed | OriginWrite::AfterCommit => {}
             }
             ops += 1;
-            if ops % 1000 == 0 {
+            if ops % commit_every == 0 {
                 let tc = Instant::now();
                 s.commit().unwrap();
                 commit_time += tc.elapsed().as_secs_f64();
@@ -84,7 +86,7 @@ fn main() {
     let el = t.elapsed().as_secs_f64();
     println!(
         "origin writes: {ops} prepares, {allocs} copy allocations in {el:.2} s: \
-         {:.0} allocations/s (prepare+complete, commit every 1000 writes; {:.2} s in commits)",
+         {:.0} allocations/s (prepare+complete, commit every {commit_every} writes; {:.2} s in commits)",
         allocs as f64 / el,
         commit_time
     );
