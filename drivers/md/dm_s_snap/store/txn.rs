@@ -44,6 +44,10 @@ pub struct Store<I: BlockIo> {
 enum Slot {
     Zero,
     Valid,
+    /// The in-progress image an open store keeps in the slot that does not
+    /// hold the newest superblock (unsealed, sequence number 0): proof that
+    /// a store was formatted here.
+    Image,
     /// Invalid; `true` if its first sector carries the superblock magic.
     Invalid(bool),
 }
@@ -98,7 +102,11 @@ impl<I: BlockIo> Store<I> {
         let format = match (&s0, &s1) {
             (Slot::Zero, Slot::Zero) => true,
             // A format whose superblock write was torn: slot 1 is written
-            // only after a successful format, so no data can exist yet.
+            // only after a successful format, so no data can exist yet. Its
+            // first sector (written atomically) holds sequence number 1 and
+            // a checksum, so it is never taken for an in-progress image; an
+            // image beside a zeroed newest superblock is a store whose
+            // superblock was lost, not an unfinished format.
             (Slot::Invalid(true), Slot::Zero) => true,
             _ => false,
         };
@@ -145,7 +153,14 @@ impl<I: BlockIo> Store<I> {
         }
         match Self::decode_sb(io, &h, slot) {
             Ok(_) => Ok(Slot::Valid),
-            Err(_) => Ok(Slot::Invalid(rd32(&h, OFF_MAGIC)? == SB_MAGIC)),
+            Err(_) => {
+                let magic = rd32(&h, OFF_MAGIC)? == SB_MAGIC;
+                if magic && rd64(&h, SB_SEQ)? == 0 && rd32(&h, OFF_CRC)? == 0 {
+                    Ok(Slot::Image)
+                } else {
+                    Ok(Slot::Invalid(magic))
+                }
+            }
         }
     }
 
@@ -174,11 +189,13 @@ impl<I: BlockIo> Store<I> {
     fn pick_superblock(io: &I) -> Result<(u64, SbState)> {
         let mut best: Option<(u64, SbState)> = None;
         let mut unsupported = false;
+        let mut magic = false;
         for slot in 0..2u64 {
             let h = io.read(slot)?;
             if h.len() != io.block_size() {
                 return Err(Error::Io("block handle of wrong size"));
             }
+            magic |= rd32(&h, OFF_MAGIC)? == SB_MAGIC;
             match Self::decode_sb(io, &h, slot) {
                 Ok(st) => {
                     let better = match &best {
@@ -196,6 +213,11 @@ impl<I: BlockIo> Store<I> {
         match best {
             Some(b) => Ok(b),
             None if unsupported => Err(Error::Unsupported("superblock format version")),
+            // A store whose superblocks are both damaged, not foreign data.
+            None if magic => Err(Error::Corrupt {
+                what: "superblock: no valid copy",
+                block: 0,
+            }),
             None => Err(Error::NotAStore),
         }
     }

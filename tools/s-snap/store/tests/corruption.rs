@@ -314,3 +314,34 @@ fn not_a_store_is_left_alone() {
         );
     }
 }
+
+/// Losing the newest superblock (the chunk reads back as zeros) leaves the
+/// in-progress image in the other slot. That is a damaged store: it must be
+/// refused as corrupt, never taken for an unfinished format and formatted
+/// again, which would drop every snapshot without a word.
+#[test]
+fn zeroed_newest_superblock_is_refused_not_formatted() {
+    let (mut img, _, _) = base_image();
+    let seq = |img: &[u8], slot: usize| {
+        u64::from_le_bytes(img[slot * BS + 32..slot * BS + 40].try_into().unwrap())
+    };
+    let newest = if seq(&img, 0) > seq(&img, 1) { 0 } else { 1 };
+    let other = 1 - newest;
+    // What an open store writes to the other slot (start_image): a copy
+    // of the newest superblock, unsealed, with its own block number and
+    // sequence number 0.
+    img.copy_within(newest * BS..(newest + 1) * BS, other * BS);
+    img[other * BS..other * BS + 4].fill(0);
+    img[other * BS + 8..other * BS + 16].copy_from_slice(&(other as u64).to_le_bytes());
+    img[other * BS + 32..other * BS + 40].fill(0);
+    img[newest * BS..(newest + 1) * BS].fill(0);
+    let disk = MemDisk::from_vec(img.clone());
+    match Store::open(Cache::new(disk, BS, 16), CS) {
+        Err(s_snap_store::Error::Corrupt { .. }) => {}
+        Err(e) => panic!("refused, but not as corrupt: {e}"),
+        Ok(s) => panic!(
+            "opened with {} snapshots: the store was formatted again",
+            s.usage().snapshots
+        ),
+    }
+}
