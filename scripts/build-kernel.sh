@@ -94,6 +94,8 @@ fragments=(s_snap.config)
 want=$(cd "$REPO/kernel/configs" && cat "${fragments[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$KTREE/.config" ] || [ "$(cat "$KTREE/.s-snap-config" 2>/dev/null)" != "$want" ]; then
 	log "configuring (tinyconfig + ${fragments[*]})"
+	# An interrupted configuration must not pass for a finished one.
+	rm -f "$KTREE/.s-snap-config"
 	make -s "${MAKEFLAGS_KERNEL[@]}" tinyconfig >/dev/null
 	bad=0
 	for fragment in "${fragments[@]}"; do
