@@ -135,6 +135,23 @@ pub fn sectors(path: &str) -> Result<u64> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
+/// The snapshot ids `dmsetup status` of the origin device lists.
+pub fn status_snapshot_ids() -> Result<Vec<u32>> {
+    // "0 <len> s-snap-origin <count> <id>..." or ": no snapshot".
+    let status = dmsetup(&["status", ORIGIN_NAME])?;
+    let words: Vec<&str> = status.split_whitespace().collect();
+    if words.get(3) == Some(&":") {
+        return Ok(Vec::new());
+    }
+    let count: usize = words.get(3).context("short status")?.parse()?;
+    let ids = words[4..]
+        .iter()
+        .map(|w| w.parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()?;
+    ensure!(ids.len() == count, "status count {count} but ids {ids:?}");
+    Ok(ids)
+}
+
 /// The loaded origin target and the snapshot devices activated on it.
 pub struct Rig {
     pub devices: Devices,
@@ -165,19 +182,7 @@ impl Rig {
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<u32>> {
-        // "0 <len> s-snap-origin <count> <id>..." or ": no snapshot".
-        let status = dmsetup(&["status", ORIGIN_NAME])?;
-        let words: Vec<&str> = status.split_whitespace().collect();
-        if words.get(3) == Some(&":") {
-            return Ok(Vec::new());
-        }
-        let count: usize = words.get(3).context("short status")?.parse()?;
-        let ids = words[4..]
-            .iter()
-            .map(|w| w.parse::<u32>())
-            .collect::<Result<Vec<_>, _>>()?;
-        ensure!(ids.len() == count, "status count {count} but ids {ids:?}");
-        Ok(ids)
+        status_snapshot_ids()
     }
 
     pub fn message(&self, text: &str) -> Result<String> {

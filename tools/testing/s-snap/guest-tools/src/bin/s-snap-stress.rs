@@ -40,9 +40,11 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use s_snap_guest_tools::{dmsetup, fill_block, open_direct, sectors, AlignedBlock, BLOCK};
+use s_snap_guest_tools::{
+    dmsetup, fill_block, open_direct, sectors, status_snapshot_ids, AlignedBlock, BLOCK,
+    ORIGIN_NAME,
+};
 
-const ORIGIN_NAME: &str = "work";
 /// The longest run one read or write covers, in blocks.
 const MAX_RUN: u64 = 16;
 /// Origin blocks above the middle are owned in stripes of this many blocks, so origin writes
@@ -362,22 +364,6 @@ impl Shared {
             }
         }
         Ok(Usage { fields, snapshots })
-    }
-
-    /// The ids `dmsetup status` lists.
-    fn status_ids(&self) -> Result<Vec<u32>> {
-        let status = dmsetup(&["status", ORIGIN_NAME])?;
-        let words: Vec<&str> = status.split_whitespace().collect();
-        if words.get(3) == Some(&":") {
-            return Ok(Vec::new());
-        }
-        let count: usize = words.get(3).context("short status")?.parse()?;
-        let ids = words[4..]
-            .iter()
-            .map(|w| w.parse::<u32>())
-            .collect::<Result<Vec<_>, _>>()?;
-        ensure!(ids.len() == count, "status count {count} but ids {ids:?}");
-        Ok(ids)
     }
 
     fn snapshot_path(id: u32) -> String {
@@ -704,7 +690,7 @@ fn manager(shared: &Shared, pool_max: usize, seed: u64) -> Result<Vec<SnapModel>
                 "store failed or full: {:?}",
                 usage.fields
             );
-            let listed = shared.status_ids()?;
+            let listed = status_snapshot_ids()?;
             for snap in &pool {
                 ensure!(
                     usage
@@ -808,7 +794,7 @@ fn check_usage(
         listed == ids,
         "usage lists {listed:?}, the model has {ids:?}"
     );
-    ensure!(shared.status_ids()? == ids, "status differs from {ids:?}");
+    ensure!(status_snapshot_ids()? == ids, "status differs from {ids:?}");
     for (snap, want) in snaps.iter().zip(per_snapshot) {
         let (chunks, is_active) = usage.snapshots[&snap.id];
         ensure!(
@@ -1014,7 +1000,7 @@ fn main() -> Result<()> {
         );
     }
     ensure!(
-        shared.status_ids()?.is_empty(),
+        status_snapshot_ids()?.is_empty(),
         "status still lists snapshots"
     );
     shared
