@@ -26,10 +26,11 @@ REPO = Path(__file__).resolve().parents[4]
 VMTEST = REPO / "tools/testing/s-snap/vmtest.py"
 FIELDS = ["target", "n", "test", "ops", "seconds", "iops", "mb_s", "ms_per_op"]
 CSV_FIELDS = ["round"] + FIELDS
-TARGETS = ["linear", "s-snap", "snapshot", "thin"]
+TARGETS = ["linear", "s-snap", "s-snap-8k", "snapshot", "thin"]
 TARGET_NAMES = {
     "linear": "linear",
     "s-snap": "s-snap (shared store)",
+    "s-snap-8k": "s-snap, 8 KiB chunks",
     "snapshot": "dm-snapshot (classic)",
     "thin": "dm-thin",
 }
@@ -145,7 +146,8 @@ def write_markdown(path, rows, info, header, plot_name):
         "  the origin, never written since the snapshots were taken. Every target",
         "  uses 64 KiB chunks (128 sectors, dm-thin's smallest block size), so each",
         "  first write copies one 64 KiB chunk: dm-snapshot once per snapshot,",
-        "  s-snap and dm-thin once whatever N is.",
+        "  s-snap and dm-thin once whatever N is. `s-snap-8k` is s-snap with 8 KiB",
+        "  chunks (16 sectors, the posting's), for the effect of the chunk size.",
         "- `rewrite`: writes cycling over the blocks `first-write` wrote (already",
         "  copied). `seq-write`: sequential 4 KiB writes to a fresh region (one",
         "  copy per 16 writes).",
@@ -178,18 +180,19 @@ def write_markdown(path, rows, info, header, plot_name):
                            f"| {row['ops']} | {row['seconds']:.3f} |")
     out += ["", "`snap-read` has no linear counterpart; its ratio is to linear `origin-read`.",
             "", "## Key ratios", ""]
-    for target in ("s-snap", "snapshot", "thin"):
+    for target in ("s-snap", "s-snap-8k", "snapshot", "thin"):
         r = ratio(rows, target, "first-write", nmax, 1)
         r0 = ratio(rows, target, "first-write", 1, 0)
         if r is not None:
             out.append(f"- {TARGET_NAMES[target]}: first-write IOPS at N={nmax} / N=1 = "
                        f"**{r:.3f}**" + (f"; N=1 / N=0 = {r0:.3f}" if r0 is not None else ""))
-    for target in ("snapshot", "thin"):
-        a = lookup(rows, "s-snap", nmax, "first-write")
-        b = lookup(rows, target, nmax, "first-write")
-        if a and b and b["iops"]:
-            out.append(f"- s-snap / {TARGET_NAMES[target]} first-write IOPS at N={nmax}: "
-                       f"**{a['iops'] / b['iops']:.3f}**")
+    for mine in ("s-snap", "s-snap-8k"):
+        for target in ("snapshot", "thin"):
+            a = lookup(rows, mine, nmax, "first-write")
+            b = lookup(rows, target, nmax, "first-write")
+            if a and b and b["iops"]:
+                out.append(f"- {TARGET_NAMES[mine]} / {TARGET_NAMES[target]} first-write IOPS "
+                           f"at N={nmax}: **{a['iops'] / b['iops']:.3f}**")
     out += ["", "## Management operations", "",
             "| target | N | operation | count | total s | ms each (median) |",
             "|---|---:|---|---:|---:|---:|"]
@@ -211,7 +214,7 @@ def write_markdown(path, rows, info, header, plot_name):
         "snapshot (`dd bs=1M`; count = chunks copied). `snap-delete-<k>exc`: deleting the",
         "one snapshot that holds k exceptions.",
         "",
-        "## Notes: where s-snap is behind dm-thin or far from linear (likely reasons)",
+        "## Notes: where s-snap is behind dm-thin or far from linear, and why",
         "",
         *NOTES,
         "",
@@ -220,21 +223,34 @@ def write_markdown(path, rows, info, header, plot_name):
 
 
 NOTES = [
-    "- s-snap's `map()` defers every origin write (and every snapshot read and",
-    "  write) to the target's worker thread, even when the chunk needs no copy: the",
-    "  worker looks the chunk up in the exception store (a B+tree in dm-bufio",
-    "  buffers) before it issues the bio. linear and dm-thin remap most bios in",
-    "  `map()` directly, so `rewrite` and `snap-read` show the cost of that hand-off.",
-    "- A first write waits for the copy (dm-kcopyd) and then for the metadata",
-    "  commit that records it (two flushes, a superblock write) before the origin",
-    "  write is issued. At queue depth 1 nothing batches these commits; dm-thin",
-    "  also commits, but lazily (once a second, or on a flush), and dm-snapshot's",
-    "  persistent store commits one exception area write per snapshot.",
-    "- dm-thin copies 64 KiB per first write (its smallest block) where s-snap",
-    "  copies 8 KiB, so dm-thin's first writes copy 8x more data, but its",
-    "  sequential writes copy once per 16 writes instead of once per 2.",
-    "- dm-snapshot's cost grows with N because every snapshot gets its own copy and",
-    "  its own exception commit; s-snap and dm-thin copy once whatever N is.",
+    "- Rewrites of copied origin chunks and snapshot reads of copied chunks are",
+    "  remapped in `map()` from a cache of the store's answers (see",
+    "  `drivers/md/dm_s_snap/map_cache.rs`), so `rewrite`, `snap-read` and",
+    "  `origin-read` run near linear; only bios whose answer is not cached go",
+    "  through the worker thread and the B+tree.",
+    "- A first write waits for its copy (dm-kcopyd) and for the metadata commit",
+    "  that records it before the origin write is issued: the crash contract",
+    "  (an origin chunk is never overwritten before its copy is durable). At",
+    "  queue depth 1 every first write pays one commit. dm-thin never",
+    "  overwrites a shared block in place, so it can commit lazily (once a",
+    "  second or on a flush); dm-snapshot commits one exception area write",
+    "  per snapshot.",
+    "- s-snap's metadata block is its chunk. With 64 KiB chunks a commit",
+    "  checksums and writes several 64 KiB blocks (the B+tree path it",
+    "  shadows, a bitmap block, the superblock); with 8 KiB chunks an eighth",
+    "  of that. The store benchmark (`cargo bench` in tools/s-snap,",
+    "  `S_SNAP_BENCH_COMMIT_EVERY=1`) measures the store's own CPU time per",
+    "  copy and commit natively: about 45 us with 8 KiB chunks and 240 us with",
+    "  64 KiB chunks; under TCG that byte work costs far more, which is why",
+    "  s-snap's first writes trail dm-thin's (4 KiB metadata blocks) and",
+    "  dm-snapshot's at N=1. What would fix it: metadata blocks of 4 KiB",
+    "  independent of the chunk size (an on-disk format change, not done).",
+    "- The guest kernel uses the generic CRC-32C: under TCG the SSE4.2/PCLMUL",
+    "  version is emulated, and in a trial run it cut s-snap's N=1 first writes",
+    "  (64 KiB chunks) from 0.0074 to 0.0029 of linear (on hardware it is the",
+    "  faster one).",
+    "- dm-snapshot's cost grows with N because every snapshot gets its own copy",
+    "  and its own exception commit; s-snap and dm-thin copy once whatever N is.",
 ]
 
 
@@ -249,7 +265,7 @@ def plot(path, rows, header):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for target in ("s-snap", "snapshot", "thin"):
+    for target in ("s-snap", "s-snap-8k", "snapshot", "thin"):
         points = sorted((r["n"], r["iops"], r["iops_min"], r["iops_max"]) for r in rows
                         if r["target"] == target and r["test"] == "first-write")
         if points:
