@@ -10,6 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
+pub mod hostile;
+
 /// The I/O unit of the guest programs: 4 KiB.
 pub const BLOCK: usize = 4096;
 
