@@ -144,6 +144,7 @@ const KERNEL_PROBLEMS: &[&str] = &[
     "general protection fault",
     "KASAN",
     "UBSAN",
+    "new suspected memory leak",
     "possible circular locking",
     "possible recursive locking",
     "inconsistent lock state",
