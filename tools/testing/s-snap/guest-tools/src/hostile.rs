@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
-use crate::{AlignedBlock, BLOCK};
+use crate::{AlignedBlock, BLOCK, ORIGIN_NAME};
 
 /// Longest a `dmsetup` run may take under TCG before it counts as a hang.
 pub const DMSETUP_LIMIT: Duration = Duration::from_secs(60);
@@ -105,7 +105,8 @@ pub fn dmsetup_run(args: &[&[u8]], stdin: Option<&[u8]>) -> Result<Run> {
     run_timed("dmsetup", args, stdin, DMSETUP_LIMIT)
 }
 
-/// `dmsetup` that must succeed; its standard output.
+/// `dmsetup` that must succeed, within [`DMSETUP_LIMIT`] (a hang fails the test rather than
+/// the VM's time limit); its standard output.
 pub fn dm(args: &[&str]) -> Result<String> {
     let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
     let run = dmsetup_run(&bytes, None)?;
@@ -113,6 +114,13 @@ pub fn dm(args: &[&str]) -> Result<String> {
         bail!("dmsetup {}: {}", args.join(" "), run.stderr.trim());
     }
     Ok(run.stdout)
+}
+
+/// `dmsetup message` to the origin device that must succeed; the words are split at spaces.
+pub fn origin_message(words: &str) -> Result<String> {
+    let mut args = vec!["message", ORIGIN_NAME, "0"];
+    args.extend(words.split(' '));
+    dm(&args)
 }
 
 /// Bytes shown safely in a report: printable ASCII as is, the rest as `\xNN`, long runs cut.
@@ -154,9 +162,6 @@ const KERNEL_PROBLEMS: &[&str] = &[
     "blocked for more than",
 ];
 
-/// The record [`KernelLog::push_pending`] writes.
-const MARK: &str = "s-snap hostile-input test: log mark\n";
-
 /// One kernel log record.
 pub struct LogLine {
     /// Syslog priority: 3 is an error, 4 a warning.
@@ -182,17 +187,6 @@ impl KernelLog {
             bail!("seek /dev/kmsg: {}", std::io::Error::last_os_error());
         }
         Ok(Self { kmsg })
-    }
-
-    /// Writes a record of our own. The kernel holds back a record that lacks its final
-    /// newline (a line cut at the printk length limit) until the next record arrives; this
-    /// makes it come out. Our record is left out of what [`KernelLog::drain`] returns.
-    pub fn push_pending(&mut self) -> Result<()> {
-        let mut kmsg = OpenOptions::new()
-            .write(true)
-            .open("/dev/kmsg")
-            .context("open /dev/kmsg")?;
-        kmsg.write_all(MARK.as_bytes()).context("write /dev/kmsg")
     }
 
     /// Empties the buffer `dmesg` reads (after [`KernelLog::drain`] has read and checked the
@@ -221,9 +215,6 @@ impl KernelLog {
                     let (head, text) = record.split_once(';').unwrap_or(("", &record));
                     let prio: u32 = head.split(',').next().unwrap_or("").parse().unwrap_or(0);
                     let text = text.lines().next().unwrap_or("").to_string();
-                    if text == MARK.trim_end() {
-                        continue;
-                    }
                     if KERNEL_PROBLEMS.iter().any(|p| text.contains(p)) {
                         println!("kernel log: {text}");
                         bail!("the kernel reported a problem: {text}");
@@ -243,21 +234,6 @@ impl KernelLog {
         Ok(lines)
     }
 }
-
-/// Size of a block device in bytes.
-pub fn device_bytes(path: &str) -> Result<u64> {
-    let file = File::open(path).with_context(|| format!("open {path}"))?;
-    let mut size = 0u64;
-    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
-    if r < 0 {
-        bail!("BLKGETSIZE64 {path}: {}", std::io::Error::last_os_error());
-    }
-    Ok(size)
-}
-
-/// `_IOR(0x12, 114, size_t)`.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 /// A 64-bit digest of a block (FNV-1a over words: enough to tell blocks apart).
 pub fn digest(bytes: &[u8]) -> u64 {
@@ -279,25 +255,6 @@ pub fn open_direct_read(path: &str) -> Result<File> {
         .with_context(|| format!("open {path}"))
 }
 
-/// A zeroed buffer of `len` bytes aligned for `O_DIRECT`, carved out of a larger vector.
-pub struct DirectBuf {
-    vec: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl DirectBuf {
-    pub fn new(len: usize) -> Self {
-        let vec = vec![0u8; len + BLOCK];
-        let start = vec.as_ptr().align_offset(BLOCK);
-        Self { vec, start, len }
-    }
-
-    pub fn bytes(&mut self) -> &mut [u8] {
-        &mut self.vec[self.start..self.start + self.len]
-    }
-}
-
 /// Blocks read by one request of [`block_digests`].
 const READ_BLOCKS: usize = 16;
 
@@ -306,7 +263,7 @@ const READ_BLOCKS: usize = 16;
 /// unreadable block is found.
 pub fn block_digests(path: &str, blocks: u64) -> Result<Vec<Option<u64>>> {
     let file = open_direct_read(path)?;
-    let mut buf = DirectBuf::new(READ_BLOCKS * BLOCK);
+    let mut buf = AlignedBlock::with_blocks(READ_BLOCKS);
     let mut one = AlignedBlock::new();
     let mut out = Vec::with_capacity(blocks as usize);
     let mut first = 0;

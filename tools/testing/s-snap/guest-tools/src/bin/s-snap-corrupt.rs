@@ -30,17 +30,16 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use s_snap_guest_tools::hostile::{
-    block_digests, device_bytes, dm, dmsetup_run, run_timed, DirectBuf, KernelLog, DMSETUP_LIMIT,
+    block_digests, dm, dmsetup_run, origin_message, run_timed, KernelLog, DMSETUP_LIMIT,
 };
-use s_snap_guest_tools::BLOCK;
-
-const ORIGIN: &str = "work";
+use s_snap_guest_tools::{
+    open_direct, sectors, status_snapshot_ids, AlignedBlock, BLOCK, ORIGIN_NAME,
+};
 /// A dm-linear view of the scratch device (shorter or longer than the store).
 const COW_VIEW: &str = "cowview";
 /// A dm-linear origin of another size.
@@ -842,28 +841,20 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
 // Devices.
 // ---------------------------------------------------------------------------------------------
 
-fn open_rw_direct(path: &str) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .with_context(|| format!("open {path}"))
-}
-
 /// Reads `len` bytes at `offset` with `O_DIRECT`.
 fn read_direct(path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let file = open_rw_direct(path)?;
-    let mut buf = DirectBuf::new(len);
-    file.read_exact_at(buf.bytes(), offset)
+    let file = open_direct(path)?;
+    let mut buf = AlignedBlock::with_blocks(len.div_ceil(BLOCK));
+    let bytes = &mut buf.bytes()[..len];
+    file.read_exact_at(bytes, offset)
         .with_context(|| format!("read {path}"))?;
-    Ok(buf.bytes().to_vec())
+    Ok(bytes.to_vec())
 }
 
 /// Writes `data` at `offset` with `O_DIRECT`.
 fn write_direct(path: &str, offset: u64, data: &[u8]) -> Result<()> {
-    let file = open_rw_direct(path)?;
-    let mut buf = DirectBuf::new(data.len().min(1 << 20));
+    let file = open_direct(path)?;
+    let mut buf = AlignedBlock::with_blocks((1 << 20) / BLOCK);
     for (i, part) in data.chunks(1 << 20).enumerate() {
         let b = &mut buf.bytes()[..part.len()];
         b.copy_from_slice(part);
@@ -871,26 +862,6 @@ fn write_direct(path: &str, offset: u64, data: &[u8]) -> Result<()> {
             .with_context(|| format!("write {path}"))?;
     }
     Ok(())
-}
-
-fn message(words: &str) -> Result<String> {
-    let mut args = vec!["message", ORIGIN, "0"];
-    args.extend(words.split(' '));
-    dm(&args)
-}
-
-fn snapshot_ids() -> Result<Vec<u32>> {
-    let status = dm(&["status", ORIGIN])?;
-    let words: Vec<&str> = status.split_whitespace().collect();
-    if words.get(3) == Some(&":") {
-        return Ok(Vec::new());
-    }
-    words
-        .get(4..)
-        .unwrap_or_default()
-        .iter()
-        .map(|w| w.parse().with_context(|| format!("status: {status}")))
-        .collect()
 }
 
 /// Removes every device a trial may have made (snapshot devices first), but the linear
@@ -904,7 +875,7 @@ fn remove_all(keep_views: bool) -> Result<()> {
         .collect();
     // Snapshot devices, then the origin, then the views under them.
     names.sort_by_key(|n| match *n {
-        ORIGIN => 1,
+        ORIGIN_NAME => 1,
         COW_VIEW | ORIGIN_VIEW | FOREIGN => 2,
         _ => 0,
     });
@@ -976,11 +947,11 @@ impl Rig {
                 if *reopen {
                     dm(&[
                         "create",
-                        ORIGIN,
+                        ORIGIN_NAME,
                         "--table",
                         &self.table(scratch, self.cli.chunk_sectors),
                     ])?;
-                    dm(&["remove", ORIGIN])?;
+                    dm(&["remove", ORIGIN_NAME])?;
                 }
                 let b = self.layout.chunk_bytes;
                 let mut block = read_direct(scratch, *chunk * b as u64, b)?;
@@ -1056,9 +1027,9 @@ impl Rig {
                 Ok(())
             }
             Foreign::OtherChunkSize(cs) => {
-                dm(&["create", ORIGIN, "--table", &self.table(scratch, cs)])?;
-                message("snapshot create 1")?;
-                dm(&["remove", ORIGIN])?;
+                dm(&["create", ORIGIN_NAME, "--table", &self.table(scratch, cs)])?;
+                origin_message("snapshot create 1")?;
+                dm(&["remove", ORIGIN_NAME])?;
                 Ok(())
             }
         }
@@ -1136,7 +1107,12 @@ impl Rig {
             t.chunk_sectors
         );
         let run = dmsetup_run(
-            &[b"create", ORIGIN.as_bytes(), b"--table", table.as_bytes()],
+            &[
+                b"create",
+                ORIGIN_NAME.as_bytes(),
+                b"--table",
+                table.as_bytes(),
+            ],
             None,
         )?;
         let logged = log.drain()?;
@@ -1175,13 +1151,18 @@ impl Rig {
             seen.reloaded = true;
             remove_all(true)?;
             let run = dmsetup_run(
-                &[b"create", ORIGIN.as_bytes(), b"--table", table.as_bytes()],
+                &[
+                    b"create",
+                    ORIGIN_NAME.as_bytes(),
+                    b"--table",
+                    table.as_bytes(),
+                ],
                 None,
             )?;
             seen.second_session = if !run.ok {
                 Some(format!("refused: {}", run.errno_text()))
             } else {
-                match snapshot_ids() {
+                match status_snapshot_ids() {
                     Ok(ids) if ids == seen.listed => None,
                     Ok(ids) => Some(format!("snapshots {ids:?} instead of {:?}", seen.listed)),
                     Err(e) => Some(format!("{e:#}")),
@@ -1204,10 +1185,10 @@ impl Rig {
                 }
             }
         };
-        let origin_path = format!("/dev/mapper/{ORIGIN}");
+        let origin_path = format!("/dev/mapper/{ORIGIN_NAME}");
         let got = block_digests(&origin_path, blocks)?;
         compare(seen, &got, &self.origin_data);
-        let listed = match snapshot_ids() {
+        let listed = match status_snapshot_ids() {
             Ok(ids) => ids,
             Err(_) => {
                 seen.list_error = true;
@@ -1266,8 +1247,8 @@ impl Rig {
             let path = format!("/dev/mapper/snap{id}");
             seen.snapshot_write_failed = write_direct(&path, block * BLOCK as u64, &data).is_err();
         }
-        seen.create_failed = message(&format!("snapshot create {PROBE_ID}")).is_err()
-            || message(&format!("snapshot delete {PROBE_ID}")).is_err();
+        seen.create_failed = origin_message(&format!("snapshot create {PROBE_ID}")).is_err()
+            || origin_message(&format!("snapshot delete {PROBE_ID}")).is_err();
         Ok(())
     }
 
@@ -1311,9 +1292,9 @@ fn set_up(cli: Cli, log: &mut KernelLog) -> Result<Rig> {
     let prefix = allocated_prefix(&fixed, chunk_bytes, &bitmaps)?;
     let image = read_direct(&cli.cow, 0, prefix as usize * chunk_bytes)?;
     let layout = Layout::read(&image, chunk_bytes)?;
-    let origin_sectors = device_bytes(&cli.origin)? / 512;
-    let scratch_sectors = device_bytes(&cli.scratch)? / 512;
-    let spare_sectors = device_bytes(&cli.spare)? / 512;
+    let origin_sectors = sectors(&cli.origin)?;
+    let scratch_sectors = sectors(&cli.scratch)?;
+    let spare_sectors = sectors(&cli.spare)?;
     ensure!(
         scratch_sectors >= layout.nr_chunks * u64::from(cli.chunk_sectors),
         "the scratch device is smaller than the store"
@@ -1336,8 +1317,8 @@ fn set_up(cli: Cli, log: &mut KernelLog) -> Result<Rig> {
     // The snapshots' data, through the target, from a pristine copy.
     rig.prepare(&Setup::Pristine)?;
     let table = rig.table(&rig.cli.scratch, rig.cli.chunk_sectors);
-    dm(&["create", ORIGIN, "--table", &table])?;
-    for id in snapshot_ids()? {
+    dm(&["create", ORIGIN_NAME, "--table", &table])?;
+    for id in status_snapshot_ids()? {
         let name = format!("snap{id}");
         let table = format!("0 {} s-snap {} {id}", rig.origin_sectors, rig.cli.origin);
         dm(&["create", &name, "--table", &table])?;
