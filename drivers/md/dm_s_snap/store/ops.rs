@@ -477,12 +477,26 @@ impl<I: BlockIo> Store<I> {
     /// deleted one the answer is meaningless (but no error).
     pub fn snapshot_lookup(&self, snap: SnapshotRef, chunk: u64) -> Result<Location> {
         if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
-            return Ok(Location::Cow(lo64(v)));
+            return Ok(Location::Cow(self.exception_chunk(v)?));
         }
         match self.covering_shared(chunk, snap.epoch)? {
-            Some((_, v)) => Ok(Location::Cow(lo64(v))),
+            Some((_, v)) => Ok(Location::Cow(self.exception_chunk(v)?)),
             None => Ok(Location::Origin),
         }
+    }
+
+    /// The COW chunk an exception value names. One in the fixed area
+    /// (superblocks, bitmaps) is corrupt metadata: reading it would return
+    /// metadata as snapshot data, writing it would destroy the store.
+    fn exception_chunk(&self, v: u128) -> Result<u64> {
+        let c = lo64(v);
+        if !self.g.in_data_area(c) {
+            return Err(Error::Corrupt {
+                what: "exception: chunk outside the data area",
+                block: c,
+            });
+        }
+        Ok(c)
     }
 
     /// Creates snapshot `id` (it sees the origin as it is now).
@@ -747,10 +761,10 @@ impl<I: BlockIo> Store<I> {
             return Err(Error::NotFound);
         }
         if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
-            return Ok(SnapWritePlan::Direct(lo64(v)));
+            return Ok(SnapWritePlan::Direct(self.exception_chunk(v)?));
         }
         let from = match self.covering_shared(chunk, snap.epoch)? {
-            Some((_, v)) => Location::Cow(lo64(v)),
+            Some((_, v)) => Location::Cow(self.exception_chunk(v)?),
             None => Location::Origin,
         };
         let to = self.alloc_data()?;
