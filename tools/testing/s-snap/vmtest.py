@@ -12,6 +12,15 @@ in it may set the VM it needs::
 ``boots`` runs the test that many times on the same images (the guest sees
 ``S_SNAP_BOOT=1,2,...``), which proves persistence across a reboot.
 
+A kernel problem reported while the guest kernel boots, before its init
+prints the first marker (so before any test code runs and before the disks
+are touched), is the boot's, not the test's: the VM is stopped there, the
+logs are kept as ``<test>.boot<N>.early.*.log``, a ``vmtest: NOTE`` line
+says so, and the boot is tried once more; a second such failure fails the
+test.  (The checking kernel under TCG on a busy host sometimes reports a
+KASAN wild-memory-access in the early interrupt path, before any module is
+loaded.)
+
 ``kill=MIN-MAX`` (seconds) cuts every boot but the last off: once the guest
 prints ``@@S-SNAP ARMED`` (its workload is running), the host kills QEMU with
 SIGKILL at a random moment in that window after it.  The moment is drawn from
@@ -95,8 +104,11 @@ def parse_kill(text):
 
 def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=None,
          extra_cmdline=""):
-    """Boot the VM once running test `name`; return (exit code or None, problems, killed).
+    """Boot the VM once running test `name`.
 
+    Returns (exit code or None, problems, killed, early): `early` is true when
+    the kernel reported a problem before the guest's init printed its first
+    marker; the VM is then stopped there, before the test touched the disks.
     With `kill_after` (seconds), QEMU is killed that long after the guest prints
     @@S-SNAP ARMED, unless the test ended first."""
     cmdline = (
@@ -121,6 +133,8 @@ def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=
     kill_at = None
     killed = False
     failed_line = None
+    seen_mark = False
+    early = False
     deadline = time.monotonic() + timeout
     buffer = b""
     with open(console_path, "w") as console, open(klog_path, "w") as klog:
@@ -153,6 +167,11 @@ def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=
                 for raw in lines:
                     line = raw.decode("utf-8", "replace").rstrip("\r")
                     console.write(line + "\n")
+                    if line.startswith(MARK) and not seen_mark:
+                        seen_mark = True
+                        early = bool(problems)
+                        if early:
+                            break
                     if line.startswith(MARK):
                         words = line[len(MARK):].split()
                         if words[0] == "KLOG":
@@ -176,15 +195,19 @@ def boot(args, name, number, images, timeout, memory, log_dir, show, kill_after=
                         failed_line = line
                     if KERNEL_PROBLEM.search(line):
                         problems.append(f"kernel: {line.strip()}")
+                if early:
+                    break
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+    if early:
+        return rc, problems, killed, True
     if rc is None and not problems and not killed:
         problems.append("the VM stopped before the test finished")
     if killed and failed_line:
         problems.append(f"before the kill: {failed_line}")
-    return rc, problems, killed
+    return rc, problems, killed, False
 
 
 def run_test(args, name):
@@ -216,8 +239,20 @@ def run_test(args, name):
                 if args.show:
                     print(f"vmtest: {name} boot {number}: kill {kill_after:.2f} s after ARMED "
                           f"(seed {args.seed})", flush=True)
-        rc, problems, killed = boot(args, name, number, images, timeout, memory,
-                                    args.log_dir, args.show, kill_after, extra_cmdline)
+        rc, problems, killed, early = boot(args, name, number, images, timeout, memory,
+                                           args.log_dir, args.show, kill_after, extra_cmdline)
+        if early:
+            # The guest kernel failed while booting, before any test code ran
+            # and before the disks were touched: not this test's result. Keep
+            # the logs, say so, and boot once more; a second failure counts.
+            for kind in ("console", "dmesg"):
+                log = args.log_dir / f"{name}.boot{number}.{kind}.log"
+                log.replace(log.with_name(f"{name}.boot{number}.early.{kind}.log"))
+            print(f"vmtest: NOTE {name} boot {number}: the kernel reported a problem while "
+                  f"booting, before the test ({problems[0]}); booting again", flush=True)
+            rc, problems, killed, early = boot(args, name, number, images, timeout, memory,
+                                               args.log_dir, args.show, kill_after,
+                                               extra_cmdline)
         kills += killed
         if rc not in (None, 0):
             reasons.append(f"boot {number}: test exited with {rc}")
