@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
-# vm: disks=48M,64M,48M,16M timeout=300
+# vm: disks=48M,64M,48M,16M timeout=450
 # Power cuts. A seeded workload (origin and snapshot writes, fdatasync, snapshot
 # create and delete) runs on s-snap-origin whose origin (16 MiB) and COW (32 MiB)
 # devices are two slices of one dm-log-writes device, so every write to either is
