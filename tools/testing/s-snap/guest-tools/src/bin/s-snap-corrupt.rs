@@ -1106,15 +1106,18 @@ impl Rig {
             "0 {size} s-snap-origin {origin} {cow} S {}",
             t.chunk_sectors
         );
-        let run = dmsetup_run(
-            &[
-                b"create",
-                ORIGIN_NAME.as_bytes(),
-                b"--table",
-                table.as_bytes(),
-            ],
-            None,
-        )?;
+        let load = || {
+            dmsetup_run(
+                &[
+                    b"create",
+                    ORIGIN_NAME.as_bytes(),
+                    b"--table",
+                    table.as_bytes(),
+                ],
+                None,
+            )
+        };
+        let run = load()?;
         let logged = log.drain()?;
         if !run.ok {
             ensure!(
@@ -1150,15 +1153,7 @@ impl Rig {
         if !seen.store_failed_logged && !seen.list_error {
             seen.reloaded = true;
             remove_all(true)?;
-            let run = dmsetup_run(
-                &[
-                    b"create",
-                    ORIGIN_NAME.as_bytes(),
-                    b"--table",
-                    table.as_bytes(),
-                ],
-                None,
-            )?;
+            let run = load()?;
             seen.second_session = if !run.ok {
                 Some(format!("refused: {}", run.errno_text()))
             } else {
