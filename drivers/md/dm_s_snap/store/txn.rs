@@ -562,8 +562,20 @@ impl<I: BlockIo> Store<I> {
         if self.outstanding != 0 {
             return Err(Error::Busy);
         }
+        // Everything below, the resumed reclaim included, goes through
+        // guard(): an I/O error or corruption there leaves the transaction
+        // half done (a btree update or a midway commit cut short), and a
+        // later call must get `Failed` rather than build on it.
+        let r = self.commit_resume();
+        self.guard(r)
+    }
+
+    /// Finishes a pending snapshot deletion (as far as space allows; it
+    /// may commit midway), then commits.
+    fn commit_resume(&mut self) -> Result<()> {
         if self.sb.deleting_epoch != 0 {
             match self.finish_pending_delete() {
+                // NoSpace: the rest of the reclaim stays pending.
                 Ok(()) | Err(Error::NoSpace) => {}
                 Err(e) => return Err(e),
             }
@@ -571,8 +583,7 @@ impl<I: BlockIo> Store<I> {
         if !self.dirty {
             return Ok(());
         }
-        let r = self.commit_inner();
-        self.guard(r)
+        self.commit_inner()
     }
 
     pub(crate) fn commit_inner(&mut self) -> Result<()> {
@@ -581,9 +592,13 @@ impl<I: BlockIo> Store<I> {
         }
         // Release the metadata blocks freed in their own transaction; their
         // dirty buffers are written below before anything can reuse them.
-        let mut nr = self.garbage_head;
-        let count = self.garbage_count;
-        for _ in 0..count {
+        // Each entry is unlinked from the list before its block is freed,
+        // so that however far this gets before an error, the list names
+        // only blocks still allocated: running it again never frees a block
+        // twice. (A block whose free then fails is only leaked in memory:
+        // the error is fatal, and a reopen drops the transaction.)
+        while self.garbage_count != 0 {
+            let nr = self.garbage_head;
             let next = {
                 let h = self.read_valid(nr, GARBAGE_MAGIC)?;
                 if rd64(&h, OFF_TXID)? != self.cur {
@@ -591,12 +606,13 @@ impl<I: BlockIo> Store<I> {
                 }
                 rd64(&h, GB_NEXT)?
             };
+            self.garbage_head = next;
             self.garbage_count -= 1;
             self.bm_update(nr, false)?;
-            nr = next;
         }
+        // The last entry links to 0 (the head of an empty list); keep that
+        // true even if a damaged list is longer than its count.
         self.garbage_head = 0;
-        self.garbage_count = 0;
 
         self.io.write_dirty()?;
         self.io.flush()?;
