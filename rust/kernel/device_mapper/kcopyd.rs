@@ -13,8 +13,24 @@
 //! where targets like snapshots continue their work (e.g. submit the bios that waited for a
 //! copy-on-write). A one-chunk synchronous copy is just [`Client::copy_sync`].
 //!
-//! Dropping the client waits for all its copies to complete (`dm_kcopyd_client_destroy()`).
+//! Dropping the client may sleep and must happen in process context (a work item counts).
+//! Outside work items it waits for all the client's copies to complete
+//! (`dm_kcopyd_client_destroy()`). In a work item it must not wait: a completion may drop the
+//! last owner of its own client (a closure may hold the only reference to the structure that
+//! owns the client), and the wait would never end. So a client dropped in a work item, which
+//! includes a target's `dtr` run by device-mapper's deferred remove, is destroyed later, from
+//! `system_unbound_wq`, and the drop returns before its copies have completed. Their
+//! completions are code of the module given to [`Client::new`]: a deferred drop takes a
+//! reference to that module, which the C helper (vmlinux code) puts only once
+//! `dm_kcopyd_client_destroy()` has returned, that is after the last completion has returned.
+//! Taken at the drop, the reference cannot stop an unload already under way by then: the
+//! module must not be unloading yet, as for any of its code that runs.
+//!
 //! The regions' devices are kept referenced until each copy completes.
+//!
+//! The source and every destination of a copy have the same length: kcopyd allocates its
+//! pages for the first destination and reads and writes each region over that page list, so
+//! the abstraction refuses copies whose regions differ in length, or are empty.
 //!
 //! C header: [`include/linux/dm-kcopyd.h`](srctree/include/linux/dm-kcopyd.h)
 //!
@@ -45,6 +61,7 @@ use crate::{
     new_condvar, new_spinlock,
     prelude::*,
     sync::{Arc, CondVar, SpinLock},
+    ThisModule,
 };
 use core::ptr::NonNull;
 
@@ -97,11 +114,17 @@ pub type CopyResult = core::result::Result<(), CopyError>;
 
 /// A dm-kcopyd client (C `struct dm_kcopyd_client`).
 ///
+/// Dropping it may sleep and must happen in process context (a work item counts); see the
+/// [module documentation](self) for when it waits for the client's copies.
+///
 /// # Invariants
 ///
-/// `kc` is a valid client created by `dm_kcopyd_client_create()`.
+/// `kc` is a valid client created by `dm_kcopyd_client_create()`; `reaper` was allocated by
+/// `dm_kcopyd_reaper_alloc()` for it, with the module given to [`Client::new`] (whose code its
+/// completions are) as owner, and is neither queued nor freed yet.
 pub struct Client {
     kc: NonNull<bindings::dm_kcopyd_client>,
+    reaper: NonNull<c_void>,
 }
 
 // SAFETY: A kcopyd client may be used from and destroyed on any thread.
@@ -117,15 +140,29 @@ struct Job<F> {
 
 impl Client {
     /// Creates a client, with the default (no) throttling. May sleep.
+    ///
+    /// `module` is the module whose code the completions of the client's copies are (usually
+    /// `&THIS_MODULE`): if the client is dropped in a work item, it is kept loaded until the
+    /// client is destroyed.
     #[inline]
-    pub fn new() -> Result<Self> {
+    pub fn new(module: &'static ThisModule) -> Result<Self> {
+        // SAFETY: No requirements on the owner (null for built-in code), which is only stored;
+        // the result is checked for null.
+        let reaper = NonNull::new(unsafe { bindings::dm_kcopyd_reaper_alloc(module.as_ptr()) })
+            .ok_or(ENOMEM)?;
         // SAFETY: A null throttle is allowed.
-        let kc = from_err_ptr(unsafe { bindings::dm_kcopyd_client_create(core::ptr::null_mut()) })?;
-        // INVARIANT: Creation succeeded.
-        Ok(Self {
-            // SAFETY: `from_err_ptr` returned a valid pointer.
-            kc: unsafe { NonNull::new_unchecked(kc) },
-        })
+        let kc = from_err_ptr(unsafe { bindings::dm_kcopyd_client_create(core::ptr::null_mut()) });
+        let kc = match kc {
+            // SAFETY: `from_err_ptr` returned a valid, hence non-null, pointer.
+            Ok(kc) => unsafe { NonNull::new_unchecked(kc) },
+            Err(e) => {
+                // SAFETY: `reaper` was allocated above and is not used any more.
+                unsafe { bindings::dm_kcopyd_reaper_free(reaper.as_ptr()) };
+                return Err(e);
+            }
+        };
+        // INVARIANT: Creation succeeded; the reaper is unused and owned by `module`.
+        Ok(Self { kc, reaper })
     }
 
     /// The kcopyd completion callback of a job submitted by [`Client::submit`].
@@ -161,6 +198,17 @@ impl Client {
         done: F,
     ) -> Result {
         if to.is_empty() || to.len() > MAX_DESTINATIONS {
+            return Err(EINVAL);
+        }
+        // kcopyd sizes its page list by `to[0].count` and walks it unchecked for the source and
+        // every destination: a longer region would run off the list (a NULL dereference in the
+        // kcopyd worker), a shorter one would leave pages unread or unwritten, and an empty one
+        // never gets its pages (`kcopyd_get_pages()` loops).
+        let count = to[0].count;
+        if count == 0
+            || to.iter().any(|r| r.count != count)
+            || from.is_some_and(|r| r.count != count)
+        {
             return Err(EINVAL);
         }
         let mut devs = KVec::with_capacity(to.len() + 1, GFP_NOIO)?;
@@ -207,12 +255,13 @@ impl Client {
         Ok(())
     }
 
-    /// Copies `from` to every region of `to` (at most [`MAX_DESTINATIONS`], each at least as
-    /// long as `from`) in the background, then calls `done` with the result from kcopyd's
-    /// worker (process context).
+    /// Copies `from` to every region of `to` (one to [`MAX_DESTINATIONS`] regions, each as long
+    /// as `from`, which must not be empty) in the background, then calls `done` with the result
+    /// from kcopyd's worker (process context).
     ///
     /// May be called from process context, including a target's workers; it allocates with
-    /// `GFP_NOIO` and may block while kcopyd throttles. On error `done` is not called.
+    /// `GFP_NOIO` and may block while kcopyd throttles. Fails with `EINVAL` if the regions are
+    /// empty or differ in length. On error `done` is not called.
     pub fn copy<F: FnOnce(CopyResult) + Send + 'static>(
         &self,
         from: &Region<'_>,
@@ -222,8 +271,8 @@ impl Client {
         self.submit(Some(from), to, done)
     }
 
-    /// Writes zeroes to every region of `to` in the background, then calls `done` like
-    /// [`Client::copy`].
+    /// Writes zeroes to every region of `to` (all of the same, non-zero, length) in the
+    /// background, then calls `done` like [`Client::copy`].
     pub fn zero<F: FnOnce(CopyResult) + Send + 'static>(
         &self,
         to: &[Region<'_>],
@@ -268,8 +317,14 @@ struct SyncWait {
 impl Drop for Client {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: By the type invariant the client is valid. Destruction waits for all copies
-        // submitted through it to complete.
-        unsafe { bindings::dm_kcopyd_client_destroy(self.kc.as_ptr()) };
+        // SAFETY: By the type invariant the client is valid and the reaper unused; both are
+        // handed over and not used after this. The helper destroys the client at once (waiting
+        // for all its copies) only outside work items, so never from the client's own
+        // completions, which run in kcopyd's worker. In a work item it defers the destruction
+        // and holds a reference to the reaper's owner, the module of the completions, until the
+        // last of them has returned.
+        unsafe {
+            bindings::dm_kcopyd_client_destroy_reaped(self.reaper.as_ptr(), self.kc.as_ptr())
+        };
     }
 }
