@@ -1,9 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The exception store's block I/O over dm-bufio: one buffer is one chunk of the COW device.
+//!
+//! The store modifies blocks in place, through `&mut [u8]` ([`BlockHandle`] is `DerefMut`), but
+//! a dm-bufio buffer must not be mutably borrowed: dm-bufio may write back a dirty buffer while
+//! it is held, reading its memory concurrently (see [`bufio`]). So a [`CowBlock`] reads the
+//! buffer in place until the store first borrows it mutably, and from then on works on a
+//! private shadow copy, which it copies back into the buffer with [`bufio::Buffer::write`]
+//! (marking it dirty) when it is released, if the store marked it dirty. A modified block thus
+//! costs two extra copies of the block (buffer to shadow, except for [`BlockIo::new_block`]
+//! whose contents the store overwrites anyway, and back); reads copy nothing. The copies are
+//! the price of soundness: the public dm-bufio API offers no way to keep write-back away from
+//! a held buffer, and modified blocks are few per transaction (a btree path, a bitmap, the
+//! superblock image).
+//!
+//! Shadows come from a pool allocated with the [`CowIo`], one per handle the store holds at a
+//! time (at most two, as `store/io.rs` documents), so that the I/O path does not allocate.
 
 use crate::store::{self, BlockHandle, BlockIo};
+use core::cell::Cell;
 use kernel::{
+    alloc::VVec,
     block::bio::Sector,
     crc32c::crc32c,
     device_mapper::{bufio, DmDev},
@@ -14,54 +31,190 @@ use kernel::{
 /// btree path (the store bounds tree depth to 16) plus a few blocks at once.
 const RESERVED_BUFFERS: u32 = 20;
 
+/// Shadow blocks allocated up front: the store holds at most two handles at a time.
+const SHADOWS: usize = 2;
+
 /// Metadata access to the COW device through a dm-bufio client.
+///
+/// # Invariants
+///
+/// Every shadow in `shadows` (and of every live [`CowBlock`]) is `block_size` bytes long, the
+/// client's block size.
 pub(crate) struct CowIo {
     client: Pin<KBox<bufio::Client>>,
     nr_blocks: u64,
+    block_size: usize,
+    /// Spare shadow blocks. A [`Cell`] suffices: the store is used by one thread at a time
+    /// (it is behind the pool's mutex), and `CowIo` is `Send` but not `Sync`.
+    shadows: [Cell<Option<VVec<u8>>>; SHADOWS],
 }
 
 impl CowIo {
     /// Creates a client with one block per chunk of `chunk_sectors` sectors.
     pub(crate) fn new(cow: &DmDev, chunk_sectors: u32) -> Result<Self> {
-        let client = KBox::pin_init(
-            bufio::Client::new(cow, chunk_sectors * 512, RESERVED_BUFFERS),
-            GFP_KERNEL,
-        )?;
-        let nr_blocks = cow.nr_sectors() / Sector::from(chunk_sectors);
-        Ok(Self { client, nr_blocks })
+        // The table parser only passes valid chunk sizes; checked arithmetic keeps a bad one
+        // from panicking here all the same.
+        let bytes = chunk_sectors.checked_mul(512).ok_or(EINVAL)?;
+        let nr_blocks = cow
+            .nr_sectors()
+            .checked_div(Sector::from(chunk_sectors))
+            .ok_or(EINVAL)?;
+        let client = KBox::pin_init(bufio::Client::new(cow, bytes, RESERVED_BUFFERS), GFP_KERNEL)?;
+        let block_size = client.block_size() as usize;
+        let shadows: [Cell<Option<VVec<u8>>>; SHADOWS] = Default::default();
+        for shadow in &shadows {
+            // Chunks are up to 512 KiB: too large for kmalloc.
+            shadow.set(Some(VVec::from_elem(0, block_size, GFP_KERNEL)?));
+        }
+        // INVARIANT: The shadows are `block_size` bytes long.
+        Ok(Self {
+            client,
+            nr_blocks,
+            block_size,
+            shadows,
+        })
+    }
+
+    /// Takes a shadow block from the pool, or allocates one if the pool is empty (which the
+    /// store's limit of two handles rules out; it is a fallback only).
+    fn take_shadow(&self) -> Result<VVec<u8>, store::Error> {
+        if let Some(shadow) = self.shadows.iter().find_map(Cell::take) {
+            return Ok(shadow);
+        }
+        // GFP_NOIO: the store works for the I/O path of the snapshot devices, which must not
+        // wait for I/O to them to reclaim memory.
+        VVec::from_elem(0, self.block_size, GFP_NOIO)
+            .map_err(|_| store::Error::Io("out of memory for a shadow block"))
+    }
+
+    /// Puts a shadow block back into the pool (freeing one if the pool is full).
+    fn put_shadow(&self, shadow: VVec<u8>) {
+        let mut spare = Some(shadow);
+        for slot in &self.shadows {
+            spare = slot.replace(spare);
+            if spare.is_none() {
+                return;
+            }
+        }
+        // The pool was full: `spare` is an extra shadow allocated by `take_shadow`, freed here.
+    }
+
+    /// Wraps a buffer of this client into a handle; `copy` tells whether the store needs the
+    /// buffer's contents in the shadow.
+    fn block<'a>(
+        &'a self,
+        buffer: bufio::Buffer<'a>,
+        copy: bool,
+    ) -> Result<CowBlock<'a>, store::Error> {
+        let shadow = self.take_shadow()?;
+        // INVARIANT: The shadow is `block_size` bytes long (type invariant of `CowIo`).
+        Ok(CowBlock {
+            io: self,
+            buffer,
+            shadow,
+            shadowed: false,
+            copy,
+            dirty: false,
+            verified: false,
+        })
     }
 }
 
 /// A held chunk of metadata.
+///
+/// Its contents are those of `buffer` until the store first borrows them mutably; from then on
+/// (`shadowed`) those of `shadow`, which go back into `buffer` when the handle is dropped, if
+/// it was marked dirty. Otherwise they are discarded, and the cached block keeps its contents:
+/// the store marks every block it modifies dirty (an unmarked change could be lost at any
+/// eviction anyway). The verified flag follows the contents: the buffer's validated flag
+/// until shadowing starts, then `verified`, which becomes the buffer's flag when the shadow is
+/// copied back.
+///
+/// # Invariants
+///
+/// `shadow` is as long as `buffer` (the client's block size).
 pub(crate) struct CowBlock<'a> {
+    io: &'a CowIo,
     buffer: bufio::Buffer<'a>,
+    shadow: VVec<u8>,
+    /// The contents are in `shadow`.
+    shadowed: bool,
+    /// Whether to copy the buffer into the shadow when shadowing starts: not for a block from
+    /// [`BlockIo::new_block`], whose contents are undefined.
+    copy: bool,
+    /// The store marked the block dirty.
+    dirty: bool,
+    /// The store validated the shadow's contents (meaningful once `shadowed`).
+    verified: bool,
 }
 
 impl core::ops::Deref for CowBlock<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.buffer
+        if self.shadowed {
+            &self.shadow
+        } else {
+            &self.buffer
+        }
     }
 }
 
 impl core::ops::DerefMut for CowBlock<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer
+        if !self.shadowed {
+            self.shadowed = true;
+            if self.copy {
+                // The lengths are equal (type invariant).
+                self.shadow.copy_from_slice(&self.buffer);
+                self.verified = self.buffer.is_validated();
+            } else {
+                self.verified = false;
+            }
+        }
+        &mut self.shadow
     }
 }
 
 impl BlockHandle for CowBlock<'_> {
     fn mark_dirty(&mut self) {
-        self.buffer.mark_dirty();
+        self.dirty = true;
     }
 
     fn is_verified(&self) -> bool {
-        self.buffer.is_validated()
+        if self.shadowed {
+            self.verified
+        } else {
+            self.buffer.is_validated()
+        }
     }
 
     fn set_verified(&mut self) {
-        self.buffer.set_validated();
+        if self.shadowed {
+            self.verified = true;
+        } else {
+            self.buffer.set_validated();
+        }
+    }
+}
+
+impl Drop for CowBlock<'_> {
+    fn drop(&mut self) {
+        if self.dirty {
+            if self.shadowed {
+                // Cannot fail: the shadow is as long as the buffer (type invariant).
+                let _ = self.buffer.write(0, &self.shadow);
+                if self.verified {
+                    self.buffer.set_validated();
+                } else {
+                    self.buffer.clear_validated();
+                }
+            } else {
+                self.buffer.mark_dirty();
+            }
+        }
+        self.io
+            .put_shadow(core::mem::replace(&mut self.shadow, VVec::new()));
     }
 }
 
@@ -73,7 +226,7 @@ impl BlockIo for CowIo {
     type Block<'a> = CowBlock<'a>;
 
     fn block_size(&self) -> usize {
-        self.client.block_size() as usize
+        self.block_size
     }
 
     fn nr_blocks(&self) -> u64 {
@@ -82,7 +235,7 @@ impl BlockIo for CowIo {
 
     fn read(&self, nr: u64) -> Result<CowBlock<'_>, store::Error> {
         let buffer = self.client.as_ref().get_ref().read(nr).map_err(io_error)?;
-        Ok(CowBlock { buffer })
+        self.block(buffer, true)
     }
 
     fn new_block(&self, nr: u64) -> Result<CowBlock<'_>, store::Error> {
@@ -92,7 +245,7 @@ impl BlockIo for CowIo {
             .get_ref()
             .new_buffer(nr)
             .map_err(io_error)?;
-        Ok(CowBlock { buffer })
+        self.block(buffer, false)
     }
 
     fn write_dirty(&self) -> Result<(), store::Error> {

@@ -4,8 +4,9 @@
 //!
 //! A [`Client`] caches fixed-size blocks of a device, typically the metadata area of a target.
 //! [`Client::read`] and [`Client::new_buffer`] return a [`Buffer`] that derefs to the block's
-//! bytes and releases the buffer (`dm_bufio_release()`) when dropped. Modified buffers are
-//! marked dirty and written back by [`Client::write_dirty_buffers`] (or in the background).
+//! bytes (read-only) and releases the buffer (`dm_bufio_release()`) when dropped. Buffers are
+//! modified with [`Buffer::write`] and [`Buffer::fill`], which mark what they change dirty;
+//! dirty buffers are written back by [`Client::write_dirty_buffers`] (or in the background).
 //!
 //! All operations may sleep; use them from process context (constructor, workqueues), never
 //! from a target's `map` or `end_io`.
@@ -16,29 +17,45 @@
 //! and at most [`MAX_HELD`] buffers may be held at a time. A client creates enough reserved
 //! buffers for its users to make progress under memory pressure while they hold several.
 //!
-//! Each buffer carries a "validated" flag, cleared whenever dm-bufio loads the buffer with a
-//! (new) block, so that users can check a block's contents (say, a checksum) once per read from
-//! the device rather than on every access.
+//! # Why there is no `&mut [u8]`
 //!
-//! Users must be GPL modules and select `DM_BUFIO` in Kconfig. Because dm-bufio may be a module
-//! while this crate is built in, every function here is `#[inline]`: it is instantiated only
-//! in the module that uses it, which then depends on `dm-bufio.ko`.
+//! dm-bufio writes back a dirty buffer whether it is held or not: `dm_bufio_write_dirty_buffers()`
+//! and the watermark check inside any thread's `dm_bufio_read()` or `dm_bufio_new()` (and the
+//! global cleaner) may start a write of a held buffer at any time, and that write reads the
+//! buffer's memory (by DMA, or with a CPU copy on another thread for a RAM disk). A `&mut [u8]`
+//! over the buffer would promise exclusive access that dm-bufio does not give, and which its
+//! API cannot give: the state that would let us wait for or exclude write-back is private to
+//! `dm-bufio.c`. So a buffer only derefs to `&[u8]` (nothing but its holder writes a held
+//! buffer's memory, and concurrent reads are fine), and changes go through copying accessors
+//! that take `&mut self` (so no reference to the memory is live while they copy) and mark the
+//! changed range dirty *after* copying: a write-back that raced the copy and wrote a torn image
+//! is always followed by another one of the final contents. Users that want to modify a block
+//! in place, through a `&mut [u8]`, keep a private copy and write it back with
+//! [`Buffer::write`].
+//!
+//! Each buffer carries a "validated" flag, cleared whenever dm-bufio loads the buffer with a
+//! (new) block and by [`Client::new_buffer`], so that users can check a block's contents (say,
+//! a checksum) once per read from the device rather than on every access.
+//!
+//! Users must be GPL modules that depend on `RUST_DM_ABSTRACTIONS`, which builds dm-bufio into
+//! the kernel.
 //!
 //! C header: [`include/linux/dm-bufio.h`](srctree/include/linux/dm-bufio.h)
 //!
 //! # Examples
 //!
 //! ```
-//! use kernel::block::bio::Sector;
 //! use kernel::device_mapper::{bufio::Client, DmDev};
 //! use kernel::prelude::*;
 //!
+//! /// Increments the byte at the start of block 0 of `dev` and writes it to the device.
 //! fn bump_counter(dev: &DmDev) -> Result {
 //!     let client = KBox::pin_init(Client::new(dev, 4096, 1), GFP_KERNEL)?;
 //!     {
 //!         let mut block = client.read(0)?;
-//!         block[0] = block[0].wrapping_add(1);
-//!         block.mark_dirty();
+//!         let counter = block[0].wrapping_add(1);
+//!         // Copies the byte into the buffer and marks it dirty.
+//!         block.write(0, &[counter])?;
 //!     }
 //!     client.write_dirty_buffers()
 //! }
@@ -48,16 +65,16 @@ use crate::{
     bindings,
     block::bio::Sector,
     device_mapper::DmDev,
-    error::{code::EBUSY, from_err_ptr, to_result, Error, Result},
+    error::{
+        code::{EBUSY, EINVAL},
+        from_err_ptr, to_result, Error, Result,
+    },
     init::PinInit,
     new_spinlock,
     prelude::*,
     sync::SpinLock,
 };
-use core::{
-    ops::{Deref, DerefMut},
-    ptr::NonNull,
-};
+use core::{ops::Deref, ptr::NonNull};
 
 /// The most buffers one client lets its users hold at the same time.
 pub const MAX_HELD: usize = 32;
@@ -68,19 +85,28 @@ struct Held {
     len: usize,
 }
 
-/// Clears the validated flag of a buffer that dm-bufio (re)loads (`alloc_callback`).
+/// Bit of a buffer's auxiliary byte: the user validated the buffer's contents.
+const AUX_VALIDATED: u8 = 1 << 0;
+/// Bit of a buffer's auxiliary byte: the buffer's data is initialised, holding the block's
+/// contents (set whenever a [`Buffer`] is handed out). A buffer without it was just allocated
+/// or recycled by dm-bufio for its block: its data may be uninitialised, and it is clean, so no
+/// write-back reads it.
+const AUX_LOADED: u8 = 1 << 1;
+
+/// Clears the auxiliary byte of a buffer that dm-bufio (re)loads (`alloc_callback`).
 ///
 /// Generic so that it is instantiated in the module using the client, like the `#[inline]`
-/// functions here (dm-bufio may be a module).
+/// functions here.
 ///
 /// # Safety
 ///
 /// `b` must be a buffer of a client created by [`Client::new`], which has one byte of
-/// auxiliary data.
+/// auxiliary data, and that no [`Buffer`] refers to.
 // The type parameter only makes the function generic (see above).
 #[allow(clippy::extra_unused_type_parameters)]
-unsafe extern "C" fn clear_validated<T>(b: *mut bindings::dm_buffer) {
-    // SAFETY: By the safety requirements the buffer has one byte of auxiliary data.
+unsafe extern "C" fn clear_aux<T>(b: *mut bindings::dm_buffer) {
+    // SAFETY: By the safety requirements the buffer has one byte of auxiliary data, which no
+    // `Buffer` accesses concurrently.
     unsafe { bindings::dm_bufio_get_aux_data(b).cast::<u8>().write(0) };
 }
 
@@ -91,8 +117,10 @@ unsafe extern "C" fn clear_validated<T>(b: *mut bindings::dm_buffer) {
 /// # Invariants
 ///
 /// `c` is a valid client created by `dm_bufio_client_create()` on the block device of `_dev`,
-/// with one byte of auxiliary data per buffer, and `block_size` its block size. `held` lists
-/// the blocks of all live [`Buffer`]s of the client, each once.
+/// with one byte of auxiliary data per buffer that `clear_aux` clears whenever dm-bufio loads
+/// the buffer with a block, and `block_size` its block size. `held` lists the blocks of all
+/// live [`Buffer`]s of the client, each once. Every buffer of the client that has been handed
+/// out as a [`Buffer`] since it was last loaded has [`AUX_LOADED`] set.
 #[pin_data]
 pub struct Client {
     c: RawClient,
@@ -119,14 +147,15 @@ impl Client {
         try_pin_init!(Self {
             c: {
                 // SAFETY: `dev` holds the block device; one byte of auxiliary data, cleared by
-                // `clear_validated` whenever a buffer is (re)loaded.
+                // `clear_aux` whenever a buffer is (re)loaded, which dm-bufio does before the
+                // buffer is in its cache (so before any `Buffer` can refer to it).
                 let c = from_err_ptr(unsafe {
                     bindings::dm_bufio_client_create(
                         dev.bdev().as_raw(),
                         block_size,
                         reserved_buffers,
                         1,
-                        Some(clear_validated::<()>),
+                        Some(clear_aux::<()>),
                         None,
                         0,
                     )
@@ -217,9 +246,16 @@ impl Client {
         // SAFETY: By the type invariant the client is valid; `b` is valid for writes.
         let data = from_err_ptr(unsafe { bindings::dm_bufio_read(self.as_raw(), block, &mut b) });
         match data {
-            // SAFETY: `dm_bufio_read()` succeeded: `b` is a held buffer of `block` whose data
-            // is `data`, of the client's block size; `hold` recorded the block.
-            Ok(data) => Ok(unsafe { Buffer::new(self, block, b, data) }),
+            Ok(data) => {
+                // SAFETY: `dm_bufio_read()` succeeded: `b` is a held buffer of `block`, with
+                // auxiliary data, whose data `data` of the client's block size was read from
+                // the device (now or earlier) or written by a `Buffer`, so is initialised;
+                // `hold` recorded the block.
+                let buffer = unsafe { Buffer::new(self, block, b, data) };
+                // INVARIANT: The buffer is handed out.
+                buffer.set_aux(buffer.aux() | AUX_LOADED);
+                Ok(buffer)
+            }
             Err(e) => {
                 self.unhold(block);
                 Err(e)
@@ -228,29 +264,49 @@ impl Client {
     }
 
     /// Returns the buffer of block `block` without reading the device (`dm_bufio_new()`), to
-    /// overwrite the block entirely. The returned data is zeroed; mark it dirty to write it.
-    /// Fails like [`Client::read`].
+    /// overwrite the block entirely ([`Buffer::write`] marks what it writes dirty). Fails like
+    /// [`Client::read`].
+    ///
+    /// The contents are the block's cached contents if a [`Buffer`] of the block was handed out
+    /// before and dm-bufio still caches it, zeroes otherwise; the validated flag is clear
+    /// either way. Zeroes are marked dirty, so that the cache never holds contents that the
+    /// device will not (a block that dm-bufio had read in the background, say, but that nobody
+    /// saw). A buffer handed out before is not zeroed because it may be dirty and under
+    /// write-back: zeroing it would race that write.
     #[inline]
     pub fn new_buffer(&self, block: Sector) -> Result<Buffer<'_>> {
         self.hold(block)?;
         let mut b = core::ptr::null_mut();
         // SAFETY: By the type invariant the client is valid; `b` is valid for writes.
         let data = from_err_ptr(unsafe { bindings::dm_bufio_new(self.as_raw(), block, &mut b) });
-        match data {
-            Ok(data) => {
-                // SAFETY: `dm_bufio_new()` succeeded: `b` is a held buffer of `block` whose
-                // data is `data`, of the client's block size; `hold` recorded the block. The
-                // data may be uninitialised, so zero it before exposing it.
-                Ok(unsafe {
-                    core::ptr::write_bytes(data.cast::<u8>(), 0, self.block_size);
-                    Buffer::new(self, block, b, data)
-                })
-            }
+        let data = match data {
+            Ok(data) => data.cast::<u8>(),
             Err(e) => {
                 self.unhold(block);
-                Err(e)
+                return Err(e);
             }
+        };
+        // SAFETY: `dm_bufio_new()` succeeded, so `b` is a buffer held by us, which has one byte
+        // of auxiliary data (type invariant), and no `Buffer` refers to it.
+        let aux = unsafe { bindings::dm_bufio_get_aux_data(b).cast::<u8>() };
+        // SAFETY: As above; `aux` is valid and only accessed by the holder of the buffer.
+        if unsafe { aux.read() } & AUX_LOADED == 0 {
+            // SAFETY: The data of the held buffer is valid for `block_size` bytes of writes
+            // (uninitialised memory included). Without `AUX_LOADED` the buffer was loaded with
+            // the block by this call and was not handed out since (type invariant), so it is
+            // clean: no write-back reads it, and nothing else accesses its data while we hold
+            // it.
+            unsafe { core::ptr::write_bytes(data, 0, self.block_size) };
+            // SAFETY: `b` is a buffer held by us.
+            unsafe { bindings::dm_bufio_mark_buffer_dirty(b) };
         }
+        // SAFETY: As above.
+        unsafe { aux.write(AUX_LOADED) };
+        // SAFETY: `b` is a held buffer of `block`, whose data `data` of the client's block size
+        // is initialised: read or written earlier if `AUX_LOADED` was set (type invariant),
+        // zeroed above otherwise; `hold` recorded the block.
+        // INVARIANT: `AUX_LOADED` is set for the buffer handed out.
+        Ok(unsafe { Buffer::new(self, block, b, data.cast()) })
     }
 
     /// Starts reading `n` blocks from `block` into the cache in the background
@@ -310,16 +366,21 @@ impl Drop for RawClient {
 
 /// A held dm-bufio buffer (C `struct dm_buffer`): the data of one block.
 ///
-/// Derefs to the block's bytes. Changes reach the device only if the buffer is marked dirty.
-/// Released (`dm_bufio_release()`) when dropped.
+/// Derefs to the block's bytes, read-only; [`Buffer::write`] and [`Buffer::fill`] change them
+/// and mark the changed range dirty, so that it reaches the device. Released
+/// (`dm_bufio_release()`) when dropped.
 ///
 /// Dirty buffers may be written back in the background while they are held (as in C), so a
-/// block being modified can reach the device half-updated; order updates accordingly.
+/// block being modified can reach the device half-updated; order updates accordingly. That
+/// write-back reads the buffer's memory concurrently with its holder, which is why there is no
+/// mutable access to it (see the [module documentation](self)).
 ///
 /// # Invariants
 ///
-/// `b` is a buffer of block `block` held by us, whose data of `len` bytes is at `data`, and
-/// `block` is recorded in the `held` list of `client`, which outlives the buffer.
+/// `b` is a buffer of block `block` held by us, whose data of `len` bytes (the client's block
+/// size) is at `data` and initialised, and `block` is recorded in the `held` list of `client`,
+/// which outlives the buffer. Only the holder of the buffer writes the data; anything else
+/// (write-back I/O) only reads it.
 pub struct Buffer<'a> {
     client: &'a Client,
     block: Sector,
@@ -331,8 +392,9 @@ pub struct Buffer<'a> {
 impl<'a> Buffer<'a> {
     /// # Safety
     ///
-    /// `b` must be a buffer of `block` held by the caller, with the client's block size of data
-    /// at `data`, and `block` must have been recorded in `client`'s held list for this buffer.
+    /// `b` must be a buffer of `block` of `client`, held by the caller, with the client's block
+    /// size of initialised data at `data`, and `block` must have been recorded in `client`'s
+    /// held list for this buffer.
     #[inline]
     unsafe fn new(
         client: &'a Client,
@@ -340,7 +402,9 @@ impl<'a> Buffer<'a> {
         b: *mut bindings::dm_buffer,
         data: *mut core::ffi::c_void,
     ) -> Self {
-        // INVARIANT: By the safety requirements.
+        // INVARIANT: By the safety requirements; dm-bufio itself writes a buffer's data only
+        // when it reads the block from the device, which happens before `dm_bufio_read()` or
+        // `dm_bufio_new()` return it, never while the buffer is held.
         Self {
             client,
             block,
@@ -352,29 +416,47 @@ impl<'a> Buffer<'a> {
         }
     }
 
-    /// Returns `true` if [`Buffer::set_validated`] was called since dm-bufio last loaded this
-    /// buffer with its block.
+    /// Returns the auxiliary byte of the buffer.
     #[inline]
-    pub fn is_validated(&self) -> bool {
-        // SAFETY: By the type invariant the buffer is held, and its client has one byte of
-        // auxiliary data, which only `clear_validated` and these two methods access.
+    fn aux(&self) -> u8 {
+        // SAFETY: By the type invariants the buffer is held and its client has one byte of
+        // auxiliary data, which only the holder of the buffer accesses (and `clear_aux`, for
+        // buffers that no one holds).
         unsafe {
             bindings::dm_bufio_get_aux_data(self.b.as_ptr())
                 .cast::<u8>()
                 .read()
-                != 0
         }
+    }
+
+    /// Sets the auxiliary byte of the buffer.
+    #[inline]
+    fn set_aux(&self, aux: u8) {
+        // SAFETY: As in `aux`.
+        unsafe {
+            bindings::dm_bufio_get_aux_data(self.b.as_ptr())
+                .cast::<u8>()
+                .write(aux)
+        };
+    }
+
+    /// Returns `true` if [`Buffer::set_validated`] was called since dm-bufio last loaded this
+    /// buffer with its block (and since the last [`Client::new_buffer`] of the block).
+    #[inline]
+    pub fn is_validated(&self) -> bool {
+        self.aux() & AUX_VALIDATED != 0
     }
 
     /// Records that the user checked (or produced) the buffer's contents.
     #[inline]
     pub fn set_validated(&self) {
-        // SAFETY: As in `is_validated`.
-        unsafe {
-            bindings::dm_bufio_get_aux_data(self.b.as_ptr())
-                .cast::<u8>()
-                .write(1)
-        };
+        self.set_aux(self.aux() | AUX_VALIDATED);
+    }
+
+    /// Clears the validated flag, for contents that changed without being checked.
+    #[inline]
+    pub fn clear_validated(&self) {
+        self.set_aux(self.aux() & !AUX_VALIDATED);
     }
 
     /// Returns the block number of the buffer.
@@ -383,7 +465,64 @@ impl<'a> Buffer<'a> {
         self.block
     }
 
+    /// Checks that `len` bytes at `offset` are inside the buffer, and returns their end.
+    #[inline]
+    fn check_range(&self, offset: usize, len: usize) -> Result<usize> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(end),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Copies `data` into the buffer at byte `offset` and marks that range dirty. Fails with
+    /// `EINVAL` if the range does not fit in the buffer.
+    ///
+    /// A write-back of the buffer that overlaps the copy may write a mix of old and new
+    /// contents; the range is marked dirty after the copy, so the final contents are written
+    /// after it.
+    #[inline]
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        let end = self.check_range(offset, data.len())?;
+        // SAFETY: `offset + data.len() <= len`, so the destination is inside the buffer's data,
+        // which is valid for writes while we hold the buffer (type invariant). `data` cannot
+        // overlap it: it is a shared reference, while `&mut self` excludes every reference to
+        // the buffer's data derived from `self`, and the client hands out no other `Buffer` of
+        // the block. For the same reason no Rust reference to the destination is live during
+        // the copy. The only access that may happen concurrently is a read of the data by
+        // write-back I/O started by dm-bufio (DMA, or a copy by the device's driver on another
+        // CPU): that access is outside Rust, and what it reads is never relied on, because the
+        // range is marked dirty below, after the copy, so it is written again with the final
+        // contents.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.data.as_ptr().add(offset),
+                data.len(),
+            )
+        };
+        self.mark_partial_dirty(offset, end);
+        Ok(())
+    }
+
+    /// Sets `len` bytes of the buffer at byte `offset` to `byte` and marks that range dirty.
+    /// Fails with `EINVAL` if the range does not fit in the buffer.
+    ///
+    /// A concurrent write-back behaves as for [`Buffer::write`].
+    #[inline]
+    pub fn fill(&mut self, offset: usize, len: usize, byte: u8) -> Result {
+        let end = self.check_range(offset, len)?;
+        // SAFETY: `offset + len <= len` of the buffer; otherwise as in `write`: no Rust
+        // reference to the destination is live, and a concurrent read by write-back I/O is
+        // followed by another write-back because the range is marked dirty after this.
+        unsafe { core::ptr::write_bytes(self.data.as_ptr().add(offset), byte, len) };
+        self.mark_partial_dirty(offset, end);
+        Ok(())
+    }
+
     /// Marks the whole buffer dirty, to be written back (`dm_bufio_mark_buffer_dirty()`).
+    ///
+    /// [`Buffer::write`] and [`Buffer::fill`] mark what they change themselves; this writes
+    /// the block back even if it did not change.
     #[inline]
     pub fn mark_dirty(&self) {
         // SAFETY: By the type invariant the buffer is held.
@@ -411,17 +550,12 @@ impl Deref for Buffer<'_> {
 
     #[inline]
     fn deref(&self) -> &[u8] {
-        // SAFETY: By the type invariant the data is valid for `len` bytes while the buffer is
-        // held, and no other `Buffer` aliases it (the client hands out one buffer per block).
+        // SAFETY: By the type invariant the data is valid and initialised for `len` bytes while
+        // the buffer is held. Nothing writes it while the returned reference is live: only the
+        // holder writes it, through `write` and `fill`, which take `&mut self`; no other
+        // `Buffer` aliases it (the client hands out one buffer per block); and write-back I/O
+        // only reads it.
         unsafe { core::slice::from_raw_parts(self.data.as_ptr(), self.len) }
-    }
-}
-
-impl DerefMut for Buffer<'_> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: As for `deref`, and `&mut self` is exclusive.
-        unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr(), self.len) }
     }
 }
 

@@ -19,6 +19,12 @@
 //!   was called has been written (or returns an error).
 //! * [`BlockIo::flush`] returns after everything written before it is on
 //!   stable storage.
+//! * A handle's changes reach the cache when it is dropped, and only if it
+//!   was marked dirty (the kernel's handles work on a private copy of the
+//!   block, so that no `&mut [u8]` to a buffer that write-back may be
+//!   reading ever exists): the store marks every block it modifies dirty,
+//!   and never calls [`BlockIo::write_dirty`] while it holds a handle to a
+//!   modified block.
 //! * The store never holds two handles to the same block at the same time,
 //!   and never more than two handles at all (so a dm-bufio client with two
 //!   or more reserved buffers always makes progress).
