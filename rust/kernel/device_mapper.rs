@@ -4,8 +4,9 @@
 //!
 //! A device-mapper target type turns a line of a table (`<start> <len> <type> <args...>`) into a
 //! target instance that maps the bios sent to its range of the mapped device. A driver
-//! implements [`TargetOperations`] for its private per-target data and registers it with a
-//! [`Registration`], which unregisters the target type when dropped.
+//! implements [`TargetOperations`] for the private data of one target instance, and declares its
+//! module and the target types it provides with [`module_dm_targets!`](crate::module_dm_targets),
+//! which registers them when the module is loaded and unregisters them only when it is unloaded.
 //!
 //! # Ownership and contexts
 //!
@@ -20,6 +21,9 @@
 //! - The other callbacks receive the private data as `Pin<&Self>`. `map`, `end_io`, `status`,
 //!   `message` and `iterate_devices` may run concurrently with each other (hence `Self: Sync`);
 //!   any mutable state must be behind a lock or atomics in the private data.
+//! - The target types of a module and the [`TargetOperations::Context`] they share stay
+//!   registered and alive from the module's load to its unload: device-mapper holds a reference
+//!   on the module from the lookup of a type by a table line until the target is destroyed.
 //! - [`TargetOperations::map`] runs in the context of the submitter of the bio, which may be in
 //!   a memory reclaim path or hold locks: it must not sleep or allocate with `GFP_KERNEL`.
 //!   [`TargetOperations::end_io`] runs in bio completion context, typically hard or soft
@@ -27,9 +31,10 @@
 //!
 //! # Module and symbol availability
 //!
-//! Device-mapper may be built as a module (`dm-mod.ko`) while this crate is built in. Every
-//! non-generic function here that calls into device-mapper is `#[inline]`, so that it is only
-//! instantiated in the (GPL) module using it, which then depends on `dm-mod`.
+//! These abstractions (`CONFIG_RUST_DM_ABSTRACTIONS`) call device-mapper, dm-bufio and
+//! libcrc32c from the kernel crate, which is built in, so they exist only where those are built
+//! in too: the option depends on `BLK_DEV_DM=y` and selects `DM_BUFIO` and `LIBCRC32C` (as
+//! `RUST_PHYLIB_ABSTRACTIONS` depends on `PHYLIB=y`). Targets that use them depend on it.
 //!
 //! C header: [`include/linux/device-mapper.h`](srctree/include/linux/device-mapper.h)
 //!
@@ -85,7 +90,15 @@ use crate::{
     types::Opaque,
     ThisModule,
 };
-use core::{fmt, marker::PhantomData, ops::ControlFlow, pin::Pin, ptr::NonNull};
+use core::{
+    cell::UnsafeCell,
+    fmt,
+    marker::PhantomData,
+    ops::ControlFlow,
+    pin::Pin,
+    ptr::NonNull,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 /// An error of a target constructor: an error code and the message device-mapper logs.
 ///
@@ -173,9 +186,11 @@ pub enum MapResult<T: TargetOperations> {
     Kill(DmBio<T>),
     /// Push the bio back to be mapped again (`DM_MAPIO_REQUEUE`), only honoured while the
     /// device is being suspended with `--noflush`; otherwise the I/O fails.
+    ///
+    /// There is no delayed variant: `DM_MAPIO_DELAY_REQUEUE` is only implemented for
+    /// request-based device-mapper, and bio-based device-mapper (the only kind these targets
+    /// can be used with, as they have no `clone_and_map_rq`) calls `BUG()` on it.
     Requeue(DmBio<T>),
-    /// Like [`MapResult::Requeue`], after a delay (`DM_MAPIO_DELAY_REQUEUE`).
-    DelayRequeue(DmBio<T>),
 }
 
 /// Result of [`TargetOperations::end_io`].
@@ -184,9 +199,10 @@ pub enum EndIoResult {
     /// The bio is complete (`DM_ENDIO_DONE`).
     Done,
     /// Push the bio back to be mapped again (`DM_ENDIO_REQUEUE`).
+    ///
+    /// As for [`MapResult::Requeue`] there is no delayed variant: bio-based device-mapper calls
+    /// `BUG()` on `DM_ENDIO_DELAY_REQUEUE`.
     Requeue,
-    /// Like [`EndIoResult::Requeue`], after a delay (`DM_ENDIO_DELAY_REQUEUE`).
-    DelayRequeue,
 }
 
 /// Which status [`TargetOperations::status`] is asked for (C `status_type_t`).
@@ -232,18 +248,22 @@ impl Mode {
 
 /// The operations of a device-mapper target type.
 ///
-/// `Self` is the private data of one target instance.
+/// `Self` is the private data of one target instance. The type's name and version are given
+/// where it is registered, in [`module_dm_targets!`](crate::module_dm_targets).
 #[macros::vtable]
 pub trait TargetOperations: Sized + Send + Sync + 'static {
-    /// State shared by all targets of this type, and possibly with other target types of the
-    /// same module: it is given to [`Registration::new`] and handed to every constructor.
-    type Context: Send + Sync;
+    /// State shared by all targets of this type and by the other target types of the same
+    /// module, which must all have the same `Context`: it is created by the module's
+    /// [`module_dm_targets!`](crate::module_dm_targets) when the module is loaded, dropped when
+    /// it is unloaded, and handed to every constructor ([`TargetCtx::context`]).
+    type Context: Send + Sync + 'static;
 
     /// Per-bio data (C `per_io_data_size`), reached from a bio with [`TargetBio::per_io`].
     ///
     /// It is set to `Default::default()` before every [`TargetOperations::map`] call and is
-    /// never dropped, so it must not need dropping; its alignment must not exceed 8. Use `()`
-    /// for none.
+    /// never dropped, so it must not need dropping; its alignment must not exceed that of
+    /// `struct bio`, which device-mapper places right after it (both are checked at compile
+    /// time). Use `()` for none.
     type PerIo: Default + Send;
 
     /// Constructs a target from the arguments of its table line.
@@ -258,6 +278,11 @@ pub trait TargetOperations: Sized + Send + Sync + 'static {
 
     /// Called when a bio mapped by this target completes, with its status, which it may
     /// change.
+    ///
+    /// The bio is being completed: device-mapper calls this from the bio's completion
+    /// (`bi_end_io`) and finishes that completion when this returns, so `bio` is only a
+    /// reference. It is valid, and so is its per-bio data, but the target must not keep it,
+    /// end it or submit it; to have it mapped again, return [`EndIoResult::Requeue`].
     ///
     /// Runs in bio completion context (often interrupt context): must not sleep.
     fn end_io(
@@ -430,6 +455,16 @@ struct TargetState<T> {
 /// The constructor's view of a new target: settings and device lookup.
 ///
 /// Derefs to [`Target`] for the target's range and table mode.
+///
+/// # Invariants
+///
+/// - `ti` is a target of type `T` under construction: the constructor of `T` runs for it for
+///   `'a`, and nothing else accesses its fields meanwhile (device-mapper builds a table
+///   before making it visible to anyone else).
+/// - `context` is the context of the module that registered `T`'s target type.
+/// - `devs` holds every device opened with `dm_get_device()` for `ti` through this value; the
+///   caller puts them with `dm_put_device()` when the constructor fails, or when the target is
+///   destroyed.
 pub struct TargetCtx<'a, T: TargetOperations> {
     ti: &'a Target,
     context: &'a Arc<T::Context>,
@@ -437,7 +472,8 @@ pub struct TargetCtx<'a, T: TargetOperations> {
 }
 
 impl<'a, T: TargetOperations> TargetCtx<'a, T> {
-    /// Returns the context given to the [`Registration`] of this target type.
+    /// Returns the context shared by the target types of the module, created by its
+    /// [`module_dm_targets!`](crate::module_dm_targets).
     pub fn context(&self) -> &'a Arc<T::Context> {
         self.context
     }
@@ -457,20 +493,24 @@ impl<'a, T: TargetOperations> TargetCtx<'a, T> {
         // Make room first, so that the device can always be recorded for `dm_put_device()`.
         self.devs.reserve(1, GFP_KERNEL)?;
         let mut dev: *mut bindings::dm_dev = core::ptr::null_mut();
-        // SAFETY: `ti` is a target under construction, `path` is a NUL-terminated string.
+        // SAFETY: By the type invariant `ti` is a target under construction; `path` is a
+        // NUL-terminated string and `dev` is valid for writes.
         to_result(unsafe {
             bindings::dm_get_device(self.ti.as_raw(), path.as_char_ptr(), mode.0, &mut dev)
         })?;
         let dev = NonNull::new(dev).ok_or(EINVAL)?;
-        // This does not allocate: room was reserved above.
+        // INVARIANT: The device is recorded for `dm_put_device()`. This does not allocate (room
+        // was reserved above), so it cannot fail and leave the device unrecorded.
         self.devs.push(dev, GFP_KERNEL)?;
-        // SAFETY: `dev` was just returned by `dm_get_device()`, and it is released by the
-        // abstraction only when the target is destroyed.
+        // SAFETY: `dev` was just returned by `dm_get_device()`, so it is valid with an open
+        // block device.
         Ok(unsafe { DmDev::new(dev) })
     }
 
     fn set(&mut self, f: impl FnOnce(&mut bindings::dm_target)) {
-        // SAFETY: The target is under construction and only the constructor accesses it.
+        // SAFETY: By the type invariant the target is under construction and only its
+        // constructor, which `&mut self` stands for, accesses its fields: the `&mut` is unique
+        // for the call of `f`, which gets no other access to the target.
         f(unsafe { &mut *self.ti.as_raw() })
     }
 
@@ -499,7 +539,7 @@ impl<'a, T: TargetOperations> TargetCtx<'a, T> {
     /// target (`dm_set_target_max_io_len()`), for example at chunk boundaries.
     #[inline]
     pub fn set_max_io_len(&mut self, len: Sector) -> Result {
-        // SAFETY: The target is under construction.
+        // SAFETY: By the type invariant the target is under construction.
         to_result(unsafe { bindings::dm_set_target_max_io_len(self.ti.as_raw(), len) })
     }
 
@@ -537,18 +577,25 @@ impl<T: TargetOperations> core::ops::Deref for TargetCtx<'_, T> {
 /// A device opened by a target with [`TargetCtx::get_device`] (C `struct dm_dev`).
 ///
 /// The device stays open until the target that opened it is destroyed; the abstraction calls
-/// `dm_put_device()` then, exactly once. A `DmDev` itself holds a reference to the block device
-/// structure, so it may be cloned, sent to workers and even outlive the target safely (I/O to a
-/// device that the target no longer has open fails or is refused by the block layer, but does
-/// not touch freed memory).
+/// `dm_put_device()` then, exactly once.
+///
+/// A `DmDev` also holds a reference on the block device's `struct device` (`get_device()`). That
+/// reference only keeps the `struct block_device` (and its disk) allocated, so that a `DmDev`
+/// may be cloned, sent to workers and outlive its target without its methods touching freed
+/// memory; it does not keep the device open, and neither do the bios remapped to it, which take
+/// no reference on their device. A target must therefore send I/O to a `DmDev` only while the
+/// target is live: device-mapper waits for the bios it gave to the target before destroying it,
+/// and the target must wait (in its destructor at the latest) for the I/O it started itself.
+/// I/O sent after that goes to a device that may have been closed and reopened by someone else,
+/// or deleted (in which case the block layer fails it).
 ///
 /// Dropping the last reference to a block device may sleep.
 ///
 /// # Invariants
 ///
-/// `bdev` is a valid block device on which this value holds a `bd_device` reference; `dm_dev`
-/// is the `struct dm_dev` it came from (only dereferenced while its target is known to be
-/// live); `name` is NUL-terminated.
+/// `bdev` is a block device on which this value holds a `bd_device` reference, so it stays
+/// allocated; `dm_dev` is the `struct dm_dev` it came from, only dereferenced while its target
+/// is known to be live; `name` is NUL-terminated.
 pub struct DmDev {
     bdev: NonNull<bindings::block_device>,
     dm_dev: NonNull<bindings::dm_dev>,
@@ -566,17 +613,26 @@ impl DmDev {
     ///
     /// `dev` must be a valid `struct dm_dev` with an open block device.
     unsafe fn new(dev: NonNull<bindings::dm_dev>) -> Self {
-        // SAFETY: By the safety requirements `dev` is valid.
-        let (bdev, name_src) = unsafe { ((*dev.as_ptr()).bdev, &(*dev.as_ptr()).name) };
-        // SAFETY: The device is open, so `bdev` is valid; take a reference on it.
-        unsafe { bindings::get_device(&mut (*bdev).bd_device) };
-        let mut name = [0u8; 16];
-        // CAST: `c_char` and `u8` have the same size and any bits are valid for both.
-        // SAFETY: `name_src` is 16 bytes long, `name` too, and they do not overlap.
+        const NAME_LEN: usize = 16;
+        // SAFETY: By the safety requirements `dev` is valid. Only raw pointers are made: the
+        // `dm_dev` is shared with the other tables that use the device.
+        let (bdev, name_src) = unsafe { ((*dev.as_ptr()).bdev, &raw const (*dev.as_ptr()).name) };
+        // SAFETY: The device is open, so `bdev` is valid; take a reference on it. The pointer is
+        // raw: other CPUs change the reference count of the `struct device` concurrently.
+        unsafe { bindings::get_device(&raw mut (*bdev).bd_device) };
+        let mut name = [0u8; NAME_LEN];
+        // CAST: `c_char` and `u8` have the same size and any bits are valid for both; copying
+        // one `[c_char; NAME_LEN]` checks at compile time that `dm_dev::name` has that length.
+        // SAFETY: `name_src` points to `dm_dev::name`, which device-mapper does not change while
+        // the device is open, and `name` is a local array of the same size.
         unsafe {
-            core::ptr::copy_nonoverlapping(name_src.as_ptr().cast::<u8>(), name.as_mut_ptr(), 16)
+            core::ptr::copy_nonoverlapping(
+                name_src,
+                name.as_mut_ptr().cast::<[c_char; NAME_LEN]>(),
+                1,
+            )
         };
-        name[15] = 0;
+        name[NAME_LEN - 1] = 0;
         // INVARIANT: We hold a reference on `bdev`; `name` is NUL-terminated.
         Self {
             // SAFETY: An open `dm_dev` has a block device.
@@ -627,8 +683,9 @@ impl DmDev {
 
 impl Clone for DmDev {
     fn clone(&self) -> Self {
-        // SAFETY: By the type invariant `bdev` is valid; take another reference.
-        unsafe { bindings::get_device(&mut (*self.bdev.as_ptr()).bd_device) };
+        // SAFETY: By the type invariant `bdev` is allocated; take another reference. The pointer
+        // is raw: other CPUs change the reference count of the `struct device` concurrently.
+        unsafe { bindings::get_device(&raw mut (*self.bdev.as_ptr()).bd_device) };
         // INVARIANT: The clone holds its own reference.
         Self {
             bdev: self.bdev,
@@ -640,8 +697,9 @@ impl Clone for DmDev {
 
 impl Drop for DmDev {
     fn drop(&mut self) {
-        // SAFETY: By the type invariant we hold a reference on the block device.
-        unsafe { bindings::put_device(&mut (*self.bdev.as_ptr()).bd_device) };
+        // SAFETY: By the type invariant we hold a reference on the block device, which we give
+        // back. The pointer is raw: other CPUs change the reference count concurrently.
+        unsafe { bindings::put_device(&raw mut (*self.bdev.as_ptr()).bd_device) };
     }
 }
 
@@ -659,18 +717,29 @@ impl fmt::Debug for DmDev {
 
 /// A bio sent to a target of type `T`, seen by reference (a dm clone of the original bio).
 ///
-/// Derefs to [`Bio`]; gives access to the target's typed per-bio data.
+/// Derefs to [`Bio`]; gives access to the target's typed per-bio data. It is seen either by
+/// the owner of the bio (through a [`DmBio`]), or by [`TargetOperations::end_io`] while the bio
+/// is being completed.
+///
+/// # Invariants
+///
+/// `self.0` is a dm clone that device-mapper sent to a target of type `T`, and that went through
+/// the target's `map` callback: it is preceded by `size_of::<T::PerIo>()` bytes of per-bio
+/// data (the target's `per_io_data_size`), initialised before `T::map` was called. A
+/// `&TargetBio<T>` is only made while the bio is not freed and nobody else works on it: its
+/// holder either owns the bio in flight, or is part of its completion (the `end_io` callback),
+/// which device-mapper finishes only after the reference ends.
 #[repr(transparent)]
 pub struct TargetBio<T: TargetOperations>(Bio, PhantomData<T>);
 
 impl<T: TargetOperations> TargetBio<T> {
     /// # Safety
     ///
-    /// `ptr` must satisfy the requirements of [`Bio::from_raw`] and be a bio that device-mapper
-    /// sent to a target of type `T`.
+    /// `ptr` must point to a bio that satisfies the type invariants for `'a`.
     unsafe fn from_raw<'a>(ptr: *mut bindings::bio) -> &'a Self {
         // CAST: `TargetBio` is a transparent wrapper around `Bio`, itself around `struct bio`.
-        // SAFETY: By the safety requirements.
+        // SAFETY: By the safety requirements the bio is valid for `'a`, and it satisfies the
+        // invariants of `Bio` (not freed, worked on by the holder only) as well as ours.
         unsafe { &*ptr.cast::<Self>() }
     }
 
@@ -679,16 +748,17 @@ impl<T: TargetOperations> TargetBio<T> {
         if size == 0 {
             return NonNull::dangling().as_ptr();
         }
-        // SAFETY: The bio is a dm clone for a target of type `T`, whose `per_io_data_size` is
-        // `size`, so the per-bio data precedes it.
+        // SAFETY: By the type invariant the bio is a dm clone for a target of type `T`, whose
+        // `per_io_data_size` is `size`, so the per-bio data precedes it.
         unsafe { bindings::dm_per_bio_data(self.0.as_raw(), size).cast() }
     }
 
     /// Returns the per-bio data of the target.
     pub fn per_io(&self) -> &T::PerIo {
-        // SAFETY: The per-bio data is initialised before `map` and lives as long as the bio,
-        // which outlives `self`; it is only reached through the bio, which `self` has
-        // exclusive (non-`Sync`) access to.
+        // SAFETY: By the type invariant the per-bio data is initialised, and it lives as long
+        // as the bio, which outlives `self`. It is only reached through the bio, which only the
+        // holder of `self` works on (and `TargetBio` is not `Sync`), so nothing changes it
+        // while the returned reference lives.
         unsafe { &*self.per_io_ptr() }
     }
 
@@ -696,7 +766,7 @@ impl<T: TargetOperations> TargetBio<T> {
     /// this target (`dm_bio_get_target_bio_nr()`).
     #[inline]
     pub fn target_bio_nr(&self) -> u32 {
-        // SAFETY: The bio is a dm clone.
+        // SAFETY: By the type invariant the bio is a valid dm clone.
         unsafe { bindings::dm_bio_get_target_bio_nr(self.0.as_raw()) }
     }
 }
@@ -715,6 +785,11 @@ impl<T: TargetOperations> core::ops::Deref for TargetBio<T> {
 /// device-mapper; keeping it (in a [`BioList`](bio::BioList), a work item, ...) and returning
 /// [`MapResult::Submitted`] defers it: the target must then [`submit`](Self::submit) or
 /// [`end`](Self::end) it later, from any context. Dropping it ends it with an I/O error.
+///
+/// # Invariants
+///
+/// `self.0` owns a bio in flight that satisfies the invariants of [`TargetBio<T>`]: a dm clone
+/// sent to a target of type `T`, with initialised per-bio data.
 pub struct DmBio<T: TargetOperations>(OwnedBio, PhantomData<T>);
 
 impl<T: TargetOperations> DmBio<T> {
@@ -747,7 +822,8 @@ impl<T: TargetOperations> DmBio<T> {
 
     /// Returns the per-bio data of the target, mutably.
     pub fn per_io_mut(&mut self) -> &mut T::PerIo {
-        // SAFETY: See `TargetBio::per_io`; `&mut self` gives exclusive access to the bio.
+        // SAFETY: By the type invariant the per-bio data is initialised and lives as long as
+        // the bio, which we own; `&mut self` gives exclusive access to the bio and so to it.
         unsafe { &mut *self.per_io_ptr() }
     }
 
@@ -762,8 +838,8 @@ impl<T: TargetOperations> core::ops::Deref for DmBio<T> {
     type Target = TargetBio<T>;
 
     fn deref(&self) -> &TargetBio<T> {
-        // SAFETY: The owned bio is a dm clone for a target of type `T`, valid and exclusively
-        // ours while `self` is borrowed.
+        // SAFETY: By the type invariant the owned bio satisfies the invariants of `TargetBio<T>`
+        // while we own it, which we do while `self` is borrowed.
         unsafe { TargetBio::from_raw(self.0.as_raw()) }
     }
 }
@@ -775,7 +851,9 @@ unsafe impl<T: TargetOperations> BioOwner for DmBio<T> {
     }
 
     unsafe fn from_raw(ptr: *mut bindings::bio) -> Self {
-        // SAFETY: By the safety requirements `ptr` came from `into_raw` of a `DmBio<T>`.
+        // INVARIANT: By the safety requirements `ptr` came from `into_raw` of a `DmBio<T>`, so it
+        // is a bio of a target of type `T` with initialised per-bio data.
+        // SAFETY: As above; that `DmBio<T>` gave its ownership of the bio in flight to us.
         Self(unsafe { OwnedBio::from_raw(ptr) }, PhantomData)
     }
 }
@@ -853,6 +931,12 @@ impl fmt::Write for StatusWriter<'_> {
 }
 
 /// The callout of `iterate_devices`, to which a target reports the device ranges it uses.
+///
+/// # Invariants
+///
+/// `ti` is a constructed target whose `iterate_devices` callback is running for `'a`,
+/// `callout` and `data` are the callout and its argument that device-mapper passed to that
+/// call, and `devs` are the devices the target opened, which stay open while it is live.
 pub struct DeviceIterator<'a> {
     ti: *mut bindings::dm_target,
     callout: bindings::iterate_devices_callout_fn,
@@ -875,8 +959,8 @@ impl DeviceIterator<'_> {
             return ControlFlow::Continue(());
         }
         if let Some(callout) = self.callout {
-            // SAFETY: `callout` and `data` come from device-mapper for this live target, and
-            // `dev.dm_dev` is one of the target's open devices.
+            // SAFETY: By the type invariant `callout` and `data` come from device-mapper for
+            // this live target, and `dev.dm_dev` is one of the target's open devices.
             self.ret = unsafe { callout(self.ti, dev.dm_dev.as_ptr(), start, len, self.data) };
         }
         if self.ret != 0 {
@@ -889,6 +973,12 @@ impl DeviceIterator<'_> {
 
 /// Queue limits of a mapped device (C `struct queue_limits`), given to
 /// [`TargetOperations::io_hints`].
+///
+/// # Invariants
+///
+/// A `&QueueLimits` or `&mut QueueLimits` points to a valid `struct queue_limits` that nobody
+/// else accesses for the lifetime of the reference: the limits that device-mapper computes for
+/// one target of a table (a local variable of `dm_calculate_queue_limits()`).
 #[repr(transparent)]
 pub struct QueueLimits(Opaque<bindings::queue_limits>);
 
@@ -897,13 +987,15 @@ macro_rules! limits_accessors {
         $(
             $(#[$m])*
             pub fn $field(&self) -> $t {
-                // SAFETY: `self` is valid and exclusively borrowed during `io_hints`.
+                // SAFETY: By the type invariant the limits are valid and not written by anyone
+                // else while `self` is borrowed.
                 unsafe { (*self.0.get()).$field }
             }
 
             $(#[$m])*
             pub fn $set(&mut self, v: $t) {
-                // SAFETY: `self` is valid and exclusively borrowed during `io_hints`.
+                // SAFETY: By the type invariant the limits are valid and nobody else accesses
+                // them while `self` is borrowed.
                 unsafe { (*self.0.get()).$field = v };
             }
         )*
@@ -929,125 +1021,301 @@ impl QueueLimits {
     }
 }
 
-/// A registered device-mapper target type.
+/// Storage for the context shared by the target types of a module, in the module's static
+/// memory.
 ///
-/// Created with [`Registration::new`] into pinned memory (for example with `KBox::pin_init`),
-/// it registers the type with device-mapper (`dm_register_target()`) and unregisters it when
-/// dropped.
-///
-/// Device-mapper holds a reference on the module for every live target, so a registration kept
-/// in the module's state (the usual case) outlives all its targets. It must not be dropped
-/// earlier while targets of the type exist.
+/// [`module_dm_targets!`](crate::module_dm_targets) puts one in a `static` next to the
+/// module's [`TargetType`]s, which reach it from `ti->type` in their constructor. The context
+/// cannot live in the module's state itself: the types are registered (and may be used) before
+/// the module's initialisation returns that state and the `module!` macro moves it to its
+/// final place. The module's state owns the context all the same: its [`Registration`] stores it
+/// here when the module is loaded and drops it when the module is unloaded.
 ///
 /// # Invariants
 ///
-/// `tt` is registered with device-mapper, and its callbacks are those of `T`.
-#[pin_data(PinnedDrop)]
-pub struct Registration<T: TargetOperations> {
-    context: Arc<T::Context>,
-    #[pin]
-    tt: Opaque<bindings::target_type>,
-    _p: PhantomData<T>,
+/// `claimed` is set by the one [`Registration`] that may use the slot, before it writes
+/// `context`. That registration sets `context` to `Some` before it registers any type built
+/// with this slot, and takes it back only once all of them are unregistered and no constructor
+/// of them runs (in the module's exit), so `context` holds the context whenever a constructor
+/// of one of them runs.
+pub struct ContextSlot<C> {
+    claimed: AtomicBool,
+    context: UnsafeCell<Option<Arc<C>>>,
 }
 
-// SAFETY: The registration can be dropped from any thread; the context is `Send + Sync`.
-unsafe impl<T: TargetOperations> Send for Registration<T> {}
-// SAFETY: `&Registration` gives access to nothing but the `Sync` context.
-unsafe impl<T: TargetOperations> Sync for Registration<T> {}
+// SAFETY: The slot is shared by the constructors of the module's target types, which may run
+// on any thread and only read it while no one writes it (by the type invariant); giving them an
+// `&Arc<C>` is sound across threads because `C: Send + Sync`.
+unsafe impl<C: Send + Sync> Sync for ContextSlot<C> {}
 
-impl<T: TargetOperations> Registration<T> {
-    /// Registers a target type named `name` with the given version, sharing `context` with all
-    /// its targets.
-    pub fn new(
+impl<C> ContextSlot<C> {
+    /// Creates an empty slot, for a `static`.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Self {
+            claimed: AtomicBool::new(false),
+            context: UnsafeCell::new(None),
+        }
+    }
+
+    /// Returns the context.
+    ///
+    /// # Safety
+    ///
+    /// The caller must be a constructor of a target type built with this slot, called by
+    /// device-mapper.
+    unsafe fn get(&self) -> Option<&Arc<C>> {
+        // SAFETY: By the type invariant and the safety requirements, nobody writes `context`
+        // while a constructor of a type built with this slot runs.
+        unsafe { (*self.context.get()).as_ref() }
+    }
+}
+
+/// A device-mapper target type (C `struct target_type`), in the static memory of a module.
+///
+/// [`module_dm_targets!`](crate::module_dm_targets) builds the module's target types in a
+/// `static` with [`TargetType::new`], and registers them with a [`Registration`].
+///
+/// Static memory is what device-mapper needs: it calls the callbacks through `ti->type` for as
+/// long as a target of the type exists, and `dm_put_target_type()` reads `tt->module` after the
+/// last target of a table is destroyed. The memory of a `static` lasts until the module is
+/// unloaded, which cannot happen while device-mapper holds a reference on the module, as it does
+/// from looking a type up until the target it made is destroyed.
+///
+/// # Invariants
+///
+/// `tt` has the callbacks of `Adapter<T>` for a `T: TargetOperations<Context = C>`, whose
+/// constructor takes the context from `context`. Its `module` is only written by the
+/// registration that claimed `context`, before it registers the type.
+pub struct TargetType<C: 'static> {
+    tt: Opaque<bindings::target_type>,
+    context: &'static ContextSlot<C>,
+}
+
+// SAFETY: Device-mapper uses the target type from any thread, under its own lock where it
+// changes it (`tt->list`); the abstraction only writes `tt->module` before registering it, once
+// (by the invariants of `TargetType` and `ContextSlot`). The context slot is `Sync`.
+unsafe impl<C: Send + Sync> Sync for TargetType<C> {}
+
+impl<C: Send + Sync> TargetType<C> {
+    /// Builds the target type of `T`, named `name` (the type in table lines) with the given
+    /// version, whose targets share the context in `context`.
+    ///
+    /// This is where the per-bio data of `T` is checked: it must not need dropping, and its
+    /// alignment must not exceed that of `struct bio`, which device-mapper places right after
+    /// it (the per-bio data is at the bio minus its size, a multiple of its alignment, minus
+    /// offsets within device-mapper structures that are multiples of the bio's alignment).
+    pub const fn new<T: TargetOperations<Context = C>>(
         name: &'static CStr,
         version: [u32; 3],
-        module: &'static ThisModule,
-        context: Arc<T::Context>,
-    ) -> impl PinInit<Self, Error> {
+        context: &'static ContextSlot<C>,
+    ) -> Self {
         const {
             assert!(
                 !core::mem::needs_drop::<T::PerIo>(),
                 "per-bio data must not need dropping"
             );
             assert!(
-                core::mem::align_of::<T::PerIo>() <= 8,
-                "per-bio data alignment exceeds 8"
+                core::mem::align_of::<T::PerIo>() <= core::mem::align_of::<bindings::bio>(),
+                "per-bio data alignment exceeds that of `struct bio`"
             );
         };
-        let tt_init = move |slot: *mut Opaque<bindings::target_type>| -> Result {
-            let tt = Opaque::raw_get(slot);
-            // SAFETY: `slot` is valid for writes; an all-zero `target_type` is valid (all
-            // callbacks unset).
-            unsafe {
-                tt.write(core::mem::zeroed());
-                (*tt).name = name.as_char_ptr();
-                (*tt).module = module.as_ptr();
-                (*tt).version = version;
-                (*tt).ctr = Some(Self::ctr_callback);
-                (*tt).dtr = Some(Self::dtr_callback);
-                (*tt).map = Some(Self::map_callback);
-                if T::HAS_END_IO {
-                    (*tt).end_io = Some(Self::end_io_callback);
-                }
-                if T::HAS_STATUS {
-                    (*tt).status = Some(Self::status_callback);
-                }
-                if T::HAS_MESSAGE {
-                    (*tt).message = Some(Self::message_callback);
-                }
-                if T::HAS_PRESUSPEND {
-                    (*tt).presuspend = Some(Self::presuspend_callback);
-                }
-                if T::HAS_POSTSUSPEND {
-                    (*tt).postsuspend = Some(Self::postsuspend_callback);
-                }
-                if T::HAS_PRERESUME {
-                    (*tt).preresume = Some(Self::preresume_callback);
-                }
-                if T::HAS_RESUME {
-                    (*tt).resume = Some(Self::resume_callback);
-                }
-                if T::HAS_ITERATE_DEVICES {
-                    (*tt).iterate_devices = Some(Self::iterate_devices_callback);
-                }
-                if T::HAS_IO_HINTS {
-                    (*tt).io_hints = Some(Self::io_hints_callback);
-                }
-            }
-            // SAFETY: `tt` is fully initialised and pinned (it is a pinned field of the
-            // registration being initialised, whose `context` is initialised before it).
-            to_result(unsafe { bindings::dm_register_target(tt) })
-        };
-        try_pin_init!(Self {
+        // INVARIANT: The callbacks are those of `Adapter<T>`, `T::Context` is `C` and `module`
+        // is null until the type is registered.
+        Self {
+            tt: Opaque::new(bindings::target_type {
+                name: name.as_char_ptr(),
+                version,
+                ctr: Some(Adapter::<T>::ctr_callback),
+                dtr: Some(Adapter::<T>::dtr_callback),
+                map: Some(Adapter::<T>::map_callback),
+                end_io: if T::HAS_END_IO {
+                    Some(Adapter::<T>::end_io_callback)
+                } else {
+                    None
+                },
+                status: if T::HAS_STATUS {
+                    Some(Adapter::<T>::status_callback)
+                } else {
+                    None
+                },
+                message: if T::HAS_MESSAGE {
+                    Some(Adapter::<T>::message_callback)
+                } else {
+                    None
+                },
+                presuspend: if T::HAS_PRESUSPEND {
+                    Some(Adapter::<T>::presuspend_callback)
+                } else {
+                    None
+                },
+                postsuspend: if T::HAS_POSTSUSPEND {
+                    Some(Adapter::<T>::postsuspend_callback)
+                } else {
+                    None
+                },
+                preresume: if T::HAS_PRERESUME {
+                    Some(Adapter::<T>::preresume_callback)
+                } else {
+                    None
+                },
+                resume: if T::HAS_RESUME {
+                    Some(Adapter::<T>::resume_callback)
+                } else {
+                    None
+                },
+                iterate_devices: if T::HAS_ITERATE_DEVICES {
+                    Some(Adapter::<T>::iterate_devices_callback)
+                } else {
+                    None
+                },
+                io_hints: if T::HAS_IO_HINTS {
+                    Some(Adapter::<T>::io_hints_callback)
+                } else {
+                    None
+                },
+                // SAFETY: All zeroes is valid for the other fields: no features, a null module
+                // (set when registering), unset callbacks and an empty list head, which
+                // `dm_register_target()` initialises.
+                ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+            }),
             context,
-            // SAFETY: On success the closure fully initialised the slot (and registered it);
-            // on failure it left nothing that needs to be dropped.
-            tt <- unsafe { crate::init::pin_init_from_closure(tt_init) },
-            _p: PhantomData,
-        }? Error)
-    }
-
-    /// Returns the context shared by the targets of this type.
-    pub fn context(&self) -> &Arc<T::Context> {
-        &self.context
-    }
-
-    /// # Safety
-    ///
-    /// `ti` must be a valid target of this type: its `type` points to `self.tt`.
-    unsafe fn from_target<'a>(ti: *mut bindings::dm_target) -> &'a Self {
-        // SAFETY: `ti->type` points to the `tt` field of a pinned, live `Registration<T>`
-        // (device-mapper holds a module reference, so the registration outlives the target).
-        // CAST: `Opaque<target_type>` is transparent over `target_type`.
-        unsafe {
-            &*crate::container_of!(
-                (*ti).type_.cast::<Opaque<bindings::target_type>>(),
-                Self,
-                tt
-            )
         }
     }
+}
 
+/// The registration of the target types of a module with device-mapper.
+///
+/// [`module_dm_targets!`](crate::module_dm_targets) makes it in the module's initialisation and
+/// keeps it in the module's state, which is dropped when the module is unloaded: only then does
+/// it unregister the types (`dm_unregister_target()`) and drop their context.
+///
+/// That is the only time it is safe to do so. Device-mapper keeps using a target type after
+/// looking it up by name, holding nothing but a reference on the module: it calls the
+/// constructor without a lock (so a constructor can start after the type was unregistered), then
+/// the other callbacks while the target lives, and reads `tt->module` when the target is gone.
+/// So a registration that safe code could drop while the module is loaded could free the context
+/// under a running constructor. There is therefore no safe way to make one:
+/// [`Registration::register`] is `unsafe`, for the macro to call.
+///
+/// ```compile_fail
+/// # use kernel::device_mapper::{
+/// #     ContextSlot, CtrError, DmBio, MapResult, Registration, Target, TargetCtx, TargetType,
+/// #     TargetOperations,
+/// # };
+/// # use kernel::{c_str, prelude::*, str::CStr};
+/// # struct Nothing;
+/// # #[vtable]
+/// # impl TargetOperations for Nothing {
+/// #     type Context = ();
+/// #     type PerIo = ();
+/// #     fn ctr(_: &mut TargetCtx<'_, Self>, _: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
+/// #         Err(CtrError::from(EINVAL))
+/// #     }
+/// #     fn map(_: Pin<&Self>, _: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+/// #         MapResult::Kill(bio)
+/// #     }
+/// # }
+/// static CONTEXT: ContextSlot<()> = ContextSlot::new();
+/// static TYPES: [TargetType<()>; 1] =
+///     [TargetType::new::<Nothing>(c_str!("nothing"), [1, 0, 0], &CONTEXT)];
+///
+/// fn register_and_drop_early(module: &'static ThisModule) -> Result {
+///     // error[E0133]: call to unsafe function `Registration::register` is unsafe.
+///     let registration =
+///         Registration::register(module, &TYPES, &CONTEXT, kernel::init::zeroed())?;
+///     drop(registration);
+///     Ok(())
+/// }
+/// ```
+///
+/// # Invariants
+///
+/// Every type in `types` is registered with device-mapper with its `module` set, and was built
+/// with the slot `context`, which this registration claimed and which holds the context.
+pub struct Registration<C: Send + Sync + 'static> {
+    types: &'static [TargetType<C>],
+    context: &'static ContextSlot<C>,
+}
+
+impl<C: Send + Sync + 'static> Registration<C> {
+    /// Creates the context with `init` and registers `types` with device-mapper on behalf of
+    /// `module`.
+    ///
+    /// Fails with `EBUSY` if `context` was already claimed by another call (the slot and the
+    /// types are registered once per module load), and with `EINVAL` if a type of `types` does
+    /// not use `context`. If registering a type fails, those already registered are unregistered
+    /// again and the error is returned; the context is then leaked rather than dropped, since a
+    /// constructor may have started for a type that was registered for a while. (That only
+    /// helps a built-in module: the kernel frees a loadable module whose initialisation failed
+    /// even if references on it are held, a limitation that C modules registering several target
+    /// types share.)
+    ///
+    /// # Safety
+    ///
+    /// The returned value must only be dropped by the exit function of `module`, when
+    /// device-mapper holds no reference on the module, so that no target of the types exists and
+    /// no constructor of them runs. For a built-in module it must never be dropped.
+    pub unsafe fn register<E>(
+        module: &'static ThisModule,
+        types: &'static [TargetType<C>],
+        context: &'static ContextSlot<C>,
+        init: impl PinInit<C, E>,
+    ) -> Result<Self>
+    where
+        Error: From<E>,
+    {
+        if types.iter().any(|t| !core::ptr::eq(t.context, context)) {
+            return Err(EINVAL);
+        }
+        // Only one caller can see `false`. The writes below are published to the constructors
+        // by `dm_register_target()`, which takes device-mapper's lock, not by this flag.
+        if context.claimed.swap(true, Ordering::Relaxed) {
+            return Err(EBUSY);
+        }
+        let ctx = Arc::pin_init(init, GFP_KERNEL)?;
+        // SAFETY: We claimed the slot, so nobody else writes it, and no type using it is
+        // registered yet, so no constructor reads it.
+        unsafe { *context.context.get() = Some(ctx) };
+        for (i, t) in types.iter().enumerate() {
+            let tt = t.tt.get();
+            // SAFETY: The type is not registered yet, and by the invariants of `TargetType` and
+            // `ContextSlot` only we, who claimed its slot, write its `module`.
+            unsafe { (*tt).module = module.as_ptr() };
+            // SAFETY: `tt` is a fully initialised target type in static memory, which lasts as
+            // long as the module.
+            if let Err(e) = to_result(unsafe { bindings::dm_register_target(tt) }) {
+                for t in types[..i].iter().rev() {
+                    // SAFETY: We registered `t` above.
+                    unsafe { bindings::dm_unregister_target(t.tt.get()) };
+                }
+                return Err(e);
+            }
+        }
+        // INVARIANT: All the types are registered with their `module` set and use `context`,
+        // which we claimed and filled.
+        Ok(Self { types, context })
+    }
+}
+
+impl<C: Send + Sync + 'static> Drop for Registration<C> {
+    fn drop(&mut self) {
+        for t in self.types.iter().rev() {
+            // SAFETY: By the type invariant `t` is registered.
+            unsafe { bindings::dm_unregister_target(t.tt.get()) };
+        }
+        // SAFETY: By the safety requirements of `register` we are dropped when no constructor of
+        // the types runs, and none can start now that they are unregistered; by the type
+        // invariant of the slot only we, who claimed it, write it.
+        let ctx = unsafe { (*self.context.context.get()).take() };
+        drop(ctx);
+    }
+}
+
+/// The C callbacks of the target type of `T`.
+struct Adapter<T>(PhantomData<T>);
+
+impl<T: TargetOperations> Adapter<T> {
     /// # Safety
     ///
     /// `ti` must be a constructed target of this type (the constructor succeeded and the
@@ -1082,10 +1350,17 @@ impl<T: TargetOperations> Registration<T> {
         argc: c_uint,
         argv: *mut *mut c_char,
     ) -> c_int {
-        // SAFETY: Device-mapper calls this with a valid target of our type under construction
-        // and valid arguments.
-        let reg = unsafe { Self::from_target(ti) };
-        // SAFETY: As above.
+        // SAFETY: Device-mapper calls this with a valid target of our type under construction,
+        // whose `type` points to the `tt` field of the `TargetType<T::Context>` that has our
+        // callbacks; it is in static memory, which lasts as long as the module.
+        let tt = unsafe { &*crate::container_of!((*ti).type_, TargetType<T::Context>, tt) };
+        // SAFETY: We are the constructor of a type built with `tt.context` (by the invariant of
+        // `TargetType`), called by device-mapper.
+        let Some(context) = (unsafe { tt.context.get() }) else {
+            // Cannot happen: the registration fills the slot before registering the type.
+            return ENXIO.to_errno();
+        };
+        // SAFETY: As above, `ti` is a valid target, for longer than this call.
         let target = unsafe { Target::from_raw(ti) };
         let per_io = core::mem::size_of::<T::PerIo>();
         // SAFETY: The target is under construction, we may set its fields.
@@ -1106,10 +1381,13 @@ impl<T: TargetOperations> Registration<T> {
             }
         };
         let mut devs = KVec::new();
+        // INVARIANT: `ti` is under construction by this call of the constructor of `T`, and
+        // `context` is that of `T`'s module; `devs` is put below on failure and by
+        // `dtr_callback` otherwise.
         let res = T::ctr(
             &mut TargetCtx {
                 ti: target,
-                context: &reg.context,
+                context,
                 devs: &mut devs,
             },
             &args,
@@ -1182,13 +1460,15 @@ impl<T: TargetOperations> Registration<T> {
         let target = unsafe { Target::from_raw(ti) };
         if core::mem::size_of::<T::PerIo>() != 0 {
             // SAFETY: `bio` is a dm clone for this target, preceded by `per_io_data_size`
-            // bytes of per-bio data, suitably aligned (see `Registration::new`).
+            // bytes of per-bio data, suitably aligned (see `TargetType::new`).
             unsafe {
                 bindings::dm_per_bio_data(bio, core::mem::size_of::<T::PerIo>())
                     .cast::<T::PerIo>()
                     .write(T::PerIo::default())
             };
         }
+        // INVARIANT: The bio is a dm clone sent to this target of type `T`, and its per-bio data
+        // was initialised above.
         // SAFETY: Device-mapper hands the bio to `map`, which is responsible for it until it
         // returns it.
         let owned = DmBio::<T>(unsafe { OwnedBio::from_raw(bio) }, PhantomData);
@@ -1225,11 +1505,6 @@ impl<T: TargetOperations> Registration<T> {
                 bindings::DM_MAPIO_REQUEUE,
                 Some(bindings::BLK_STS_DM_REQUEUE),
             ),
-            MapResult::DelayRequeue(b) => give_back(
-                b,
-                bindings::DM_MAPIO_DELAY_REQUEUE,
-                Some(bindings::BLK_STS_DM_REQUEUE),
-            ),
         }
     }
 
@@ -1244,8 +1519,11 @@ impl<T: TargetOperations> Registration<T> {
         bio: *mut bindings::bio,
         error: *mut bindings::blk_status_t,
     ) -> c_int {
-        // SAFETY: Device-mapper calls `end_io` for a constructed target of our type, with a bio
-        // it mapped and a valid status pointer.
+        // SAFETY: Device-mapper calls `end_io` for a constructed target of our type with a valid
+        // status pointer, and with a clone that it sent to this target (every clone goes through
+        // `map`, see `__map_bio()`). It calls `end_io` from the clone's completion
+        // (`clone_endio()`), which nobody else works on and which frees the clone only after we
+        // return, so the bio satisfies the invariants of `TargetBio<T>` for this call.
         let (state, target, tbio, status) = unsafe {
             (
                 Self::state(ti),
@@ -1265,7 +1543,6 @@ impl<T: TargetOperations> Registration<T> {
         (match ret {
             EndIoResult::Done => bindings::DM_ENDIO_DONE,
             EndIoResult::Requeue => bindings::DM_ENDIO_REQUEUE,
-            EndIoResult::DelayRequeue => bindings::DM_ENDIO_DELAY_REQUEUE,
         }) as c_int
     }
 
@@ -1431,10 +1708,214 @@ impl<T: TargetOperations> Registration<T> {
     }
 }
 
-#[pinned_drop]
-impl<T: TargetOperations> PinnedDrop for Registration<T> {
-    fn drop(self: Pin<&mut Self>) {
-        // SAFETY: By the type invariant `tt` is registered.
-        unsafe { bindings::dm_unregister_target(self.tt.get()) };
-    }
+/// Declares a kernel module that provides device-mapper target types.
+///
+/// It takes the list of target types, each a [`TargetOperations`] implementation with the name
+/// used in table lines (a `&'static CStr`) and a version, then optionally the initialiser of the
+/// context shared by the types (`context:`, an initialiser that
+/// [`Arc::pin_init`](crate::init::InPlaceInit::pin_init) accepts, such as `pin_init!(...)`,
+/// `init!(...)` or a function returning one; without it, the context is `()`), then the fields
+/// of [`module!`](crate::prelude::module) (`name`, `author`, `description`, `license`, ...).
+///
+/// It builds the C `struct target_type` of every type in a `static` array with
+/// [`TargetType::new`], next to a `static` [`ContextSlot`] for the context. When the module is
+/// loaded, it creates the context and registers the types ([`Registration::register`]); if one
+/// fails to register, those already registered are unregistered again and loading fails. The
+/// types are unregistered and the context is dropped only when the module is unloaded, when
+/// device-mapper holds no reference on the module: no target of the types exists then, and no
+/// constructor runs. Safe code has no other way to register a target type, so it cannot
+/// unregister one, or free its memory or context, while device-mapper still uses it.
+///
+/// All the types must have the same [`TargetOperations::Context`]: that of the first one. This
+/// is checked at compile time.
+///
+/// # Examples
+///
+/// ```
+/// # mod module_dm_targets_sample {
+/// use core::sync::atomic::{AtomicU64, Ordering};
+/// use kernel::device_mapper::{
+///     CtrError, CtrResultExt, DmBio, DmDev, MapResult, Target, TargetCtx, TargetOperations,
+/// };
+/// use kernel::prelude::*;
+/// use kernel::{c_str, str::CStr, sync::Arc};
+///
+/// /// Counts the targets ever made, by both types.
+/// struct Stats {
+///     targets: AtomicU64,
+/// }
+///
+/// /// Maps its range onto the start of a device.
+/// struct Passthrough {
+///     dev: DmDev,
+///     stats: Arc<Stats>,
+/// }
+///
+/// #[vtable]
+/// impl TargetOperations for Passthrough {
+///     type Context = Stats;
+///     type PerIo = ();
+///
+///     fn ctr(t: &mut TargetCtx<'_, Self>, args: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
+///         let [path] = args else {
+///             return Err(CtrError::new(EINVAL, c_str!("Invalid argument count")));
+///         };
+///         let dev = t.get_device(path).ctr_err(c_str!("Device lookup failed"))?;
+///         let stats = t.context().clone();
+///         stats.targets.fetch_add(1, Ordering::Relaxed);
+///         KBox::pin(Self { dev, stats }, GFP_KERNEL).ctr_err(c_str!("Cannot allocate context"))
+///     }
+///
+///     fn map(this: Pin<&Self>, t: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+///         bio.remap(this.dev.bdev(), t.offset(bio.sector()));
+///         MapResult::Remapped(bio)
+///     }
+/// }
+///
+/// /// Fails all I/O.
+/// struct Failing;
+///
+/// #[vtable]
+/// impl TargetOperations for Failing {
+///     type Context = Stats;
+///     type PerIo = ();
+///
+///     fn ctr(t: &mut TargetCtx<'_, Self>, _args: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
+///         t.context().targets.fetch_add(1, Ordering::Relaxed);
+///         KBox::pin(Self, GFP_KERNEL).ctr_err(c_str!("Cannot allocate context"))
+///     }
+///
+///     fn map(_this: Pin<&Self>, _t: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+///         MapResult::Kill(bio)
+///     }
+/// }
+///
+/// kernel::module_dm_targets! {
+///     targets: [
+///         { type: Passthrough, name: c_str!("passthrough"), version: [1, 0, 0] },
+///         { type: Failing, name: c_str!("failing"), version: [1, 0, 0] },
+///     ],
+///     context: init!(Stats { targets: AtomicU64::new(0) }),
+///     name: "dm_passthrough",
+///     author: "Rust for Linux Contributors",
+///     description: "Sample device-mapper target types",
+///     license: "GPL",
+/// }
+/// # }
+/// ```
+///
+/// A type whose `Context` differs from that of the first type is refused:
+///
+/// ```compile_fail
+/// # mod module_dm_targets_mismatch {
+/// # use kernel::device_mapper::{CtrError, DmBio, MapResult, Target, TargetCtx, TargetOperations};
+/// # use kernel::{c_str, prelude::*, str::CStr};
+/// # struct A;
+/// # #[vtable]
+/// # impl TargetOperations for A {
+/// #     type Context = ();
+/// #     type PerIo = ();
+/// #     fn ctr(_: &mut TargetCtx<'_, Self>, _: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
+/// #         Err(CtrError::from(EINVAL))
+/// #     }
+/// #     fn map(_: Pin<&Self>, _: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+/// #         MapResult::Kill(bio)
+/// #     }
+/// # }
+/// # struct B;
+/// # #[vtable]
+/// # impl TargetOperations for B {
+/// #     type Context = u32;
+/// #     type PerIo = ();
+/// #     fn ctr(_: &mut TargetCtx<'_, Self>, _: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
+/// #         Err(CtrError::from(EINVAL))
+/// #     }
+/// #     fn map(_: Pin<&Self>, _: &Target, bio: DmBio<Self>) -> MapResult<Self> {
+/// #         MapResult::Kill(bio)
+/// #     }
+/// # }
+/// // error[E0308]: mismatched types: expected `&ContextSlot<()>`, found `&ContextSlot<u32>`.
+/// kernel::module_dm_targets! {
+///     targets: [
+///         { type: A, name: c_str!("a"), version: [1, 0, 0] },
+///         { type: B, name: c_str!("b"), version: [1, 0, 0] },
+///     ],
+///     name: "dm_mismatch",
+///     license: "GPL",
+/// }
+/// # }
+/// ```
+#[macro_export]
+macro_rules! module_dm_targets {
+    (@context $first:ty $(, $rest:ty)*) => {
+        <$first as $crate::device_mapper::TargetOperations>::Context
+    };
+    (@count $($type:ty),*) => {
+        0usize $(+ $crate::module_dm_targets!(@one $type))*
+    };
+    (@one $type:ty) => {
+        1usize
+    };
+    (
+        targets: [
+            $({ type: $type:ty, name: $name:expr, version: $version:expr $(,)? }),+ $(,)?
+        ],
+        context: $context:expr,
+        $($fields:tt)*
+    ) => {
+        /// The module's state: the registration of its device-mapper target types.
+        struct DmTargetsModule {
+            _targets: $crate::device_mapper::Registration<
+                $crate::module_dm_targets!(@context $($type),+)
+            >,
+        }
+
+        $crate::prelude::module! {
+            type: DmTargetsModule,
+            $($fields)*
+        }
+
+        const _: () = {
+            type Context = $crate::module_dm_targets!(@context $($type),+);
+
+            // Nothing else can name these statics: they are only reached by the registration
+            // below and, from `ti->type`, by device-mapper and the callbacks.
+            static CONTEXT: $crate::device_mapper::ContextSlot<Context> =
+                $crate::device_mapper::ContextSlot::new();
+            static TYPES: [
+                $crate::device_mapper::TargetType<Context>;
+                $crate::module_dm_targets!(@count $($type),+)
+            ] = [
+                $($crate::device_mapper::TargetType::new::<$type>($name, $version, &CONTEXT)),+
+            ];
+
+            impl $crate::Module for DmTargetsModule {
+                fn init(module: &'static $crate::ThisModule) -> $crate::error::Result<Self> {
+                    // Outside of the `unsafe` block: it is the module's code.
+                    let context = $context;
+                    // SAFETY: The registration is kept in the module's state, which `module!`
+                    // keeps to itself and drops only in the module's exit function, when
+                    // device-mapper holds no reference on the module (a built-in module is
+                    // never unloaded, so its state is never dropped). Should this function be
+                    // called again, that registration fails, as `CONTEXT` is already claimed.
+                    let targets = unsafe {
+                        $crate::device_mapper::Registration::register(
+                            module, &TYPES, &CONTEXT, context,
+                        )
+                    }?;
+                    Ok(Self { _targets: targets })
+                }
+            }
+        };
+    };
+    (
+        targets: [$($targets:tt)*],
+        $($fields:tt)*
+    ) => {
+        $crate::module_dm_targets! {
+            targets: [$($targets)*],
+            context: $crate::init::zeroed::<()>(),
+            $($fields)*
+        }
+    };
 }

@@ -12,18 +12,27 @@
 //! - `fill <block> <byte>`: overwrites 4 KiB block `block` with `byte` through dm-bufio and
 //!   writes it back;
 //! - `read <block>`: reads 4 KiB block `block` through dm-bufio and replies with the
-//!   hexadecimal bytes 0 to 7 and the sum of all its bytes.
+//!   hexadecimal bytes 0 to 7 and the sum of all its bytes;
+//! - `copy-lengths <from> <to> <from count> <to count>`: asks for a copy whose source and
+//!   destination differ in length (or are empty), which the kcopyd abstraction must refuse;
+//! - `copy-last-ref <from> <to> <count>`: copies with a kcopyd client of its own whose last
+//!   reference is dropped by the copy's completion, in kcopyd's worker;
+//! - `queue-last-ref`: runs a work item that drops the last reference to its own work queue.
+//!
+//! The last two are counted in `dmsetup status` as `released=<n>`: they show that a kcopyd
+//! client and a work queue may be dropped where destroying them at once would wait for itself.
 //!
 //! Counters live in a context shared by all `rust-copy` targets of the module.
 
 use kernel::block::bio::Sector;
 use kernel::device_mapper::{
-    bufio, kcopyd, CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, MapResult, Registration,
-    StatusFlags, StatusType, StatusWriter, Target, TargetCtx, TargetOperations,
+    bufio, kcopyd, CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, MapResult, StatusFlags,
+    StatusType, StatusWriter, Target, TargetCtx, TargetOperations,
 };
 use kernel::prelude::*;
-use kernel::sync::Arc;
-use kernel::{c_str, str::CStr};
+use kernel::sync::{Arc, CondVar, SpinLock};
+use kernel::workqueue::{impl_has_work, new_work, OwnedQueue, Work, WorkItem};
+use kernel::{c_str, new_condvar, new_spinlock, str::CStr};
 
 use core::fmt::Write;
 use core::ops::ControlFlow;
@@ -32,8 +41,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 const BLOCK_SIZE: u32 = 4096;
 const BLOCK_SECTORS: Sector = (BLOCK_SIZE / 512) as Sector;
 
-module! {
-    type: RustDmCopyModule,
+kernel::module_dm_targets! {
+    targets: [{ type: CopyTarget, name: c_str!("rust-copy"), version: [1, 0, 0] }],
+    context: init!(Counters {
+        copies: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        released: AtomicU64::new(0),
+    }),
     name: "rust_dm_copy",
     author: "Rust for Linux Contributors",
     description: "Rust device-mapper sample using dm-bufio and dm-kcopyd",
@@ -44,6 +58,68 @@ module! {
 struct Counters {
     copies: AtomicU64,
     errors: AtomicU64,
+    /// Kcopyd clients and work queues dropped by their own completions or work items.
+    released: AtomicU64,
+}
+
+/// Makes sure that a completion or work item holds the last reference to something: it waits
+/// until the message handler has dropped its own.
+#[pin_data]
+struct Handoff {
+    #[pin]
+    released: SpinLock<bool>,
+    #[pin]
+    cond: CondVar,
+}
+
+impl Handoff {
+    fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                released <- new_spinlock!(false, "rust_dm_copy::Handoff::released"),
+                cond <- new_condvar!("rust_dm_copy::Handoff::cond"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn release(&self) {
+        *self.released.lock() = true;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut released = self.released.lock();
+        while !*released {
+            self.cond.wait(&mut released);
+        }
+    }
+}
+
+/// A work queue and a work item queued on it, for `queue-last-ref`.
+#[pin_data]
+struct QueueOwner {
+    wq: OwnedQueue,
+    handoff: Arc<Handoff>,
+    counters: Arc<Counters>,
+    #[pin]
+    work: Work<QueueOwner>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for QueueOwner { self.work }
+}
+
+impl WorkItem for QueueOwner {
+    type Pointer = Arc<QueueOwner>;
+
+    fn run(this: Arc<QueueOwner>) {
+        this.handoff.wait();
+        let counters = this.counters.clone();
+        // The last reference: this drops the queue this work item runs on.
+        drop(this);
+        counters.released.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[pin_data]
@@ -98,6 +174,72 @@ impl CopyTarget {
         })
     }
 
+    /// `copy-lengths`: regions of different (or no) lengths, which kcopyd cannot copy.
+    fn copy_lengths(&self, target: &Target, args: &[&CStr]) -> Result {
+        let [from, to, from_count, to_count] = args else {
+            return Err(EINVAL);
+        };
+        let (from_count, to_count) = (parse(from_count)?, parse(to_count)?);
+        let longest = from_count.max(to_count).max(1);
+        // Check the range with the longest length, then build the regions as asked.
+        let from = self.region(target, parse(from)?, longest)?.sector;
+        let to = self.region(target, parse(to)?, longest)?.sector;
+        let from = kcopyd::Region::new(&self.dev, from, from_count);
+        let to = [kcopyd::Region::new(&self.dev, to, to_count)];
+        let counters = self.counters.clone();
+        self.kcopyd.copy(&from, &to, move |_| {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// `copy-last-ref`: the completion drops the last reference to its own client.
+    fn copy_last_ref(&self, target: &Target, args: &[&CStr]) -> Result {
+        let [from, to, count] = args else {
+            return Err(EINVAL);
+        };
+        let count = parse(count)?;
+        let from = self.region(target, parse(from)?, count)?;
+        let to = [self.region(target, parse(to)?, count)?];
+        let client = Arc::new(kcopyd::Client::new(&crate::THIS_MODULE)?, GFP_KERNEL)?;
+        let handoff = Handoff::new()?;
+        let (last, wait, counters) = (client.clone(), handoff.clone(), self.counters.clone());
+        client.copy(&from, &to, move |result| {
+            wait.wait();
+            // Runs in kcopyd's worker, for a job of `last`: destroying the client here at once
+            // would wait for this very job.
+            drop(last);
+            let counter = if result.is_ok() {
+                &counters.released
+            } else {
+                &counters.errors
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        })?;
+        drop(client);
+        handoff.release();
+        Ok(())
+    }
+
+    /// `queue-last-ref`: a work item drops the last reference to its own queue.
+    fn queue_last_ref(&self) -> Result {
+        let handoff = Handoff::new()?;
+        let wq = OwnedQueue::new(c_str!("rust-dm-copy"), 0, 1, &crate::THIS_MODULE)?;
+        let (wait, counters) = (handoff.clone(), self.counters.clone());
+        let owner = Arc::pin_init(
+            pin_init!(QueueOwner {
+                wq,
+                handoff: wait,
+                counters,
+                work <- new_work!("rust_dm_copy::QueueOwner::work"),
+            }),
+            GFP_KERNEL,
+        )?;
+        owner.wq.enqueue(owner.clone()).map_err(|_| EBUSY)?;
+        drop(owner);
+        handoff.release();
+        Ok(())
+    }
+
     fn block(&self, target: &Target, arg: &CStr) -> Result<Sector> {
         let block = parse(arg)?;
         // Blocks count from the target's offset on the device, which must be block aligned.
@@ -119,7 +261,8 @@ impl TargetOperations for CopyTarget {
         };
         let start = parse(offset).ctr_err(c_str!("Invalid device sector"))?;
         let dev = t.get_device(path).ctr_err(c_str!("Device lookup failed"))?;
-        let kcopyd = kcopyd::Client::new().ctr_err(c_str!("Cannot create kcopyd client"))?;
+        let kcopyd = kcopyd::Client::new(&crate::THIS_MODULE)
+            .ctr_err(c_str!("Cannot create kcopyd client"))?;
         let counters = t.context().clone();
         t.set_num_flush_bios(1);
         let bufio = bufio::Client::new(&dev, BLOCK_SIZE, 1);
@@ -151,9 +294,10 @@ impl TargetOperations for CopyTarget {
         match ty {
             StatusType::Info => write!(
                 out,
-                "copies={} errors={}",
+                "copies={} errors={} released={}",
                 this.counters.copies.load(Ordering::Relaxed),
-                this.counters.errors.load(Ordering::Relaxed)
+                this.counters.errors.load(Ordering::Relaxed),
+                this.counters.released.load(Ordering::Relaxed)
             ),
             StatusType::Table => write!(out, "{} {}", this.dev, this.start),
             StatusType::Ima => Ok(()),
@@ -172,6 +316,9 @@ impl TargetOperations for CopyTarget {
         match cmd.as_bytes() {
             b"copy" => this.copy(target, args, true),
             b"copy-async" => this.copy(target, args, false),
+            b"copy-lengths" => this.copy_lengths(target, args),
+            b"copy-last-ref" => this.copy_last_ref(target, args),
+            b"queue-last-ref" => this.queue_last_ref(),
             b"fill" => {
                 let [block, byte] = args else {
                     return Err(EINVAL);
@@ -181,8 +328,8 @@ impl TargetOperations for CopyTarget {
                 let client = &this.bufio;
                 {
                     let mut buf = client.new_buffer(block)?;
-                    buf.fill(byte);
-                    buf.mark_dirty();
+                    // Overwrites the whole block and marks it dirty.
+                    buf.fill(0, BLOCK_SIZE as usize, byte)?;
                 }
                 client.write_dirty_buffers()?;
                 client.issue_flush()
@@ -210,26 +357,5 @@ impl TargetOperations for CopyTarget {
         devices: &mut DeviceIterator<'_>,
     ) -> ControlFlow<()> {
         devices.visit(&this.dev, this.start, target.len())
-    }
-}
-
-struct RustDmCopyModule {
-    _reg: Pin<KBox<Registration<CopyTarget>>>,
-}
-
-impl kernel::Module for RustDmCopyModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        let counters = Arc::new(
-            Counters {
-                copies: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-            },
-            GFP_KERNEL,
-        )?;
-        let reg = KBox::pin_init(
-            Registration::new(c_str!("rust-copy"), [1, 0, 0], module, counters),
-            GFP_KERNEL,
-        )?;
-        Ok(Self { _reg: reg })
     }
 }

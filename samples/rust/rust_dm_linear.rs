@@ -7,11 +7,11 @@
 
 use kernel::block::bio::Sector;
 use kernel::device_mapper::{
-    CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, MapResult, Registration, StatusFlags,
-    StatusType, StatusWriter, Target, TargetCtx, TargetOperations,
+    CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, MapResult, StatusFlags, StatusType,
+    StatusWriter, Target, TargetCtx, TargetOperations,
 };
 use kernel::prelude::*;
-use kernel::{c_str, str::CStr, sync::Arc};
+use kernel::{c_str, str::CStr};
 
 use core::fmt::Write;
 use core::ops::ControlFlow;
@@ -19,8 +19,8 @@ use core::ops::ControlFlow;
 const NAME: &CStr = c_str!("rust-linear");
 const VERSION: [u32; 3] = [1, 0, 0];
 
-module! {
-    type: RustDmLinearModule,
+kernel::module_dm_targets! {
+    targets: [{ type: Linear, name: NAME, version: VERSION }],
     name: "rust_dm_linear",
     author: "Rust for Linux Contributors",
     description: "Rust device-mapper linear target sample",
@@ -96,19 +96,5 @@ impl TargetOperations for Linear {
         devices: &mut DeviceIterator<'_>,
     ) -> ControlFlow<()> {
         devices.visit(&this.dev, this.start, target.len())
-    }
-}
-
-struct RustDmLinearModule {
-    _reg: Pin<KBox<Registration<Linear>>>,
-}
-
-impl kernel::Module for RustDmLinearModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        let reg = KBox::pin_init(
-            Registration::new(NAME, VERSION, module, Arc::new((), GFP_KERNEL)?),
-            GFP_KERNEL,
-        )?;
-        Ok(Self { _reg: reg })
     }
 }

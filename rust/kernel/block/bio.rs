@@ -167,15 +167,19 @@ impl BlockDevice {
 /// A block I/O unit (C `struct bio`), seen by the context currently working on it.
 ///
 /// This type is only used by reference. The reference is handed out by abstractions that
-/// guarantee that the bio stays valid and is not completed for the lifetime of the reference
-/// (for example [`OwnedBio`], or the device-mapper `map` and `end_io` callbacks). It is not
-/// [`Sync`], so the reference cannot be shared with another thread; this is what makes the
-/// methods that change the bio through a shared reference sound, like for [`core::cell::Cell`].
+/// guarantee that the bio stays valid, that nobody ends or frees it and that nobody else
+/// accesses it for the lifetime of the reference: an in-flight bio owned by an [`OwnedBio`] or
+/// given to the device-mapper `map` callback, or a bio in the middle of its completion, as in
+/// the device-mapper `end_io` callback (which runs from `bio_endio()`, before the bio is given
+/// back to its submitter). No method of `Bio` ends the bio. It is not [`Sync`], so the
+/// reference cannot be shared with another thread; this is what makes the methods that change
+/// the bio through a shared reference sound, like for [`core::cell::Cell`].
 ///
 /// # Invariants
 ///
-/// A `&Bio` points to a valid, initialised `struct bio` that is not completed and not accessed
-/// by anyone else for the lifetime of the reference.
+/// A `&Bio` points to a valid, initialised `struct bio` that is neither freed nor ended by
+/// anyone else, nor accessed by anyone else, for the lifetime of the reference. It is either in
+/// flight or in its completion.
 #[repr(transparent)]
 pub struct Bio(Opaque<bindings::bio>);
 
@@ -184,8 +188,8 @@ impl Bio {
     ///
     /// # Safety
     ///
-    /// `ptr` must point to a valid `struct bio` that the caller works on exclusively, and that
-    /// nobody completes or frees, for `'a`.
+    /// `ptr` must point to a valid `struct bio`, in flight or in its completion, that the
+    /// caller works on exclusively, and that nobody else ends or frees, for `'a`.
     pub unsafe fn from_raw<'a>(ptr: *mut bindings::bio) -> &'a Self {
         // CAST: `Bio` is a transparent wrapper around `struct bio`.
         // SAFETY: By the safety requirements the pointer is valid for `'a`.
@@ -275,7 +279,12 @@ impl Bio {
         if bdev.is_null() {
             None
         } else {
-            // SAFETY: A bio holds its device valid while it is in flight.
+            // SAFETY: A bio takes no reference on its device, but a bio may only be submitted
+            // to a device that its submitter keeps open until the bio has completed (for
+            // device-mapper clones, the table keeps its devices open until its bios are done),
+            // and an open device's `struct block_device` is valid. The returned reference does
+            // not outlive the borrow of the bio, which by the type invariant is in flight or
+            // completing.
             Some(unsafe { BlockDevice::from_raw(bdev) })
         }
     }

@@ -8,7 +8,7 @@
 modprobe rust_dm_copy || fail "cannot load rust_dm_copy"
 # 16 MiB (32768 sectors) from 1 MiB (2048 sectors) into vdb.
 echo "0 32768 rust-copy /dev/vdb 2048" | dmsetup create rc || fail "dmsetup create rust-copy"
-dmsetup status rc | grep -qx "0 32768 rust-copy copies=0 errors=0" || fail "status: $(dmsetup status rc)"
+dmsetup status rc | grep -qx "0 32768 rust-copy copies=0 errors=0 released=0" || fail "status: $(dmsetup status rc)"
 
 # kcopyd, synchronous: 64 sectors at sector 800 of the mapping to sector 4000.
 dd if=/dev/urandom of=/tmp/data bs=4096 count=8 2>/dev/null
@@ -54,6 +54,29 @@ reply=$(dmsetup message rc 0 read 7) || fail "read message"
 [ "$reply" = "a5a5a5a5a5a5a5a5 $((165 * 4096))" ] || fail "bufio read of the filled block: '$reply'"
 expect_fail "read beyond the target" dmsetup message rc 0 read 4096
 
+# kcopyd refuses copies whose regions differ in length or are empty: kcopyd
+# sizes its pages by the first destination and walks them for every region
+# (a longer source oopsed in the kcopyd worker, a shorter one wrote
+# uninitialised pages, an empty one hung kcopyd_get_pages()).
+expect_fail "copy with a longer source" dmsetup message rc 0 copy-lengths 0 2000 64 8
+expect_fail "copy with a longer destination" dmsetup message rc 0 copy-lengths 0 2000 8 64
+expect_fail "empty copy" dmsetup message rc 0 copy-lengths 0 2000 0 0
+dmsetup status rc | grep -q "copies=2 errors=0" || fail "a refused copy ran: $(dmsetup status rc)"
+
+# A kcopyd client whose last reference goes in its own completion, and a work
+# queue whose last reference goes in its own work item: each would wait for
+# itself if destroyed there at once.
+dmsetup message rc 0 copy-last-ref 800 12000 64 || fail "copy-last-ref message"
+dmsetup message rc 0 queue-last-ref || fail "queue-last-ref message"
+for i in $(seq 100); do
+	dmsetup status rc | grep -q "released=2" && break
+	sleep 0.1
+done
+dmsetup status rc | grep -q "errors=0 released=2" ||
+	fail "client or queue not released by its own completion: $(dmsetup status rc)"
+dd if=/dev/mapper/rc of=/tmp/copied bs=512 skip=12000 count=64 iflag=direct 2>/dev/null
+cmp /tmp/data /tmp/copied || fail "copy-last-ref copy differs"
+
 # The context is shared by all targets of the type: a second device sees the counters.
 echo "0 2048 rust-copy /dev/vda 0" | dmsetup create rc2 || fail "create second rust-copy"
 dmsetup message rc2 0 copy 0 1024 8 || fail "copy on the second device"
@@ -61,5 +84,10 @@ dmsetup status rc | grep -q "copies=3 errors=0" || fail "shared context: $(dmset
 dmsetup remove rc2 || fail "remove rc2"
 
 dmsetup remove rc || fail "dmsetup remove"
-rmmod rust_dm_copy || fail "rmmod rust_dm_copy"
+# The deferred destructions above hold the module until they are done.
+for i in $(seq 50); do
+	rmmod rust_dm_copy 2>/dev/null && break
+	sleep 0.1
+done
+[ ! -e /sys/module/rust_dm_copy ] || fail "rmmod rust_dm_copy"
 echo "rust-linear-copy: ok"
