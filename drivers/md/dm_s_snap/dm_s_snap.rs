@@ -18,7 +18,7 @@
 
 use kernel::{
     c_str,
-    device_mapper::{CtrError, DmDev, Registration},
+    device_mapper::{CtrError, DmDev},
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
@@ -33,8 +33,13 @@ pub mod store;
 
 use pool::{OpenError, Pool};
 
-module! {
-    type: SharedSnapshotModule,
+// Both target types share the `Registry` of pools: a snapshot target finds its pool there.
+kernel::module_dm_targets! {
+    targets: [
+        { type: origin::OriginTarget, name: c_str!("s-snap-origin"), version: [1, 0, 0] },
+        { type: snapshot::SnapshotTarget, name: c_str!("s-snap"), version: [1, 0, 0] },
+    ],
+    context: Registry::new(),
     name: "dm_s_snap",
     author: "The dm shared snapshot developers",
     description: "device-mapper shared snapshots (s-snap-origin, s-snap)",
@@ -47,6 +52,14 @@ pub(crate) fn parse_u32(s: &str) -> Option<u32> {
         return None;
     }
     s.parse().ok()
+}
+
+/// The table error for a store that cannot be opened.
+fn open_error(e: OpenError, store_error: fn(store::Error) -> CtrError) -> CtrError {
+    match e {
+        OpenError::Store(e) => store_error(e),
+        OpenError::Kernel(e) => CtrError::from(e),
+    }
 }
 
 /// A pool and the targets using it.
@@ -90,6 +103,10 @@ impl Registry {
                 if e.pool.chunk_sectors != chunk_sectors {
                     return Err(store_error(store::Error::ChunkSizeMismatch));
                 }
+                // Loading the origin table again is how a failed store is reopened.
+                e.pool
+                    .reopen_if_failed()
+                    .map_err(|e| open_error(e, store_error))?;
                 e.origins += 1;
                 return Ok(e.pool.clone());
             }
@@ -113,10 +130,8 @@ impl Registry {
             }
         }
         entries.reserve(1, GFP_KERNEL)?;
-        let pool = Pool::open(origin, cow, chunk_sectors).map_err(|e| match e {
-            OpenError::Store(e) => store_error(e),
-            OpenError::Kernel(e) => CtrError::from(e),
-        })?;
+        let pool =
+            Pool::open(origin, cow, chunk_sectors).map_err(|e| open_error(e, store_error))?;
         entries.push(
             Entry {
                 pool: pool.clone(),
@@ -165,28 +180,5 @@ impl Registry {
     /// A snapshot target of `pool` went away.
     pub(crate) fn detach_snapshot(&self, pool: &Pool) {
         self.detach(pool, false);
-    }
-}
-
-struct SharedSnapshotModule {
-    _origin: Pin<KBox<Registration<origin::OriginTarget>>>,
-    _snapshot: Pin<KBox<Registration<snapshot::SnapshotTarget>>>,
-}
-
-impl kernel::Module for SharedSnapshotModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        let registry = Arc::pin_init(Registry::new(), GFP_KERNEL)?;
-        let origin = KBox::pin_init(
-            Registration::new(c_str!("s-snap-origin"), [1, 0, 0], module, registry.clone()),
-            GFP_KERNEL,
-        )?;
-        let snapshot = KBox::pin_init(
-            Registration::new(c_str!("s-snap"), [1, 0, 0], module, registry),
-            GFP_KERNEL,
-        )?;
-        Ok(Self {
-            _origin: origin,
-            _snapshot: snapshot,
-        })
     }
 }

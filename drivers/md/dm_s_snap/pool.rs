@@ -84,12 +84,14 @@ struct CopyJob {
 const COPY_OK: u32 = 1;
 const COPY_FAILED: u32 = 2;
 
-/// Counts the kcopyd completions that still hold a reference to the pool.
+/// Counts the copy completions that still hold a reference to the pool.
 ///
-/// A completion runs in kcopyd's worker: if it dropped the last reference to the pool, the
-/// pool would destroy its kcopyd client from kcopyd's own context. Completions drop their pool
-/// reference first and then leave the tracker, so that a target's teardown, after waiting for
-/// the tracker, knows that no completion holds the pool any more.
+/// The last reference to the pool should go in a target's destructor: then the pool's kcopyd
+/// client is destroyed there, and its destruction waits until every completion has returned
+/// into kcopyd, as a C target's `dtr` does; no module code is left running for a target that
+/// device-mapper considers gone. (Dropped in a completion instead, the client would be
+/// destroyed later, with the module pinned meanwhile.) So completions drop their pool
+/// reference first and leave the tracker after, and a destructor waits for the tracker.
 #[pin_data]
 struct CopyTracker {
     #[pin]
@@ -238,9 +240,14 @@ impl Pool {
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
         let mut map_cache = MapCache::new()?;
         map_cache.set_no_snapshots(store.usage().snapshots == 0);
-        let kcopyd = kcopyd::Client::new()?;
+        let kcopyd = kcopyd::Client::new(&crate::THIS_MODULE)?;
         let copies = Arc::pin_init(CopyTracker::new(), GFP_KERNEL)?;
-        let wq = OwnedQueue::new(c_str!("s-snap"), OwnedQueue::MEM_RECLAIM, 1)?;
+        let wq = OwnedQueue::new(
+            c_str!("s-snap"),
+            OwnedQueue::MEM_RECLAIM,
+            1,
+            &crate::THIS_MODULE,
+        )?;
         let pool = Arc::pin_init(
             pin_init!(Self {
                 origin: origin.clone(),
@@ -285,12 +292,18 @@ impl Pool {
         Sector::from(self.chunk_sectors) - 1
     }
 
-    fn chunk_region<'a>(&self, dev: &'a DmDev, chunk: u64) -> Region<'a> {
-        Region::new(
-            dev,
-            chunk << self.chunk_shift,
-            Sector::from(self.chunk_sectors),
-        )
+    /// The number of sectors to copy for `chunk`: the whole chunk, except at the end of an
+    /// origin whose size is not a multiple of the chunk size, where only the sectors up to the
+    /// origin's end exist (dm-snapshot clamps its copies the same way). The rest of such a COW
+    /// chunk is never read: no target maps sectors past the end of the origin.
+    fn copy_len(&self, chunk: u64) -> Sector {
+        let start = chunk << self.chunk_shift;
+        Sector::from(self.chunk_sectors).min(self.origin.nr_sectors().saturating_sub(start))
+    }
+
+    /// The first `len` sectors of chunk `chunk` of `dev`.
+    fn chunk_region<'a>(&self, dev: &'a DmDev, chunk: u64, len: Sector) -> Region<'a> {
+        Region::new(dev, chunk << self.chunk_shift, len)
     }
 
     /// Queues the worker.
@@ -420,18 +433,41 @@ impl Pool {
                 continue;
             }
             let mut p = st.pending.swap_remove(i);
+            // Whose copy it was: see `copy_failed`.
+            let failed_for = match &p.plan {
+                PlanKind::Origin(_) => None,
+                PlanKind::Unshare(plan) => Some(plan.snapshot()),
+            };
             let result = if state == COPY_OK {
                 match p.plan {
                     PlanKind::Origin(plan) => st.store.origin_write_complete(plan),
                     PlanKind::Unshare(plan) => st.store.snapshot_write_complete(plan),
                 }
             } else {
-                pr_err!("copy of chunk {} failed\n", p.chunk);
-                match p.plan {
+                // One failed copy fails only the bios that need it: the plan is aborted, its
+                // chunk freed, and the origin and every snapshot keep their data. The store
+                // fails only if it cannot take the plan back.
+                pr_err!(
+                    "copy of chunk {} failed: failing the I/O that needs it\n",
+                    p.chunk
+                );
+                let aborted = match p.plan {
                     PlanKind::Origin(plan) => st.store.abort_origin_write(plan),
                     PlanKind::Unshare(plan) => st.store.abort_snapshot_write(plan),
+                };
+                match aborted {
+                    Ok(()) => {
+                        st.dirty = true;
+                        Self::copy_failed(
+                            st,
+                            &mut p.origin_waiters,
+                            &mut p.snap_waiters,
+                            failed_for,
+                        );
+                        continue;
+                    }
+                    Err(e) => Err(e),
                 }
-                .and(Err(store::Error::Io("chunk copy")))
             };
             match result {
                 Ok(()) => {
@@ -451,6 +487,38 @@ impl Pool {
                         bio.end(Err(bio_error(e)));
                     }
                 }
+            }
+        }
+    }
+
+    /// Deals with the bios that waited for a copy that failed and was aborted: the origin's
+    /// copy (`failed_for` is `None`) or the unshare of a chunk for snapshot `failed_for`. The
+    /// writes that needed that very copy fail: origin writes for the origin's copy, writes of
+    /// that snapshot for its unshare. Everything else is retried, since the store is as before
+    /// the plan: reads (which never start a copy, so a retry cannot loop), and writes that
+    /// need a copy of their own (which fail if that copy fails).
+    fn copy_failed(
+        st: &mut State,
+        origin_waiters: &mut BioList<OriginBio>,
+        snap_waiters: &mut BioList<SnapBio>,
+        failed_for: Option<SnapshotRef>,
+    ) {
+        while let Some(bio) = origin_waiters.pop() {
+            if failed_for.is_none() {
+                bio.end(Err(EIO));
+            } else {
+                st.held_origin.push_back(bio);
+            }
+        }
+        while let Some(bio) = snap_waiters.pop() {
+            let needed_it = match (failed_for, bio.per_io().snap) {
+                (Some(failed), Some(snap)) => bio.is_write() && failed == snap,
+                _ => false,
+            };
+            if needed_it {
+                bio.end(Err(EIO));
+            } else {
+                st.held_snap.push_back(bio);
             }
         }
     }
@@ -544,8 +612,9 @@ impl Pool {
             }
             Ok(OriginWrite::AfterCommit) => st.after_commit_origin.push_back(bio),
             Ok(OriginWrite::Copy(plan)) => {
-                let from = self.chunk_region(&self.origin, chunk);
-                let to = self.chunk_region(&self.cow, plan.cow());
+                let len = self.copy_len(chunk);
+                let from = self.chunk_region(&self.origin, chunk, len);
+                let to = self.chunk_region(&self.cow, plan.cow(), len);
                 match self.start_copy(st, chunk, from, to, PlanKind::Origin(plan)) {
                     Ok(i) => st.pending[i].origin_waiters.push_back(bio),
                     Err(e) => bio.end(Err(e)),
@@ -706,11 +775,12 @@ impl Pool {
             Ok(SnapWritePlan::Unshare(plan)) => {
                 // The snapshot's current data of the chunk goes to its new chunk first, so that
                 // a crash after the commit never exposes an unwritten chunk.
+                let len = self.copy_len(chunk);
                 let from = match plan.from() {
-                    Location::Origin => self.chunk_region(&self.origin, chunk),
-                    Location::Cow(c) => self.chunk_region(&self.cow, c),
+                    Location::Origin => self.chunk_region(&self.origin, chunk, len),
+                    Location::Cow(c) => self.chunk_region(&self.cow, c, len),
                 };
-                let to = self.chunk_region(&self.cow, plan.to());
+                let to = self.chunk_region(&self.cow, plan.to(), len);
                 match self.start_copy(st, chunk, from, to, PlanKind::Unshare(plan)) {
                     Ok(i) => st.pending[i].snap_waiters.push_back(bio),
                     Err(e) => bio.end(Err(e)),
@@ -930,12 +1000,79 @@ impl Pool {
         }
     }
 
-    /// Makes sure that only targets hold the pool: no kcopyd completion and no worker run
-    /// does any more. Called by a target's destructor, in process context, so that the pool is
-    /// never dropped from kcopyd's or its own worker (which would wait for itself).
+    /// Makes sure that only targets hold the pool: no copy completion and no worker run does
+    /// any more. Called by a target's destructor, in process context, so that the last
+    /// reference goes in a destructor (see [`CopyTracker`]).
     pub(crate) fn teardown(&self) {
         self.copies.wait_idle();
         self.wq.flush();
+    }
+
+    /// Reopens a failed store at its last commit, for a new table of the origin: the way back
+    /// once the COW device works again. Does nothing to a store that did not fail. On error
+    /// the pool stays failed, and nothing was written.
+    ///
+    /// The failed store's cache still holds dirty blocks of the transaction that failed, its
+    /// in-progress superblock image among them; destroying that cache writes them back. That
+    /// is safe only while the last commit's superblock is the newest one on the device, so the
+    /// order is: check the device with a read-only store (which never writes), put that one in
+    /// place of the failed store and drop the failed store, and only then open the store for
+    /// writing, which writes a superblock of its own.
+    pub(crate) fn reopen_if_failed(self: &Arc<Self>) -> Result<(), OpenError> {
+        let mut st = self.state.lock();
+        if !st.failed {
+            return Ok(());
+        }
+        while !st.pending.is_empty() {
+            self.kick();
+            self.drained.wait(&mut st);
+        }
+        // What waited for a commit of the failed transaction fails: those bios were planned
+        // against chunks that the reopened store knows nothing about.
+        while let Some(bio) = st.after_commit_origin.pop() {
+            bio.end(Err(EIO));
+        }
+        while let Some(bio) = st.after_commit_snap.pop() {
+            bio.end(Err(EIO));
+        }
+        // A read-only open never formats and never writes: a COW device that lost its store
+        // (zeroed, replaced) is refused here, not formatted.
+        let checked = Store::open_existing(CowIo::new(&self.cow, self.chunk_sectors)?)
+            .map_err(OpenError::Store)?;
+        if checked.usage().chunk_size / 512 != u64::from(self.chunk_sectors) {
+            return Err(OpenError::Store(store::Error::ChunkSizeMismatch));
+        }
+        // An active snapshot device must find its snapshot again.
+        for &id in st.active.iter() {
+            match checked.snapshot_epoch(id) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    pr_err!(
+                        "cannot reopen the exception store: snapshot {} has an active device but is not in it\n",
+                        id
+                    );
+                    return Err(OpenError::Store(store::Error::NotFound));
+                }
+                Err(e) => return Err(OpenError::Store(e)),
+            }
+        }
+        // Drops the failed store: its cache writes back what it holds (see above).
+        st.store = checked;
+        let io = CowIo::new(&self.cow, self.chunk_sectors)?;
+        st.store = Store::open(io, self.chunk_sectors).map_err(OpenError::Store)?;
+        st.failed = false;
+        st.cow_full = false;
+        st.dirty = false;
+        // Not while a message handler quiesces: it emptied the cache and relies on it.
+        if st.quiescing == 0 {
+            let none = st.store.usage().snapshots == 0;
+            self.map_cache.lock().set_no_snapshots(none);
+        }
+        pr_info!("exception store reopened at its last commit\n");
+        drop(st);
+        // Whatever was held back is retried against the reopened store.
+        self.kick();
+        Ok(())
     }
 
     /// Commits whatever the store holds (origin suspend, target teardown).
