@@ -12,18 +12,26 @@ last=131072
 dd if=/dev/urandom of=/dev/vda bs=512 count="$sectors" oflag=direct 2>/dev/null ||
 	fail "cannot fill the origin"
 
-# tail DEVICE FILE: the 6 sectors of the last chunk of DEVICE into FILE.
+# tail6 DEVICE FILE: the 6 sectors of the last chunk of DEVICE into FILE.
 tail6() {
 	dd if="$1" of="$2" bs=512 skip=$last count=6 iflag=direct 2>/dev/null ||
 		fail "cannot read the last chunk of $1"
 }
-# put6 FILE DEVICE: write FILE over the last chunk of DEVICE.
-put6() {
-	dd if="$1" of="$2" bs=512 seek=$last count=6 oflag=direct 2>/dev/null ||
-		fail "write to the last chunk of $2 failed"
+# expect_last DEVICE FILE: the last chunk of DEVICE reads as FILE.
+expect_last() {
+	tail6 "$1" /tmp/r
+	cmp /tmp/r "$2" >/dev/null || fail "$1 does not read $2 in its last chunk"
 }
-same() {
-	cmp "$1" "$2" >/dev/null || fail "$3"
+# write_last DEVICE FILE: random data into FILE, then over the last chunk of
+# DEVICE, which must read it back.
+write_last() {
+	dd if=/dev/urandom of="$2" bs=512 count=6 2>/dev/null
+	dd if="$2" of="$1" bs=512 seek=$last count=6 oflag=direct 2>/dev/null ||
+		fail "write to the last chunk of $1 failed"
+	expect_last "$1" "$2"
+}
+store_ok() {
+	[ "$(usage_field failed)" = 0 ] || fail "the store failed: $(msg usage)"
 }
 
 tail6 /dev/vda /tmp/v0
@@ -31,56 +39,46 @@ load_origin 16
 msg snapshot create 1 || fail "create 1"
 msg snapshot create 2 || fail "create 2"
 snapshot_device 1
+snapshot_device 2
 
 # An origin write to the last chunk copies its 6 sectors for snapshots 1 and 2.
-dd if=/dev/urandom of=/tmp/v1 bs=512 count=6 2>/dev/null
-put6 /tmp/v1 /dev/mapper/work
-tail6 /dev/mapper/work /tmp/r
-same /tmp/r /tmp/v1 "origin does not read its new last chunk"
-tail6 /dev/mapper/snap1 /tmp/r
-same /tmp/r /tmp/v0 "snapshot 1 lost the old last chunk"
-[ "$(usage_field failed)" = 0 ] || fail "the store failed: $(msg usage)"
+write_last /dev/mapper/work /tmp/v1
+expect_last /dev/mapper/snap1 /tmp/v0
+expect_last /dev/mapper/snap2 /tmp/v0
+store_ok
 echo "ok: origin write to the partial last chunk"
 
 # Snapshot 1 writes its last chunk (now a COW chunk shared with snapshot 2):
 # an unshare from the COW device.
-dd if=/dev/urandom of=/tmp/s1 bs=512 count=6 2>/dev/null
-put6 /tmp/s1 /dev/mapper/snap1
-tail6 /dev/mapper/snap1 /tmp/r
-same /tmp/r /tmp/s1 "snapshot 1 does not read its own last chunk"
-
+write_last /dev/mapper/snap1 /tmp/s1
+expect_last /dev/mapper/snap2 /tmp/v0
 # Snapshot 3 shares the last chunk with the origin: its write unshares from
 # the origin, with the clamped length too.
 msg snapshot create 3 || fail "create 3"
 snapshot_device 3
-dd if=/dev/urandom of=/tmp/s3 bs=512 count=6 2>/dev/null
-put6 /tmp/s3 /dev/mapper/snap3
-tail6 /dev/mapper/snap3 /tmp/r
-same /tmp/r /tmp/s3 "snapshot 3 does not read its own last chunk"
-tail6 /dev/mapper/work /tmp/r
-same /tmp/r /tmp/v1 "a snapshot write changed the origin"
-[ "$(usage_field failed)" = 0 ] || fail "the store failed: $(msg usage)"
+write_last /dev/mapper/snap3 /tmp/s3
+expect_last /dev/mapper/work /tmp/v1
+store_ok
 echo "ok: snapshot writes to the partial last chunk"
 
 # The rest of the device still works: a first write elsewhere copies.
 dd if=/dev/urandom of=/dev/mapper/work bs=4096 count=4 seek=100 oflag=direct 2>/dev/null ||
 	fail "origin write after the last-chunk writes"
+store_ok
 
 # Everything persists across a reload.
-dmsetup remove snap1
-dmsetup remove snap3
-dmsetup remove work
+for d in snap1 snap2 snap3 work; do
+	dmsetup remove "$d" || fail "remove $d"
+done
 load_origin 16
-snapshot_device 1
-snapshot_device 2
-snapshot_device 3
+for id in 1 2 3; do
+	snapshot_device $id
+done
 for check in "work v1" "snap1 s1" "snap2 v0" "snap3 s3"; do
 	set -- $check
-	tail6 "/dev/mapper/$1" /tmp/r
-	same /tmp/r "/tmp/$2" "$1 reads the wrong last chunk after a reload"
+	expect_last "/dev/mapper/$1" "/tmp/$2"
 done
 echo "ok: last chunks persist across a reload"
-dmsetup remove snap1
-dmsetup remove snap2
-dmsetup remove snap3
-dmsetup remove work
+for d in snap1 snap2 snap3 work; do
+	dmsetup remove "$d" || fail "remove $d"
+done
