@@ -103,12 +103,18 @@ impl Registry {
                 if e.pool.chunk_sectors != chunk_sectors {
                     return Err(store_error(store::Error::ChunkSizeMismatch));
                 }
-                // Loading the origin table again is how a failed store is reopened.
-                e.pool
-                    .reopen_if_failed()
-                    .map_err(|e| open_error(e, store_error))?;
                 e.origins += 1;
-                return Ok(e.pool.clone());
+                let pool = e.pool.clone();
+                drop(entries);
+                // Loading the origin table again is how a failed store is reopened. That waits
+                // for copies and reads the COW device: not under the registry's lock, which
+                // every ctr and dtr of every pool takes. The attachment counted above keeps the
+                // entry meanwhile.
+                if let Err(e) = pool.reopen_if_failed() {
+                    self.detach_origin(&pool);
+                    return Err(open_error(e, store_error));
+                }
+                return Ok(pool);
             }
             if same_cow {
                 return Err(CtrError::new(
