@@ -292,10 +292,10 @@ impl Client {
         // SAFETY: As above; `aux` is valid and only accessed by the holder of the buffer.
         if unsafe { aux.read() } & AUX_LOADED == 0 {
             // SAFETY: The data of the held buffer is valid for `block_size` bytes of writes
-            // (uninitialised memory included). Without `AUX_LOADED` the buffer was loaded with
-            // the block by this call and was not handed out since (type invariant), so it is
-            // clean: no write-back reads it, and nothing else accesses its data while we hold
-            // it.
+            // (uninitialised memory included). Without `AUX_LOADED` the buffer was allocated or
+            // (re)loaded by dm-bufio, by this call or an earlier prefetch, and was not handed
+            // out since (type invariant), so nobody dirtied it: no write-back reads it, and
+            // nothing else accesses its data while we hold it.
             unsafe { core::ptr::write_bytes(data, 0, self.block_size) };
             // SAFETY: `b` is a buffer held by us.
             unsafe { bindings::dm_bufio_mark_buffer_dirty(b) };

@@ -1,16 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0
 # vm: disks=131078s,64M
 # An origin whose size is not a multiple of the chunk size (131078 sectors,
-# 8 KiB chunks: the last chunk has 6 sectors, as with the posting's
-# 268430022-sector origin). Origin writes and snapshot writes to the last
+# the last chunk has 6 sectors with every chunk size, 8, 16 and 1024
+# sectors, as with the posting's 268430022-sector origin). Origin writes and snapshot writes to the last
 # chunk copy only the sectors that exist, the store keeps working, and the
 # origin and every snapshot read what they must, also after a reload.
 . /tests/lib
 sectors=$(blockdev --getsz /dev/vda)
 [ "$sectors" = 131078 ] || fail "origin has $sectors sectors, want 131078"
 last=131072
-dd if=/dev/urandom of=/dev/vda bs=512 count="$sectors" oflag=direct 2>/dev/null ||
-	fail "cannot fill the origin"
 
 # tail6 DEVICE FILE: the 6 sectors of the last chunk of DEVICE into FILE.
 tail6() {
@@ -34,51 +32,58 @@ store_ok() {
 	[ "$(usage_field failed)" = 0 ] || fail "the store failed: $(msg usage)"
 }
 
-tail6 /dev/vda /tmp/v0
-load_origin 16
-msg snapshot create 1 || fail "create 1"
-msg snapshot create 2 || fail "create 2"
-snapshot_device 1
-snapshot_device 2
+for chunk in 8 16 1024; do
+	echo "chunk size $chunk sectors"
+	# A fresh origin, and a COW device without a store (both superblocks zeroed).
+	dd if=/dev/urandom of=/dev/vda bs=512 count="$sectors" oflag=direct 2>/dev/null ||
+		fail "cannot fill the origin"
+	dd if=/dev/zero of=/dev/vdb bs=1M count=1 oflag=direct 2>/dev/null || fail "cannot zero the COW"
+	tail6 /dev/vda /tmp/v0
+	load_origin $chunk
+	msg snapshot create 1 || fail "create 1"
+	msg snapshot create 2 || fail "create 2"
+	snapshot_device 1
+	snapshot_device 2
 
-# An origin write to the last chunk copies its 6 sectors for snapshots 1 and 2.
-write_last /dev/mapper/work /tmp/v1
-expect_last /dev/mapper/snap1 /tmp/v0
-expect_last /dev/mapper/snap2 /tmp/v0
-store_ok
-echo "ok: origin write to the partial last chunk"
+	# An origin write to the last chunk copies its 6 sectors for snapshots 1 and 2.
+	write_last /dev/mapper/work /tmp/v1
+	expect_last /dev/mapper/snap1 /tmp/v0
+	expect_last /dev/mapper/snap2 /tmp/v0
+	store_ok
+	echo "ok: origin write to the partial last chunk (chunk $chunk)"
 
-# Snapshot 1 writes its last chunk (now a COW chunk shared with snapshot 2):
-# an unshare from the COW device.
-write_last /dev/mapper/snap1 /tmp/s1
-expect_last /dev/mapper/snap2 /tmp/v0
-# Snapshot 3 shares the last chunk with the origin: its write unshares from
-# the origin, with the clamped length too.
-msg snapshot create 3 || fail "create 3"
-snapshot_device 3
-write_last /dev/mapper/snap3 /tmp/s3
-expect_last /dev/mapper/work /tmp/v1
-store_ok
-echo "ok: snapshot writes to the partial last chunk"
+	# Snapshot 1 writes its last chunk (now a COW chunk shared with snapshot 2):
+	# an unshare from the COW device.
+	write_last /dev/mapper/snap1 /tmp/s1
+	expect_last /dev/mapper/snap2 /tmp/v0
+	# Snapshot 3 shares the last chunk with the origin: its write unshares from
+	# the origin, with the clamped length too.
+	msg snapshot create 3 || fail "create 3"
+	snapshot_device 3
+	write_last /dev/mapper/snap3 /tmp/s3
+	expect_last /dev/mapper/work /tmp/v1
+	store_ok
+	echo "ok: snapshot writes to the partial last chunk (chunk $chunk)"
 
-# The rest of the device still works: a first write elsewhere copies.
-dd if=/dev/urandom of=/dev/mapper/work bs=4096 count=4 seek=100 oflag=direct 2>/dev/null ||
-	fail "origin write after the last-chunk writes"
-store_ok
+	# The rest of the device still works: a first write elsewhere copies.
+	dd if=/dev/urandom of=/dev/mapper/work bs=4096 count=4 seek=100 oflag=direct 2>/dev/null ||
+		fail "origin write after the last-chunk writes"
+	store_ok
 
-# Everything persists across a reload.
-for d in snap1 snap2 snap3 work; do
-	dmsetup remove "$d" || fail "remove $d"
-done
-load_origin 16
-for id in 1 2 3; do
-	snapshot_device $id
-done
-for check in "work v1" "snap1 s1" "snap2 v0" "snap3 s3"; do
-	set -- $check
-	expect_last "/dev/mapper/$1" "/tmp/$2"
-done
-echo "ok: last chunks persist across a reload"
-for d in snap1 snap2 snap3 work; do
-	dmsetup remove "$d" || fail "remove $d"
+	# Everything persists across a reload.
+	for d in snap1 snap2 snap3 work; do
+		dmsetup remove "$d" || fail "remove $d"
+	done
+	load_origin $chunk
+	for id in 1 2 3; do
+		snapshot_device $id
+	done
+	for check in "work v1" "snap1 s1" "snap2 v0" "snap3 s3"; do
+		set -- $check
+		expect_last "/dev/mapper/$1" "/tmp/$2"
+	done
+	echo "ok: last chunks persist across a reload (chunk $chunk)"
+	for d in snap1 snap2 snap3 work; do
+		dmsetup remove "$d" || fail "remove $d"
+	done
 done
