@@ -956,11 +956,13 @@ impl Pool {
             "chunk_sectors {} total_chunks {total_chunks} used_chunks {} data_chunks {data_chunks} \
              metadata_chunks {metadata_chunks} free_chunks {free_chunks} \
              shared_exceptions {shared_exceptions} private_exceptions {private_exceptions} \
-             snapshots {snapshots} cow_full {} failed {}",
+             snapshots {snapshots} cow_full {} failed {} commit_sequence {}",
             chunk_size / 512,
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),
             u8::from(st.failed),
+            // Grows by one per metadata commit: what a benchmark divides by.
+            st.store.info().seq,
         )?;
         for snap in st.store.snapshots() {
             let Ok(snap) = snap else { break };
