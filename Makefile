@@ -23,13 +23,25 @@ check:
 check-debug:
 	S_SNAP_FLAVOR=debug S_SNAP_OUT=$(OUT)/debug tools/testing/s-snap/run_tests.sh
 
-## bench: benchmark origin writes with 0..64 snapshots (s-snap, dm-snapshot,
-## dm-thin, linear) in the VM; writes bench-results/ (about 10 minutes)
-.PHONY: bench
-bench: initramfs
+## bench: first writes, rewrites, reads, ext4 and management at scale for
+## s-snap, dm-snapshot, dm-thin and linear, on RAM disks and on disks whose
+## flushes cost time, in the VM with fio; writes bench-results/ (about 45 min)
+.PHONY: bench bench-smoke bench-initramfs
+bench: bench-initramfs
 	python3 tools/testing/s-snap/bench/run.py --out $(OUT) \
 		--kernel "$$(bash -c '. scripts/env.sh; echo $$BZIMAGE')" \
-		--initrd $(OUT)/initramfs.cpio.gz
+		--initrd $(OUT)/bench-initramfs.cpio.gz
+
+## bench-smoke: the same with tiny sizes, to check that it works (5 minutes)
+bench-smoke: bench-initramfs
+	python3 tools/testing/s-snap/bench/run.py --smoke --out $(OUT) \
+		--results $(OUT)/bench-smoke-results \
+		--kernel "$$(bash -c '. scripts/env.sh; echo $$BZIMAGE')" \
+		--initrd $(OUT)/bench-initramfs.cpio.gz
+
+bench-initramfs: kernel
+	scripts/build-guest-tools.sh
+	scripts/mkinitramfs.sh --bench $(OUT)/bench-initramfs.cpio.gz
 
 setup:
 	scripts/setup.sh

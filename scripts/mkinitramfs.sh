@@ -5,13 +5,21 @@
 # libraries they link, util-linux blockdev, the kernel modules of the build,
 # the guest test scripts and the project's static guest tools.
 #
-# usage: mkinitramfs.sh OUTPUT.cpio.gz
+# usage: mkinitramfs.sh [--bench] OUTPUT.cpio.gz
+#
+# --bench adds fio and the libraries it links (about 80 MB), for `make bench`;
+# the test suite's initramfs stays without it, so that every boot stays quick.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/env.sh
 . "$REPO/scripts/env.sh"
-out=${1:?usage: mkinitramfs.sh OUTPUT.cpio.gz}
+bench=0
+if [ "${1:-}" = --bench ]; then
+	bench=1
+	shift
+fi
+out=${1:?usage: mkinitramfs.sh [--bench] OUTPUT.cpio.gz}
 
 die() { echo "mkinitramfs: error: $*" >&2; exit 1; }
 [ -d "$MODROOT/lib/modules" ] || die "no modules in $MODROOT: run scripts/build-kernel.sh first"
@@ -38,6 +46,9 @@ for bin in /usr/sbin/dmsetup /sbin/mke2fs /sbin/e2fsck /sbin/blockdev /usr/bin/c
 	copy_with_libs "$bin"
 done
 ln -sf mke2fs "$root/sbin/mkfs.ext4"
+if [ "$bench" = 1 ]; then
+	copy_with_libs /usr/bin/fio
+fi
 
 # Kernel modules of this build.
 cp -a "$MODROOT/lib/modules" "$root/lib/"
