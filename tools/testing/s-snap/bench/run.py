@@ -178,7 +178,11 @@ def parse(files):
         n_ = int(n)
         copies = 0 if n_ == 0 or workload not in FIRST_WRITES else (
             n_ if target == "snapshot" else 1)
-        if target.startswith("s-snap"):
+        if workload not in FIRST_WRITES:
+            # Copies of other runs are not counted: no metadata split.
+            run["store_bytes"] = None
+            run["meta_bytes"] = None
+        elif target.startswith("s-snap"):
             cow = delta(label, "cow", "w_sectors")
             run["store_bytes"] = cow * 512 if cow is not None else None
             run["meta_bytes"] = cow * 512 - ios * copies * chunk if cow is not None else None
@@ -303,7 +307,7 @@ def counts_table(cells, kind):
 
 def headline(cells, ns=(1, 64)):
     out = ["| device | workload | N | s-snap 64 KiB | s-snap 8 KiB | dm-snapshot | dm-thin "
-           "| linear | s-snap / best other |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| linear | s-snap 64 KiB / best other |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in ("ram", "ssd"):
         for workload in FIRST_WRITES:
             for n in ns:
@@ -311,7 +315,8 @@ def headline(cells, ns=(1, 64)):
                 if not any(vals):
                     continue
                 base = cells.get((kind, "linear", 0, workload))
-                mine = max((v["value"] for v in vals[:2] if v), default=None)
+                # Same chunk size (64 KiB) on both sides.
+                mine = vals[0]["value"] if vals[0] else None
                 other = max((v["value"] for v in vals[2:] if v), default=None)
                 rel = f"{mine / other:.2f}" if mine and other else "-"
                 out.append(f"| {kind} | {workload} | {n} | " +
@@ -432,22 +437,38 @@ def write_csv(path, runs):
                              for k, v in run.items()})
 
 
+def params(info):
+    """The guest's parameters (KEY=value ..., lists space separated)."""
+    out, key = {}, None
+    for word in info.get("params", "").split():
+        if "=" in word:
+            key, value = word.split("=", 1)
+            out[key] = value
+        elif key:
+            out[key] += " " + word
+    return out
+
+
 def write_markdown(path, cells, times, many, info, header):
-    flush = info.get("params", "").split("FLUSH_MS=")[-1].split()[0] if "FLUSH_MS=" in \
-        info.get("params", "") else "?"
+    p = params(info)
+    flush = p.get("FLUSH_MS", "?")
     out = ["# Shared snapshot benchmark v2", "", *header, "",
            "**QEMU TCG (software emulation): ratios between targets in the same run hold, "
            "absolute numbers do not.**", "",
            "## Headline: first writes (IOPS, median of the rounds)", "",
            *headline(cells), "",
-           "`s-snap / best other`: the better s-snap chunk size over the better of",
-           "dm-snapshot and dm-thin. Every table below gives the ratio to linear and to",
-           "the best other target of the same cell.", "",
+           "`s-snap 64 KiB / best other`: s-snap over the better of dm-snapshot and",
+           "dm-thin, all three with 64 KiB chunks. s-snap with 8 KiB chunks copies an",
+           "eighth of the data the others copy; it is shown for the effect of its",
+           "metadata block size (one chunk). Every table below gives the ratio to linear",
+           "and to the best other target of the same cell (`vs best other`; for",
+           "`s-snap-8k` that is a 64 KiB target).", "",
            "## Method", "",
            "- Load: fio " + info.get("fio", "?") + " in the guest, O_DIRECT. A first-write "
            "run replays an iolog of 4 KiB writes to the first block of distinct 64 KiB units "
            "in random order, none written since the snapshots were taken, and stops after "
-           "2,000 writes or 5 s, whichever comes first. Other runs stop after 2 s.",
+           f"{p.get('FW_IOS', '?')} writes or {p.get('CAP', '?')} s, whichever comes first. "
+           f"Other runs stop after {p.get('FW_IOS', '?')} I/Os or {p.get('SHORT_CAP', '?')} s.",
            "- Targets: linear; s-snap with 64 KiB and 8 KiB chunks; dm-snapshot (persistent, "
            "64 KiB chunks, one COW slice per snapshot); dm-thin (64 KiB blocks, metadata "
            "and data slices of the store device). One origin per target and round; N grows "
@@ -464,8 +485,20 @@ def write_markdown(path, cells, times, many, info, header):
            "emulated by a flush there); commits are s-snap's superblock sequence; store "
            "bytes are those written to the store's slices; metadata bytes are the store "
            "bytes less the chunk copies (dm-thin: its metadata slice).",
-           "- Left out to fit the time: fw-qd16 and fw-fsync run at N = 0, 1 and 64 only, "
-           "rewrite, seq-1m and the reads at N = 1 and 64, the filesystem run in one round.",
+           f"- Left out to fit the time: fw-qd16 and fw-fsync run at N = {p.get('NS_FW', '?')} "
+           f"only, rewrite, seq-1m and the reads at N = {p.get('NS_OTHER', '?')} (linear: all "
+           "at N = 0), the filesystem run in one round.",
+           "- Caveats: the guest has one CPU, and dm-delay's flush delay (under 50 ms it "
+           "uses a polling thread) keeps that CPU busy while a flush is delayed, so work "
+           "done beside a pending flush is slower too; a flush is released at a timer "
+           "tick (linear's fsync measures 1.00 ms). Flushes are counted at the virtio "
+           "disks: virtio-blk has no FUA, so a FUA write adds a flush there that dm-delay did not delay. The guest clock "
+           "is jiffies (1 ms): latency percentiles are multiples of 1 ms. Later N run on "
+           "the same store, holding the exceptions of the earlier N. Runs at N = 0 are "
+           "short (2,000 I/Os in about 0.1 s on `ram`): their ratios to linear are noise. "
+           "Management times include starting each `dmsetup` (tens of ms under TCG), as "
+           "an administrator's commands do. dm-thin's store bytes include the 4 KiB write "
+           "itself (it lands on the data device).",
            "", f"Parameters: `{info.get('params', '?')}`", ""]
     for kind in ("ram", "ssd"):
         out += [f"## `{kind}` devices", "", KIND_TEXT[kind].format(flush=flush) + ".", ""]
