@@ -317,7 +317,8 @@ impl Client {
         unsafe { bindings::dm_bufio_prefetch(self.as_raw(), block, n) };
     }
 
-    /// Writes all dirty buffers and waits for the writes (`dm_bufio_write_dirty_buffers()`).
+    /// Writes all dirty buffers, waits for the writes, then flushes the device's write cache
+    /// (`dm_bufio_write_dirty_buffers()`).
     #[inline]
     pub fn write_dirty_buffers(&self) -> Result {
         // SAFETY: By the type invariant the client is valid.

@@ -5,8 +5,8 @@
 //! It mirrors dm-bufio: [`BlockIo::read`] is `dm_bufio_read`,
 //! [`BlockIo::new_block`] is `dm_bufio_new`, [`BlockHandle::mark_dirty`] is
 //! `dm_bufio_mark_buffer_dirty`, dropping a handle is `dm_bufio_release`,
-//! [`BlockIo::write_dirty`] is `dm_bufio_write_dirty_buffers` and
-//! [`BlockIo::flush`] is `dm_bufio_issue_flush`.
+//! [`BlockIo::write_dirty`] is `dm_bufio_write_dirty_buffers` (which ends
+//! with a cache flush) and [`BlockIo::flush`] is `dm_bufio_issue_flush`.
 //!
 //! Semantics the store relies on (and nothing more):
 //!
@@ -16,7 +16,12 @@
 //!   a handle it modified, and makes sure that uncommitted blocks on disk are
 //!   never taken for committed ones.
 //! * [`BlockIo::write_dirty`] returns after every block that was dirty when it
-//!   was called has been written (or returns an error).
+//!   was called has been written and a cache flush that followed them has
+//!   completed: everything written before it returns, those blocks and any
+//!   other writes to the device that completed before it (chunk copies), is
+//!   on stable storage (or it returns an error). The store commits with it
+//!   alone: a separate flush after it would be a second, empty one, and each
+//!   flush costs a disk's cache flush time.
 //! * [`BlockIo::flush`] returns after everything written before it is on
 //!   stable storage.
 //! * A handle's changes reach the cache when it is dropped, and only if it
@@ -63,7 +68,8 @@ pub trait BlockIo {
     /// Gets a block without reading it: its contents are undefined and the
     /// caller overwrites all of them.
     fn new_block(&self, nr: u64) -> Result<Self::Block<'_>, Error>;
-    /// Writes all dirty blocks and waits for the writes.
+    /// Writes all dirty blocks, waits for the writes, then flushes the
+    /// device's write cache and waits for that.
     fn write_dirty(&self) -> Result<(), Error>;
     /// Issues a cache flush (REQ_PREFLUSH) to the device and waits for it.
     fn flush(&self) -> Result<(), Error>;

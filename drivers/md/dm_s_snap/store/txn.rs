@@ -335,7 +335,6 @@ impl<I: BlockIo> Store<I> {
             h.mark_dirty();
         }
         io.write_dirty()?;
-        io.flush()?;
         let mut roots = [Root::default(); NR_TREES];
         for (t, r) in roots.iter_mut().enumerate() {
             r.block = g.fixed_end + t as u64;
@@ -368,8 +367,7 @@ impl<I: BlockIo> Store<I> {
         h.set_verified();
         h.mark_dirty();
         drop(h);
-        io.write_dirty()?;
-        io.flush()
+        io.write_dirty()
     }
 
     fn open_rw(io: I, table_cs: Option<u32>) -> Result<Store<I>> {
@@ -399,7 +397,6 @@ impl<I: BlockIo> Store<I> {
             dst.mark_dirty();
         }
         io.write_dirty()?;
-        io.flush()?;
         let mut s = Self::new_obj(io, g, st, other, cur, true);
         s.start_image()?;
         if s.sb.deleting_epoch != 0 {
@@ -615,7 +612,6 @@ impl<I: BlockIo> Store<I> {
         self.garbage_head = 0;
 
         self.io.write_dirty()?;
-        self.io.flush()?;
 
         let mut st = self.sb;
         st.committed_txid = self.cur;
@@ -633,7 +629,6 @@ impl<I: BlockIo> Store<I> {
             h.mark_dirty();
         }
         self.io.write_dirty()?;
-        self.io.flush()?;
         self.sb = st;
         self.sb_slot = img;
         self.cur = st.reserved_txid;

@@ -652,7 +652,9 @@ impl<D: Disk> BlockIo for Cache<D> {
         if std::mem::take(&mut st.write_error) {
             return Err(Error::Io("write failed"));
         }
-        Ok(())
+        drop(st);
+        // As dm_bufio_write_dirty_buffers() does.
+        self.flush()
     }
     fn flush(&self) -> Result<(), Error> {
         self.st.borrow_mut().stats.flushes += 1;
