@@ -114,9 +114,6 @@ impl OriginTarget {
                         DeleteError::Store(e) => {
                             let (code, why) = match e {
                                 store::Error::NotFound => (ENOENT, "does not exist"),
-                                store::Error::Busy => {
-                                    (EBUSY, "cannot be deleted yet: a deletion is in progress")
-                                }
                                 store::Error::NoSpace => {
                                     (ENOSPC, "cannot be deleted: no metadata space")
                                 }
@@ -261,7 +258,11 @@ impl TargetOperations for OriginTarget {
 
     fn postsuspend(this: Pin<&Self>, _t: &Target) {
         // Whatever was written before the suspend is durable once it completes.
-        this.pool.sync();
+        this.pool.suspend();
+    }
+
+    fn resume(this: Pin<&Self>, _t: &Target) {
+        this.pool.resume();
     }
 
     fn iterate_devices(

@@ -156,11 +156,18 @@ impl<I: BlockIo> Store<I> {
         if n.live != sb.snapshots {
             ck.bad("snapshot counter differs", None, Some(n.live));
         }
-        if n.deleting != u64::from(sb.deleting_epoch != 0) {
+        // The superblock names one of the deleted snapshots whose space is
+        // being reclaimed, if there is any.
+        let d = sb.deleting_epoch;
+        let named = d != 0
+            && self
+                .lookup(TREE_SNAPS, d as u128)?
+                .is_some_and(|v| v & DELETING != 0);
+        if (n.deleting != 0) != named {
             ck.bad(
                 "snapshot being deleted does not match the superblock",
                 None,
-                Some(sb.deleting_epoch),
+                Some(d),
             );
         }
         Ok(ck.problems)
@@ -409,13 +416,9 @@ impl<I: BlockIo> Store<I> {
                 if self.mark_chunk(ck, scratch, cow, "exception") {
                     n.data += 1;
                 }
-                let d = sb.deleting_epoch;
-                let needed = self.first_lacking_pub(c, lo, hi)?
-                    || (d != 0
-                        && lo <= d
-                        && d <= hi
-                        && self.lookup(TREE_PRIVATE, private_key(d, c))?.is_none());
-                if !needed {
+                // A snapshot deleted but not reclaimed yet still counts: the
+                // reclaim frees its shared exceptions.
+                if !self.first_lacking_any(c, lo, hi)? {
                     ck.bad("shared exception needed by no live snapshot", None, Some(c));
                 }
             }
@@ -425,11 +428,8 @@ impl<I: BlockIo> Store<I> {
                 if hi64(v) != 0 {
                     ck.bad("private exception: value high bits set", None, Some(c));
                 }
-                let live = match self.lookup(TREE_SNAPS, e as u128)? {
-                    Some(sv) => sv & DELETING == 0 || e == sb.deleting_epoch,
-                    None => false,
-                };
-                if !live {
+                // Live, or deleted and waiting for the reclaim.
+                if self.lookup(TREE_SNAPS, e as u128)?.is_none() {
                     ck.bad("private exception of no live snapshot", None, Some(e));
                 }
                 if self.mark_chunk(ck, scratch, lo64(v), "exception") {
@@ -447,20 +447,17 @@ impl<I: BlockIo> Store<I> {
                     if flag > 1 || id > u32::MAX as u64 {
                         ck.bad("snapshot table: bad epoch entry", None, Some(e));
                     }
-                    if flag == 1 {
+                    let back = self.lookup(TREE_SNAPS, ID_SPACE | id as u128)?;
+                    let matches = if flag == 1 {
                         n.deleting += 1;
-                        if e != sb.deleting_epoch {
-                            ck.bad(
-                                "snapshot marked deleting is not the one in the superblock",
-                                None,
-                                Some(e),
-                            );
-                        }
+                        // A newer snapshot may have taken the id of one
+                        // that waits for the reclaim.
+                        back.is_some_and(|b| b == DELETING | e as u128 || lo64(b) > e)
                     } else {
                         n.live += 1;
-                    }
-                    let back = self.lookup(TREE_SNAPS, ID_SPACE | id as u128)?;
-                    if back != Some(((flag as u128) << 64) | e as u128) {
+                        back == Some(e as u128)
+                    };
+                    if !matches {
                         ck.bad("snapshot table: id index does not match", None, Some(id));
                     }
                 } else {
@@ -479,15 +476,17 @@ impl<I: BlockIo> Store<I> {
         Ok(())
     }
 
-    fn first_lacking_pub(&self, c: u64, lo: u64, hi: u64) -> Result<bool> {
-        // Same as the allocation-path search, without the counter bound
-        // error turning into a hard failure.
+    /// Whether a snapshot with epoch in `lo..=hi`, live or deleted and not
+    /// reclaimed yet, has no private exception of chunk `c`.
+    fn first_lacking_any(&self, c: u64, lo: u64, hi: u64) -> Result<bool> {
+        // Like the allocation-path search, without the counter bound error
+        // turning into a hard failure.
         let mut from = lo;
         let mut guard = 0u64;
-        let limit = self.sb.snapshots.saturating_add(2);
+        let limit = self.table_len_bound();
         while from <= hi && guard <= limit {
             guard += 1;
-            let (k, v) = match self.ceil(TREE_SNAPS, from as u128)? {
+            let (k, _) = match self.ceil(TREE_SNAPS, from as u128)? {
                 Some(x) => x,
                 None => break,
             };
@@ -495,7 +494,7 @@ impl<I: BlockIo> Store<I> {
                 break;
             }
             let e = lo64(k);
-            if v & DELETING == 0 && self.lookup(TREE_PRIVATE, private_key(e, c))?.is_none() {
+            if self.lookup(TREE_PRIVATE, private_key(e, c))?.is_none() {
                 return Ok(true);
             }
             from = match e.checked_add(1) {

@@ -36,6 +36,9 @@
 //! * Chunks freed by an operation (exceptions of deleted snapshots, shared
 //!   exceptions no longer needed) may be reused after the next commit; the
 //!   target must not have I/O in flight to them across that commit.
+//! * [`Store::delete_snapshot`] only marks a snapshot deleted; its space
+//!   comes back through [`Store::reclaim`], which the owner calls in bounded
+//!   steps (and commits after, like any change).
 
 mod btree;
 mod check;
@@ -43,6 +46,7 @@ mod error;
 mod format;
 mod io;
 mod ops;
+mod reclaim;
 mod space_map;
 mod txn;
 
@@ -53,6 +57,7 @@ pub use ops::{
     CopyPlan, Location, OriginWrite, PrivateException, PrivateExceptions, SharedException,
     SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots, StoreInfo, UnsharePlan, Usage,
 };
+pub use reclaim::Reclaim;
 pub use txn::{superblock_chunk_sectors, Store};
 
 /// Smallest chunk size in 512-byte sectors (4 KiB).

@@ -151,6 +151,8 @@ pub struct Usage {
     pub private_exceptions: u64,
     /// Live snapshots.
     pub snapshots: u64,
+    /// Deleted snapshots whose space is not reclaimed yet.
+    pub deleting_snapshots: u64,
 }
 
 /// A shared exception: origin chunk `chunk` as it was before being
@@ -214,8 +216,8 @@ pub struct StoreInfo {
 }
 
 /// Result of looking for a live snapshot that lacks a private exception.
-struct Lacking {
-    found: bool,
+pub(crate) struct Lacking {
+    pub(crate) found: bool,
     /// A private exception that made a snapshot not lack a copy is in a
     /// leaf written by the running transaction.
     uncommitted: bool,
@@ -377,6 +379,7 @@ impl<I: BlockIo> Store<I> {
             shared_exceptions: s.shared,
             private_exceptions: s.private,
             snapshots: s.snapshots,
+            deleting_snapshots: self.deleting,
         }
     }
 
@@ -409,14 +412,14 @@ impl<I: BlockIo> Store<I> {
 
     /// Is there a live snapshot with epoch in `lo..=hi` that has no private
     /// exception for `chunk`? Stops at the first one.
-    fn first_lacking(&self, chunk: u64, lo: u64, hi: u64) -> Result<Lacking> {
+    pub(crate) fn first_lacking(&self, chunk: u64, lo: u64, hi: u64) -> Result<Lacking> {
         let mut r = Lacking {
             found: false,
             uncommitted: false,
         };
         let mut from = lo;
-        // The table holds the live snapshots plus at most one being deleted.
-        let limit = self.sb.snapshots.saturating_add(2);
+        // The table holds the live snapshots and those whose space is being reclaimed.
+        let limit = self.table_len_bound();
         let mut n = 0u64;
         while from <= hi {
             n += 1;
@@ -507,8 +510,13 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn create_inner(&mut self, id: u32) -> Result<SnapshotRef> {
-        if self.lookup(TREE_SNAPS, ID_SPACE | id as u128)?.is_some() {
-            return Err(Error::Exists);
+        // The id of a snapshot whose space is still being reclaimed is free again: the new
+        // snapshot takes over the id index, and the reclaim leaves it alone (see
+        // `reclaim.rs`).
+        if let Some(v) = self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
+            if v & DELETING == 0 {
+                return Err(Error::Exists);
+            }
         }
         let epoch = self
             .sb
@@ -523,161 +531,6 @@ impl<I: BlockIo> Store<I> {
         self.sb.last_epoch = epoch;
         self.sb.snapshots = self.sb.snapshots.saturating_add(1);
         Ok(SnapshotRef { id, epoch })
-    }
-
-    /// Deletes snapshot `id` and frees everything only it used.
-    ///
-    /// `Ok(())` means the snapshot is gone. If metadata space runs out
-    /// while its chunks are reclaimed, the deletion commits what it has done
-    /// and goes on (when no plan is outstanding); if it still cannot go on,
-    /// the rest of the reclaim resumes at the next commit or open
-    /// ([`StoreInfo::deleting_epoch`] is then non-zero).
-    ///
-    /// Errors: [`Error::NotFound`]; [`Error::NoSpace`] if not even the
-    /// snapshot table can be updated; [`Error::Busy`] if the reclaim of an
-    /// earlier deletion is still pending and cannot go on now (commit when
-    /// no plan is outstanding, then retry). In these cases the snapshot
-    /// still exists.
-    pub fn delete_snapshot(&mut self, id: u32) -> Result<()> {
-        self.writable()?;
-        let r = self.delete_inner(id);
-        self.guard(r)
-    }
-
-    fn delete_inner(&mut self, id: u32) -> Result<()> {
-        let v = match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
-            Some(v) if v & DELETING == 0 => v,
-            _ => return Err(Error::NotFound),
-        };
-        if self.sb.deleting_epoch != 0 {
-            match self.finish_pending_delete() {
-                Ok(()) => {}
-                Err(Error::NoSpace) => return Err(Error::Busy),
-                Err(e) => return Err(e),
-            }
-        }
-        let e = lo64(v);
-        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
-        self.insert(TREE_SNAPS, ID_SPACE | id as u128, DELETING | e as u128)?;
-        self.insert(TREE_SNAPS, e as u128, DELETING | id as u128)?;
-        self.sb.deleting_epoch = e;
-        self.sb.snapshots = self.sb.snapshots.saturating_sub(1);
-        self.max_deleted_epoch = self.max_deleted_epoch.max(e);
-        self.reclaim_cursor = 0;
-        match self.finish_pending_delete() {
-            Ok(()) | Err(Error::NoSpace) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Runs the reclaim of the snapshot being deleted to its end,
-    /// committing in between if metadata space runs out.
-    pub(crate) fn finish_pending_delete(&mut self) -> Result<()> {
-        let mut progress = false;
-        loop {
-            match self.reclaim_step() {
-                Ok(true) => return Ok(()),
-                Ok(false) => progress = true,
-                Err(Error::NoSpace) => {
-                    // A commit makes this transaction's frees reusable.
-                    let frees = self.deferred != 0 || self.garbage_count != 0;
-                    if self.outstanding == 0 && (progress || frees) {
-                        self.commit_inner()?;
-                        progress = false;
-                    } else {
-                        return Err(Error::NoSpace);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One step of reclaim; returns true when the deletion is finished.
-    fn reclaim_step(&mut self) -> Result<bool> {
-        let e = self.sb.deleting_epoch;
-        if e == 0 {
-            return Ok(true);
-        }
-        // 1. Private exceptions of the snapshot.
-        if let Some((k, v)) = self.ceil(TREE_PRIVATE, private_key(e, 0))? {
-            if hi64(k) == e {
-                self.ensure(self.op_need(TREE_PRIVATE))?;
-                if self.remove(TREE_PRIVATE, k)?.is_none() {
-                    return Err(Error::Corrupt {
-                        what: "btree: found key cannot be removed",
-                        block: 0,
-                    });
-                }
-                self.free_data(lo64(v))?;
-                self.sb.private = self.sb.private.saturating_sub(1);
-                return Ok(false);
-            }
-        }
-        // 2. Shared exceptions whose range contains e and that no live
-        //    snapshot needs any more.
-        let mut from = Some(self.reclaim_cursor);
-        while let Some(f) = from {
-            let mut hit = None;
-            let end = self.scan_leaf(TREE_SHARED, f, |k, v| {
-                if hi64(v) <= e && e <= lo64(k) {
-                    hit = Some((k, v));
-                    Ok(false)
-                } else {
-                    Ok(true)
-                }
-            })?;
-            match end {
-                ScanEnd::Stopped => {
-                    let (k, v) = hit.ok_or(Error::Internal("scan result"))?;
-                    if k < f {
-                        return Err(Error::Corrupt {
-                            what: "btree: keys out of order",
-                            block: 0,
-                        });
-                    }
-                    self.reclaim_cursor = k;
-                    if !self.first_lacking(hi64(k), hi64(v), lo64(k))?.found {
-                        self.ensure(self.op_need(TREE_SHARED))?;
-                        if self.remove(TREE_SHARED, k)?.is_none() {
-                            return Err(Error::Corrupt {
-                                what: "btree: found key cannot be removed",
-                                block: 0,
-                            });
-                        }
-                        self.free_data(lo64(v))?;
-                        self.sb.shared = self.sb.shared.saturating_sub(1);
-                        self.reclaim_cursor = k.saturating_add(1);
-                        return Ok(false);
-                    }
-                    from = k.checked_add(1);
-                }
-                ScanEnd::Next(n) => {
-                    if n <= f {
-                        return Err(Error::Corrupt {
-                            what: "btree: separators out of order",
-                            block: 0,
-                        });
-                    }
-                    from = Some(n);
-                }
-                ScanEnd::End => from = None,
-            }
-            if let Some(f) = from {
-                self.reclaim_cursor = f;
-            }
-        }
-        // 3. The snapshot table entries.
-        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
-        let idv = self.remove(TREE_SNAPS, e as u128)?.ok_or(Error::Corrupt {
-            what: "snapshot table: deleting snapshot vanished",
-            block: 0,
-        })?;
-        self.remove(TREE_SNAPS, ID_SPACE | lo64(idv) as u128)?;
-        self.sb.deleting_epoch = 0;
-        self.reclaim_cursor = 0;
-        self.dirty = true;
-        Ok(true)
     }
 
     /// Prepares an origin write to `chunk`.

@@ -38,6 +38,10 @@ pub struct Store<I: BlockIo> {
     pub(crate) max_deleted_epoch: u64,
     /// Resume point of the shared-exception scan of a pending delete.
     pub(crate) reclaim_cursor: u128,
+    /// Deleted snapshots whose space is not reclaimed yet (counted at open).
+    pub(crate) deleting: u64,
+    /// Chunks freed by the reclaim since open.
+    pub(crate) reclaimed: u64,
 }
 
 /// What a superblock slot holds.
@@ -121,7 +125,9 @@ impl<I: BlockIo> Store<I> {
     pub fn open_existing(io: I) -> Result<Store<I>> {
         let (slot, st) = Self::pick_superblock(&io)?;
         let g = Self::validate_state(&io, &st, None)?;
-        Ok(Self::new_obj(io, g, st, slot, 0, false))
+        let mut s = Self::new_obj(io, g, st, slot, 0, false);
+        s.count_deleting()?;
+        Ok(s)
     }
 
     fn new_obj(io: I, g: Geometry, sb: SbState, sb_slot: u64, cur: u64, rw: bool) -> Store<I> {
@@ -140,7 +146,29 @@ impl<I: BlockIo> Store<I> {
             garbage_count: 0,
             max_deleted_epoch: 0,
             reclaim_cursor: 0,
+            deleting: 0,
+            reclaimed: 0,
         }
+    }
+
+    /// Counts the deleted snapshots waiting for their space to be
+    /// reclaimed, and checks that the superblock names one of them.
+    fn count_deleting(&mut self) -> Result<()> {
+        // Before the count is known, every epoch ever handed out bounds the walk.
+        let (first, count) = self.deleted_epochs(self.sb.last_epoch.saturating_add(1))?;
+        let d = self.sb.deleting_epoch;
+        let named = d != 0
+            && self
+                .lookup(TREE_SNAPS, d as u128)?
+                .is_some_and(|v| v & super::ops::DELETING != 0);
+        if first.is_some() != named {
+            return Err(Error::Corrupt {
+                what: "superblock: snapshot being deleted does not match the snapshot table",
+                block: 0,
+            });
+        }
+        self.deleting = count;
+        Ok(())
     }
 
     fn classify(io: &I, slot: u64) -> Result<Slot> {
@@ -399,13 +427,8 @@ impl<I: BlockIo> Store<I> {
         io.write_dirty()?;
         let mut s = Self::new_obj(io, g, st, other, cur, true);
         s.start_image()?;
-        if s.sb.deleting_epoch != 0 {
-            match s.finish_pending_delete() {
-                Ok(()) => s.commit()?,
-                Err(Error::NoSpace) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // A reclaim left unfinished goes on when the owner calls `reclaim`.
+        s.count_deleting()?;
         Ok(s)
     }
 
@@ -559,31 +582,18 @@ impl<I: BlockIo> Store<I> {
         if self.outstanding != 0 {
             return Err(Error::Busy);
         }
-        // Everything below, the resumed reclaim included, goes through
-        // guard(): an I/O error or corruption there leaves the transaction
-        // half done (a btree update or a midway commit cut short), and a
-        // later call must get `Failed` rather than build on it.
-        let r = self.commit_resume();
-        self.guard(r)
-    }
-
-    /// Finishes a pending snapshot deletion (as far as space allows; it
-    /// may commit midway), then commits.
-    fn commit_resume(&mut self) -> Result<()> {
-        if self.sb.deleting_epoch != 0 {
-            match self.finish_pending_delete() {
-                // NoSpace: the rest of the reclaim stays pending.
-                Ok(()) | Err(Error::NoSpace) => {}
-                Err(e) => return Err(e),
-            }
-        }
         if !self.dirty {
             return Ok(());
         }
-        self.commit_inner()
+        // All of it goes through guard(): an I/O error or corruption there
+        // leaves the transaction half done (the garbage list released, a
+        // superblock write cut short), and a later call must get `Failed`
+        // rather than build on it.
+        let r = self.commit_inner();
+        self.guard(r)
     }
 
-    pub(crate) fn commit_inner(&mut self) -> Result<()> {
+    fn commit_inner(&mut self) -> Result<()> {
         if self.outstanding != 0 {
             return Err(Error::Busy);
         }

@@ -97,6 +97,7 @@ fn plans_block_commit_and_abort_frees() {
     s.delete_snapshot(7).unwrap();
     assert_eq!(s.snapshot_write_complete(u).err(), Some(Error::NotFound));
     s.origin_write_complete(p).unwrap();
+    s.finish_reclaim().unwrap();
     s.commit().unwrap();
     let u = s.usage();
     assert_eq!((u.data_chunks, u.shared_exceptions, u.snapshots), (0, 0, 0));
@@ -150,10 +151,10 @@ fn private_writes_of_all_snapshots_need_no_copy() {
 }
 
 #[test]
-fn delete_on_full_device_commits_midway_and_resumes() {
-    // A nearly full device: deleting a snapshot with many exceptions needs
-    // more fresh metadata chunks (shadow copies) than are free; the delete
-    // commits what it has done and goes on.
+fn reclaim_on_full_device_commits_midway_and_resumes() {
+    // A nearly full device: reclaiming a snapshot with many exceptions needs
+    // more fresh metadata chunks (shadow copies) than are free; the reclaim
+    // asks for a commit of what it has done and goes on.
     let mut h = Harness::new(MemDisk::new(8000 * BS), 40000, 64);
     let baseline = usage_baseline(&h.s().usage());
     h.create(1);
@@ -172,16 +173,20 @@ fn delete_on_full_device_commits_midway_and_resumes() {
     let u = h.s().usage();
     assert!(u.free_chunks < 80, "{u:?}");
     h.delete(1);
+    h.reclaim_all();
     let after = h.s().info().committed_txid;
     assert!(
         after > before,
-        "delete did not commit midway ({before} -> {after})"
+        "reclaim did not commit midway ({before} -> {after})"
     );
     h.commit();
     assert_eq!(h.s().info().deleting_epoch, 0);
     h.verify_all();
     h.check();
     h.delete(2);
+    h.commit();
+    h.check();
+    h.reclaim_all();
     h.commit();
     h.check();
     assert_eq!(usage_baseline(&h.s().usage()), baseline);
@@ -212,6 +217,12 @@ fn full_store_can_still_delete_snapshots() {
             .unwrap_or_else(|e| panic!("delete {id} of a full store: {e}"));
         s.commit().unwrap();
     }
+    // Every deletion is still waiting for its space: one reclaim takes
+    // them all back.
+    assert_eq!(s.usage().deleting_snapshots, u64::from(created));
+    check_store(&s);
+    s.finish_reclaim().unwrap();
+    s.commit().unwrap();
     check_store(&s);
     let after = s.usage();
     assert_eq!(usage_baseline(&after), usage_baseline(&baseline));

@@ -33,7 +33,7 @@ fn workload(seed: u64, ops: usize, dev_chunks: usize) -> Harness<CrashDisk> {
     let mut rng = Rng(seed | 1);
     let mut next_id = 1u32;
     for i in 0..ops {
-        match rng.below(20) {
+        match rng.below(22) {
             0..=2 => {
                 h.create(next_id);
                 next_id += 1;
@@ -54,6 +54,7 @@ fn workload(seed: u64, ops: usize, dev_chunks: usize) -> Harness<CrashDisk> {
                 }
             }
             16..=18 => h.commit(),
+            19..=20 => h.reclaim(1 + rng.below(6)),
             _ => {
                 if i % 3 == 0 {
                     h.reopen();
@@ -134,8 +135,7 @@ fn recover_from(
 ) {
     let img = CrashDisk::image_at(base, &log[start..], k - start, how);
     let ctx = format!("crash after {k} events ({how:?})");
-    // The committed state as found (a read-write open may go on to finish
-    // a pending snapshot deletion and commit again).
+    // The committed state as found.
     let (t, pending) =
         match Store::open_existing(Cache::new(MemDisk::from_vec(img.clone()), BS, 16)) {
             Ok(s) => (s.info().committed_txid, s.info().deleting_epoch != 0),
@@ -174,6 +174,7 @@ fn recover_from(
             s.delete_snapshot(id).unwrap();
             model.remove(&id);
         }
+        s.finish_reclaim().unwrap();
         // Creates keep the metadata reserve for deletes, so on the small
         // devices they may be refused for space: that is an answer, not a bug.
         for id in [1000, 1001] {
@@ -258,9 +259,9 @@ fn crash_every_write_point_seed5() {
     crash_all_points(0x5eed_0005, 500, 128);
 }
 
-/// Crashes at every write point of a snapshot deletion on a full device,
-/// which commits midway: the store reopens with the deletion pending and
-/// finishes it.
+/// Crashes at every write point of a snapshot deletion and its reclaim on
+/// a full device, which commits midway: the store reopens with the reclaim
+/// pending and finishes it.
 #[test]
 fn crash_during_delete_that_commits_midway() {
     let disk = CrashDisk::new(vec![0; 6000 * BS]);
@@ -284,7 +285,9 @@ fn crash_during_delete_that_commits_midway() {
     assert_eq!(disk.log().last(), Some(&Event::Flush));
     h.delete(1);
     h.commit();
-    assert!(h.s().info().committed_txid > before + 1, "no midway commit");
+    h.reclaim_all();
+    h.commit();
+    assert!(h.s().info().committed_txid > before + 2, "no midway commit");
     let disk = h.s().io().disk();
     let log = disk.log();
     let base = CrashDisk::image_at(disk.initial(), &log, start, Survival::DropAll);

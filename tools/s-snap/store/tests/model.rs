@@ -16,6 +16,8 @@ enum Op {
     Commit,
     Reopen,
     Crash,
+    /// Reclaim deleted snapshots' space for this many steps.
+    Reclaim(u64),
 }
 
 fn op_strategy(max_id: u32, chunks: u64) -> impl Strategy<Value = Op> {
@@ -27,6 +29,7 @@ fn op_strategy(max_id: u32, chunks: u64) -> impl Strategy<Value = Op> {
         4 => (any::<u16>(), 0..chunks).prop_map(|(i, c)| Op::SnapRead(i, c)),
         2 => Just(Op::Commit),
         1 => Just(Op::Reopen),
+        2 => (1..8u64).prop_map(Op::Reclaim),
     ]
 }
 
@@ -92,6 +95,7 @@ fn run_with(
             Op::Commit => h.commit(),
             Op::Reopen => h.reopen(),
             Op::Crash => h.crash(),
+            Op::Reclaim(n) => h.reclaim(n),
         }
     }
     h.commit();
@@ -116,6 +120,9 @@ fn run_with(
     for id in ids {
         h.delete(id);
     }
+    h.commit();
+    h.check();
+    h.reclaim_all();
     h.commit();
     h.check();
     assert_eq!(
@@ -196,6 +203,9 @@ fn nospace_is_reported_and_recoverable() {
     h.delete(1);
     h.commit();
     h.check();
+    h.reclaim_all();
+    h.commit();
+    h.check();
     assert_eq!(usage_baseline(&h.s().usage()), baseline);
     h.create(2);
     for c in 0..20 {
@@ -221,6 +231,14 @@ fn deleting_middle_snapshot_reclaims_exactly() {
     assert_eq!(u.shared_exceptions, 3 * 64);
     h.delete(20);
     h.commit();
+    // Deleted, but its space is still there until the reclaim runs.
+    assert_eq!(h.s().usage().shared_exceptions, 3 * 64);
+    assert_eq!(h.s().usage().deleting_snapshots, 1);
+    h.verify_all();
+    h.check();
+    h.reclaim_all();
+    h.commit();
+    assert_eq!(h.s().usage().deleting_snapshots, 0);
     // Snapshot 20's interval was needed by it alone.
     assert_eq!(h.s().usage().shared_exceptions, 2 * 64);
     h.verify_all();

@@ -53,6 +53,8 @@ fn several_bitmap_blocks_with_crashes() {
             let id = *h.snaps.keys().next().unwrap();
             h.delete(id);
             h.commit();
+            h.reclaim(4000);
+            h.commit();
         }
     }
     let used = h.s().usage();
@@ -71,6 +73,9 @@ fn several_bitmap_blocks_with_crashes() {
     for id in ids {
         h.delete(id);
     }
+    h.commit();
+    h.check();
+    h.reclaim_all();
     h.commit();
     h.check();
     assert_eq!(usage_baseline(&h.s().usage()), baseline);

@@ -23,5 +23,7 @@ while [ $j -lt $i ]; do
 	j=$((j + 1))
 done
 [ "$(dmsetup status work | cut -d' ' -f4-)" = ": no snapshot" ] || fail "status: $(dmsetup status work)"
+# The space of deleted snapshots comes back in the background.
+wait_reclaimed
 msg snapshot create 0 || fail "create after emptying the store"
 dmsetup remove work

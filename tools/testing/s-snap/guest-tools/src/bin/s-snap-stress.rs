@@ -341,6 +341,19 @@ impl Shared {
         dmsetup(&args)
     }
 
+    /// The usage once the worker has reclaimed the space of every deleted snapshot: the
+    /// space figures of a model then match exactly.
+    fn settled_usage(&self) -> Result<Usage> {
+        for _ in 0..2400 {
+            let usage = self.usage()?;
+            if usage.get("deleting_snapshots")? == 0 {
+                return Ok(usage);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("deleted snapshots still not reclaimed after 120 s")
+    }
+
     fn usage(&self) -> Result<Usage> {
         let reply = self.message("usage")?;
         let mut lines = reply.lines();
@@ -736,7 +749,7 @@ fn check_usage(
     snaps: &[&SnapModel],
     active: &BTreeSet<u32>,
 ) -> Result<Exceptions> {
-    let usage = shared.usage()?;
+    let usage = shared.settled_usage()?;
     let cb = shared.chunk_blocks as usize;
     let mut versions_total = 0u64;
     let mut holders_total = 0u64;
@@ -984,7 +997,7 @@ fn main() -> Result<()> {
         snap.tally(st);
         shared.delete(snap.id)?;
     }
-    let usage = shared.usage()?;
+    let usage = shared.settled_usage()?;
     for (name, want) in [
         ("snapshots", 0),
         ("data_chunks", 0),
