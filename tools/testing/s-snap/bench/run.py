@@ -337,7 +337,7 @@ def management(times, many):
         op = t["op"]
         if op == "snap-create" and t["n"] not in (1, 64):
             continue
-        if op.startswith(("copy-", "load-", "delete-", "provision-")):
+        if op.startswith(("copy-", "load-", "delete-", "reclaim-", "provision-")):
             continue
         groups.setdefault((t["target"], op, t["n"]), []).append(t["seconds"] * 1000)
     for (target, op, n), vals in sorted(groups.items()):
@@ -347,17 +347,22 @@ def management(times, many):
             "N=1 runs); `snap-delete-newest` and `-oldest` delete the newest and the oldest",
             "of the 64 after all runs. dm-snapshot's delete is `dmsetup remove` of the",
             "snapshot and its COW slice; dm-thin's is the pool's `delete` message;",
-            "s-snap's is `snapshot delete`, which returns once the deletion is committed.",
+            "s-snap's is `snapshot delete`, which returns once the deletion is committed;",
+            "its space comes back afterwards, in the background.",
             "", "### A snapshot holding many exceptions (`ram`)", "",
             "| target | exceptions | fill (s) | table load (ms) | delete (ms) | "
-            "metadata bytes / exception |", "|---|---:|---:|---:|---:|---:|"]
+            "space back (s) | metadata bytes / exception |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for target, k, *rest in many:
         k = int(k)
         t = {x["op"]: x["seconds"] for x in times if x["target"] == target}
         fill = t.get(f"copy-{k}exc", t.get(f"provision-{k}blocks"))
         per = metadata_per_exception(target, k, rest)
+        delete = t.get(f"delete-{k}exc", 0)
+        # s-snap gives the space back after the delete returned; the others within it.
+        back = delete + t.get(f"reclaim-{k}exc", 0)
         out.append(f"| {target} | {k:,} | {fmt(fill)} | {fmt(t.get(f'load-{k}exc', 0) * 1000)} "
-                   f"| {fmt(t.get(f'delete-{k}exc', 0) * 1000)} | {fmt(per)} |")
+                   f"| {fmt(delete * 1000)} | {fmt(back)} | {fmt(per)} |")
     out += ["", "s-snap and dm-snapshot use 8 KiB chunks here (a 64 KiB-chunk store with",
             "262,144 exceptions needs 16 GiB of copies). dm-thin's snapshot holds its",
             "blocks unshared: a thin volume with one 4 KiB write per 64 KiB block",
@@ -366,7 +371,9 @@ def management(times, many):
             "device; dm-snapshot the snapshot (it reads every exception). Metadata bytes",
             "from the targets' own figures: s-snap `usage` (metadata_chunks x chunk),",
             "dm-thin `status` (used metadata blocks x 4 KiB), dm-snapshot `status`",
-            "(metadata sectors x 512); each divided by the exceptions.", ""]
+            "(metadata sectors x 512); each divided by the exceptions. Space back: from",
+            "the delete until the space is free again (s-snap: until `usage` shows",
+            "`deleting_snapshots 0`, polled every 0.1 s).", ""]
     return out
 
 
