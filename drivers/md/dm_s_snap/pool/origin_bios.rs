@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Origin bios in the worker: what an origin write needs (nothing, a commit, a copy), and
+//! issuing it once its chunk is safe to write.
+
+use super::{bio_error, copies::PlanKind, OriginBio, Pool, State};
+use crate::store::{self, OriginWrite};
+use core::sync::atomic::Ordering;
+use kernel::{block::bio::BioList, prelude::*, sync::Arc};
+
+impl Pool {
+    pub(super) fn process_origin_list(
+        self: &Arc<Self>,
+        st: &mut State,
+        mut list: BioList<OriginBio>,
+    ) {
+        while let Some(bio) = list.pop() {
+            self.process_origin(st, bio, false);
+        }
+    }
+
+    /// Decides what an origin write (or flush) needs, and starts it. `committed` is true for a
+    /// bio that waited for a commit which has now finished.
+    pub(super) fn process_origin(
+        self: &Arc<Self>,
+        st: &mut State,
+        bio: OriginBio,
+        committed: bool,
+    ) {
+        if st.failed {
+            bio.end(Err(EIO));
+            return;
+        }
+        if !bio.has_data() {
+            // An empty flush: issued to the origin after a commit.
+            self.issue_origin(st, bio, committed);
+            return;
+        }
+        let chunk = self.chunk_of(bio.sector());
+        if let Some(i) = Self::pending_index(st, chunk) {
+            st.pending[i].origin_waiters.push_back(bio);
+            return;
+        }
+        // A write that waited for a commit goes on even while a message handler quiesces: the
+        // handler waits for it, so that a snapshot created next does not copy its chunk again.
+        if !committed && Self::barrier(st) {
+            st.held_origin.push_back(bio);
+            return;
+        }
+        if self.reads_pending(chunk) {
+            self.read_waiters.store(true, Ordering::Release);
+            st.held_origin.push_back(bio);
+            // The last read may have ended before the flag was seen.
+            if !self.reads_pending(chunk) {
+                self.kick();
+            }
+            return;
+        }
+        match st.store.origin_write_prepare(chunk) {
+            Ok(OriginWrite::Proceed) => {
+                // Not while a handler quiesces: a snapshot it creates may share the chunk again,
+                // and the handler emptied the cache already.
+                if st.quiescing == 0 {
+                    self.map_cache.lock().set_origin_unshared(chunk);
+                }
+                self.issue_origin(st, bio, committed)
+            }
+            Ok(OriginWrite::AfterCommit) => st.commits.after_commit_origin(bio),
+            Ok(OriginWrite::Copy(plan)) => {
+                let len = self.copy_len(chunk);
+                let from = self.chunk_region(&self.origin, chunk, len);
+                let to = self.chunk_region(&self.cow, plan.cow(), len);
+                match self.start_copy(st, chunk, from, to, PlanKind::Origin(plan)) {
+                    Ok(i) => st.pending[i].origin_waiters.push_back(bio),
+                    Err(e) => bio.end(Err(e)),
+                }
+            }
+            Err(store::Error::NoSpace) => {
+                // COW full: the origin keeps its data, the write fails, the snapshots stay
+                // intact (see Documentation/admin-guide/device-mapper/shared-snapshot.rst).
+                if !st.cow_full {
+                    pr_err!("COW device full: failing origin writes that need a copy\n");
+                    st.cow_full = true;
+                }
+                bio.end(Err(ENOSPC));
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// Issues an origin bio whose chunk is safe to write. A bio that asks for durability
+    /// (REQ_PREFLUSH, REQ_FUA) waits for a commit first, unless `committed` says that one
+    /// finished since it arrived.
+    pub(super) fn issue_origin(&self, st: &mut State, mut bio: OriginBio, committed: bool) {
+        if !committed && (bio.is_flush() || bio.is_fua()) {
+            st.commits.after_commit_origin(bio);
+            return;
+        }
+        if bio.is_write() && bio.has_data() {
+            bio.per_io_mut().counted = true;
+            self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        bio.submit();
+    }
+}

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The background reclaim of deleted snapshots' space (see `store/reclaim.rs`), and the origin
+//! suspension that stops it.
+
+use super::{Pool, State};
+use crate::store::{self, Reclaim};
+use kernel::sync::Arc;
+
+/// Reclaim steps (exceptions freed) per worker run: the worker holds the pool's lock meanwhile,
+/// so this bounds the delay that reclaiming a deleted snapshot adds to other I/O (a step costs
+/// about 0.1 ms under TCG), while each run's commit serves this many frees.
+const RECLAIM_STEPS: u64 = 256;
+
+impl Pool {
+    /// Gives back some of the space of deleted snapshots, after the bios of this run were
+    /// dealt with; the commit that follows makes it durable, and the worker queues itself
+    /// again while more is left. Not while a message handler quiesces or the origin is
+    /// suspended.
+    pub(super) fn reclaim_some(self: &Arc<Self>, st: &mut State) {
+        if st.failed
+            || st.suspended
+            || st.quiescing != 0
+            || st.reclaim_paused
+            || st.store.deleting_snapshots() == 0
+        {
+            return;
+        }
+        match st.store.reclaim(RECLAIM_STEPS) {
+            Ok(Reclaim::Done) => st.commits.mark_dirty(),
+            Ok(Reclaim::More) => {
+                st.commits.mark_dirty();
+                self.kick();
+            }
+            Ok(Reclaim::NeedsCommit) => {
+                st.commits.mark_dirty();
+                st.reclaim_paused = true;
+            }
+            Err(store::Error::NoSpace) => {
+                // Only frees by other operations can help: wait for their commit.
+                st.reclaim_paused = true;
+            }
+            Err(e) => self.note_error(st, e),
+        }
+    }
+
+    /// The origin was suspended: commits whatever the store holds, and reclaims nothing until
+    /// [`Pool::resume`].
+    pub(crate) fn suspend(self: &Arc<Self>) {
+        self.state.lock().suspended = true;
+        self.sync();
+    }
+
+    /// The origin was resumed: a reclaim left pending (by a suspend, a reload or a crash)
+    /// goes on.
+    pub(crate) fn resume(self: &Arc<Self>) {
+        self.state.lock().suspended = false;
+        self.kick();
+    }
+}

@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Snapshot bios in the worker: reads remapped to where the snapshot's data is, writes to a
+//! chunk of the snapshot's own (after unsharing it).
+
+use super::{bio_error, bucket, copies::PlanKind, Pool, SnapBio, State};
+use crate::store::{self, Location, SnapWritePlan, SnapshotRef};
+use core::sync::atomic::Ordering;
+use kernel::{block::bio::BioList, prelude::*, sync::Arc};
+
+impl Pool {
+    pub(super) fn process_snap_list(self: &Arc<Self>, st: &mut State, mut list: BioList<SnapBio>) {
+        while let Some(bio) = list.pop() {
+            self.process_snap(st, bio);
+        }
+    }
+
+    pub(super) fn process_snap(self: &Arc<Self>, st: &mut State, bio: SnapBio) {
+        let Some(snap) = bio.per_io().snap else {
+            bio.end(Err(EIO));
+            return;
+        };
+        if st.failed {
+            bio.end(Err(EIO));
+            return;
+        }
+        if !bio.has_data() {
+            // An empty flush: snapshot data lives on the COW device, which the commit flushes;
+            // the flush is passed on to it as well for writes that went there directly.
+            bio.set_dev(self.cow.bdev());
+            st.commits.after_commit_snap(bio);
+            return;
+        }
+        let chunk = self.chunk_of(bio.sector());
+        if let Some(i) = Self::pending_index(st, chunk) {
+            st.pending[i].snap_waiters.push_back(bio);
+            return;
+        }
+        if bio.is_write() {
+            self.snap_write(st, bio, snap, chunk);
+        } else {
+            self.snap_read(st, bio, snap, chunk);
+        }
+    }
+
+    /// Sends a read of snapshot `snap` to where the snapshot's data of `chunk` is, holding a
+    /// read count of the chunk until it completes.
+    fn snap_read(&self, st: &mut State, mut bio: SnapBio, snap: SnapshotRef, chunk: u64) {
+        let sector = bio.sector();
+        match st.store.snapshot_lookup(snap, chunk) {
+            Ok(location) => {
+                let b = bucket(chunk);
+                self.reads_in_flight[b].fetch_add(1, Ordering::AcqRel);
+                // CAST: `b < READ_BUCKETS`, which fits a `u16`.
+                bio.per_io_mut().read_bucket = b as u16 + 1;
+                match location {
+                    Location::Origin => bio.remap(self.origin.bdev(), sector),
+                    Location::Cow(c) => {
+                        self.map_cache
+                            .lock()
+                            .set_snapshot_chunk(snap.epoch(), chunk, c);
+                        bio.remap(
+                            self.cow.bdev(),
+                            (c << self.chunk_shift) + (sector & self.chunk_mask()),
+                        )
+                    }
+                }
+                bio.submit();
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// Writes to `chunk` of snapshot `snap`: in place if the snapshot owns a COW chunk for it,
+    /// otherwise after the snapshot's current data was copied into a new chunk of its own.
+    fn snap_write(self: &Arc<Self>, st: &mut State, bio: SnapBio, snap: SnapshotRef, chunk: u64) {
+        let offset = bio.sector() & self.chunk_mask();
+        // The write may move the chunk: `map` must not send reads to the old place once the
+        // reads in flight are known (see `MapCache`).
+        self.map_cache
+            .lock()
+            .forget_snapshot_chunk(snap.epoch(), chunk);
+        if self.reads_pending(chunk) {
+            self.read_waiters.store(true, Ordering::Release);
+            st.held_snap.push_back(bio);
+            if !self.reads_pending(chunk) {
+                self.kick();
+            }
+            return;
+        }
+        match st.store.snapshot_write_prepare(snap, chunk) {
+            Ok(SnapWritePlan::Direct(c)) => {
+                bio.remap(self.cow.bdev(), (c << self.chunk_shift) + offset);
+                self.issue_snap(st, bio);
+            }
+            Ok(SnapWritePlan::Unshare(plan)) => {
+                // The snapshot's current data of the chunk goes to its new chunk first, so that
+                // a crash after the commit never exposes an unwritten chunk.
+                let len = self.copy_len(chunk);
+                let from = match plan.from() {
+                    Location::Origin => self.chunk_region(&self.origin, chunk, len),
+                    Location::Cow(c) => self.chunk_region(&self.cow, c, len),
+                };
+                let to = self.chunk_region(&self.cow, plan.to(), len);
+                match self.start_copy(st, chunk, from, to, PlanKind::Unshare(plan)) {
+                    Ok(i) => st.pending[i].snap_waiters.push_back(bio),
+                    Err(e) => bio.end(Err(e)),
+                }
+            }
+            Err(store::Error::NoSpace) => {
+                if !st.cow_full {
+                    pr_err!("COW device full: failing snapshot writes that need a chunk\n");
+                    st.cow_full = true;
+                }
+                bio.end(Err(ENOSPC));
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// Issues a snapshot bio, after a commit if it asks for durability.
+    pub(super) fn issue_snap(&self, st: &mut State, bio: SnapBio) {
+        if bio.is_flush() || bio.is_fua() {
+            st.commits.after_commit_snap(bio);
+        } else {
+            bio.submit();
+        }
+    }
+}
