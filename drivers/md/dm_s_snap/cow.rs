@@ -256,6 +256,21 @@ impl BlockIo for CowIo {
         self.client.issue_flush().map_err(io_error)
     }
 
+    fn commit_block(&self, mut block: CowBlock<'_>) -> Result<(), store::Error> {
+        let nr = block.buffer.block();
+        // dm-bufio writes the block around its cache from memory of our own, and only once
+        // the handle (and with it the buffer) is released: copy the contents to a spare shadow.
+        let mut data = self.take_shadow()?;
+        // The lengths are equal (type invariants of `CowIo` and `CowBlock`).
+        data.copy_from_slice(&block);
+        // The cache must not write the block: only the commit below does.
+        block.dirty = false;
+        drop(block);
+        let committed = self.client.commit_block(nr, &data).map_err(io_error);
+        self.put_shadow(data);
+        committed
+    }
+
     fn crc32c(&self, seed: u32, data: &[u8]) -> u32 {
         crc32c(seed, data)
     }

@@ -7,6 +7,9 @@
 //! bytes (read-only) and releases the buffer (`dm_bufio_release()`) when dropped. Buffers are
 //! modified with [`Buffer::write`] and [`Buffer::fill`], which mark what they change dirty;
 //! dirty buffers are written back by [`Client::write_dirty_buffers`] (or in the background).
+//! [`Client::commit_block`] ends a transaction with one cache flush: the dirty buffers are
+//! written back, then one block (a superblock) goes around the cache with
+//! `REQ_PREFLUSH | REQ_FUA`, as dm-snapshot's persistent store commits.
 //!
 //! All operations may sleep; use them from process context (constructor, workqueues), never
 //! from a target's `map` or `end_io`.
@@ -62,6 +65,7 @@
 //! ```
 
 use crate::{
+    alloc::VVec,
     bindings,
     block::bio::Sector,
     device_mapper::DmDev,
@@ -75,6 +79,10 @@ use crate::{
     sync::SpinLock,
 };
 use core::{ops::Deref, ptr::NonNull};
+
+/// `IOPRIO_DEFAULT` (`IOPRIO_PRIO_VALUE(IOPRIO_CLASS_NONE, 0)`), the I/O priority dm-bufio's own
+/// I/O uses; bindgen cannot evaluate the inline function that computes it.
+const IOPRIO_DEFAULT: u16 = 0;
 
 /// The most buffers one client lets its users hold at the same time.
 pub const MAX_HELD: usize = 32;
@@ -118,7 +126,8 @@ unsafe extern "C" fn clear_aux<T>(b: *mut bindings::dm_buffer) {
 ///
 /// `c` is a valid client created by `dm_bufio_client_create()` on the block device of `_dev`,
 /// with one byte of auxiliary data per buffer that `clear_aux` clears whenever dm-bufio loads
-/// the buffer with a block, and `block_size` its block size. `held` lists the blocks of all
+/// the buffer with a block, and `block_size` its block size. Its sector offset is 0: block `b`
+/// is sectors `b * block_size / 512` onwards of the device. `held` lists the blocks of all
 /// live [`Buffer`]s of the client, each once. Every buffer of the client that has been handed
 /// out as a [`Buffer`] since it was last loaded has [`AUX_LOADED`] set.
 #[pin_data]
@@ -215,20 +224,6 @@ impl Client {
         unsafe { bindings::dm_bufio_get_device_size(self.as_raw()) }
     }
 
-    /// Makes block 0 start at sector `start` of the device (`dm_bufio_set_sector_offset()`).
-    ///
-    /// Meant to be called right after creation; fails with `EBUSY` while buffers are held.
-    #[inline]
-    pub fn set_sector_offset(&self, start: Sector) -> Result {
-        let held = self.held.lock();
-        if held.len != 0 {
-            return Err(EBUSY);
-        }
-        // SAFETY: By the type invariant the client is valid.
-        unsafe { bindings::dm_bufio_set_sector_offset(self.as_raw(), start) };
-        Ok(())
-    }
-
     /// Sets the minimum number of buffers kept in the cache (`dm_bufio_set_minimum_buffers()`).
     #[inline]
     pub fn set_minimum_buffers(&self, n: u32) {
@@ -309,20 +304,88 @@ impl Client {
         Ok(unsafe { Buffer::new(self, block, b, data.cast()) })
     }
 
-    /// Starts reading `n` blocks from `block` into the cache in the background
-    /// (`dm_bufio_prefetch()`).
-    #[inline]
-    pub fn prefetch(&self, block: Sector, n: u32) {
-        // SAFETY: By the type invariant the client is valid.
-        unsafe { bindings::dm_bufio_prefetch(self.as_raw(), block, n) };
-    }
-
     /// Writes all dirty buffers, waits for the writes, then flushes the device's write cache
     /// (`dm_bufio_write_dirty_buffers()`).
     #[inline]
     pub fn write_dirty_buffers(&self) -> Result {
         // SAFETY: By the type invariant the client is valid.
         to_result(unsafe { bindings::dm_bufio_write_dirty_buffers(self.as_raw()) })
+    }
+
+    /// Writes all dirty buffers and waits for the writes, without flushing the device's write
+    /// cache (`dm_bufio_write_dirty_buffers_no_flush()`): the writes have completed when it
+    /// returns, so a later `REQ_PREFLUSH` makes them durable.
+    #[inline]
+    pub fn write_dirty_buffers_no_flush(&self) -> Result {
+        // SAFETY: By the type invariant the client is valid.
+        to_result(unsafe { bindings::dm_bufio_write_dirty_buffers_no_flush(self.as_raw()) })
+    }
+
+    /// Commits a transaction whose other blocks went through the cache: writes back every dirty
+    /// buffer and waits for the writes ([`Client::write_dirty_buffers_no_flush`]), then writes
+    /// `data` to block `block` around the cache, with `REQ_PREFLUSH | REQ_FUA` (`dm_io()`), and
+    /// waits. When it returns `Ok`, everything written to the device before it (those buffers,
+    /// and every other write that had completed) and then `data` are on stable storage, for the
+    /// price of one cache flush; a crash before leaves `data` unwritten or, if it is written,
+    /// everything before it durable too. The cache then holds no buffer of the block, so the
+    /// next [`Client::read`] of it reads `data` from the device.
+    ///
+    /// Fails with `EINVAL` unless `data` is one block long and the block lies on the device,
+    /// and with `EBUSY` if a buffer of the block is held or [`MAX_HELD`] buffers are.
+    pub fn commit_block(&self, block: Sector, data: &VVec<u8>) -> Result {
+        if data.len() != self.block_size || block >= self.device_size() {
+            return Err(EINVAL);
+        }
+        // Keeps every `Buffer` of the block away until the write is done: none exists now, and
+        // none can be handed out meanwhile, so nothing dirties or reads the block's buffer.
+        self.hold(block)?;
+        let result = self.commit_held_block(block, data);
+        self.unhold(block);
+        result
+    }
+
+    /// [`Client::commit_block`] once `block` is in the held list.
+    fn commit_held_block(&self, block: Sector, data: &VVec<u8>) -> Result {
+        self.write_dirty_buffers_no_flush()?;
+        // The block's buffer, if cached, is clean now and not held (see `commit_block`), so
+        // dm-bufio frees it: the cache cannot serve its old contents after the write below.
+        // SAFETY: By the type invariant the client is valid.
+        unsafe { bindings::dm_bufio_forget(self.as_raw(), block) };
+        // CAST: A block size fits a `u64`; `block` is on the device, so the product does not
+        // overflow (checked all the same).
+        let sectors = (self.block_size >> 9) as u64;
+        let mut region = bindings::dm_io_region {
+            bdev: self._dev.bdev().as_raw(),
+            sector: block.checked_mul(sectors).ok_or(EINVAL)?,
+            count: sectors,
+        };
+        let mut req = bindings::dm_io_request {
+            bi_opf: bindings::req_op_REQ_OP_WRITE
+                | bindings::REQ_PREFLUSH
+                | bindings::REQ_FUA
+                | bindings::REQ_SYNC,
+            // SAFETY: By the type invariant the client is valid.
+            client: unsafe { bindings::dm_bufio_get_dm_io_client(self.as_raw()) },
+            ..Default::default()
+        };
+        req.mem.type_ = bindings::dm_io_mem_type_DM_IO_VMA;
+        // CAST: dm-io only reads the memory of a write.
+        req.mem.ptr.vma = data.as_ptr().cast_mut().cast();
+        // No notify function: dm_io() is synchronous.
+        // SAFETY: `req` and `region` are valid for the call. `data` is `count` sectors of
+        // vmalloc memory (a `VVec` of non-zero length, as `DM_IO_VMA` needs), borrowed, so
+        // alive and unwritten until the synchronous `dm_io()` has returned, and with it the
+        // I/O. The dm-io client is the bufio client's, valid as long as it is, and `_dev`
+        // holds the block device.
+        to_result(unsafe {
+            bindings::dm_io(
+                &mut req,
+                1,
+                &mut region,
+                core::ptr::null_mut(),
+                IOPRIO_DEFAULT,
+            )
+        })
     }
 
     /// Starts writing all dirty buffers without waiting

@@ -6,7 +6,9 @@
 //! [`BlockIo::new_block`] is `dm_bufio_new`, [`BlockHandle::mark_dirty`] is
 //! `dm_bufio_mark_buffer_dirty`, dropping a handle is `dm_bufio_release`,
 //! [`BlockIo::write_dirty`] is `dm_bufio_write_dirty_buffers` (which ends
-//! with a cache flush) and [`BlockIo::flush`] is `dm_bufio_issue_flush`.
+//! with a cache flush), [`BlockIo::flush`] is `dm_bufio_issue_flush` and
+//! [`BlockIo::commit_block`] is a write-back without a flush followed by
+//! one block written around the cache with `REQ_PREFLUSH | REQ_FUA`.
 //!
 //! Semantics the store relies on (and nothing more):
 //!
@@ -24,6 +26,15 @@
 //!   flush costs a disk's cache flush time.
 //! * [`BlockIo::flush`] returns after everything written before it is on
 //!   stable storage.
+//! * [`BlockIo::commit_block`] writes every dirty block and waits for the
+//!   writes, then writes the contents of the handle it is given to that
+//!   handle's block with `REQ_PREFLUSH | REQ_FUA`, and returns after that
+//!   write completed: then everything written before (those blocks, chunk
+//!   copies) and the block are on stable storage, for one cache flush, and
+//!   a crash at any moment before leaves the block unwritten, or written
+//!   with everything before it durable. The handle must not be marked dirty
+//!   (write-back could otherwise write the block before the rest); reading
+//!   the block again returns the contents written.
 //! * A handle's changes reach the cache when it is dropped, and only if it
 //!   was marked dirty (the kernel's handles work on a private copy of the
 //!   block, so that no `&mut [u8]` to a buffer that write-back may be
@@ -73,6 +84,12 @@ pub trait BlockIo {
     fn write_dirty(&self) -> Result<(), Error>;
     /// Issues a cache flush (REQ_PREFLUSH) to the device and waits for it.
     fn flush(&self) -> Result<(), Error>;
+    /// Writes all dirty blocks and waits for the writes (no cache flush),
+    /// then writes the contents of `block`, which is not marked dirty, to
+    /// its block with REQ_PREFLUSH | REQ_FUA and waits for that: the commit
+    /// of a transaction whose last block is `block` (see the module
+    /// documentation).
+    fn commit_block(&self, block: Self::Block<'_>) -> Result<(), Error>;
     /// Raw CRC-32C (Castagnoli) update without pre- or post-inversion, like
     /// the kernel's `crc32c(seed, data, len)`. The store computes checksums
     /// as `!crc32c(!0, data)`, which is the standard CRC-32C.

@@ -438,6 +438,13 @@ impl<I: BlockIo> Store<I> {
     fn start_image(&mut self) -> Result<()> {
         let img = 1 - self.sb_slot;
         let src = self.io.read(self.sb_slot)?;
+        // The image carries the committed selector bits: it must come from
+        // the superblock just committed, never from a stale cached copy.
+        if Self::decode_sb(&self.io, &src, self.sb_slot)?.seq != self.sb.seq {
+            return Err(Error::Internal(
+                "cached superblock is not the committed one",
+            ));
+        }
         let mut dst = self.io.new_block(img)?;
         if dst.len() != self.g.block_size || src.len() != self.g.block_size {
             return Err(Error::Io("block handle of wrong size"));
@@ -621,8 +628,10 @@ impl<I: BlockIo> Store<I> {
         // true even if a damaged list is longer than its count.
         self.garbage_head = 0;
 
-        self.io.write_dirty()?;
-
+        // One write with REQ_PREFLUSH | REQ_FUA commits: the new superblock
+        // goes to the slot of the in-progress image once every other dirty
+        // block is written, and its preflush makes those (and the chunk
+        // copies of the transaction) durable before it.
         let mut st = self.sb;
         st.committed_txid = self.cur;
         st.reserved_txid = self.cur.checked_add(1).ok_or(Error::Limit("txid"))?;
@@ -635,10 +644,8 @@ impl<I: BlockIo> Store<I> {
             }
             st.encode(&mut h, img)?;
             seal(&self.io, &mut h)?;
-            h.set_verified();
-            h.mark_dirty();
+            self.io.commit_block(h)?;
         }
-        self.io.write_dirty()?;
         self.sb = st;
         self.sb_slot = img;
         self.cur = st.reserved_txid;

@@ -627,6 +627,52 @@ impl<D: Disk> BlockIo for Cache<D> {
         self.get(nr, false)
     }
     fn write_dirty(&self) -> Result<(), Error> {
+        self.write_dirty_no_flush()?;
+        // As dm_bufio_write_dirty_buffers() does.
+        self.flush()
+    }
+    fn flush(&self) -> Result<(), Error> {
+        self.st.borrow_mut().stats.flushes += 1;
+        self.disk.flush().map_err(|_| Error::Io("flush failed"))
+    }
+    fn commit_block(&self, block: CacheBlock<'_, D>) -> Result<(), Error> {
+        assert!(
+            !block.dirty,
+            "commit block {} marked dirty: write-back could write it before the rest",
+            block.nr
+        );
+        let nr = block.nr;
+        let mut block = block;
+        let data = std::mem::take(&mut block.data);
+        // Not released into the cache: the kernel's cache keeps the block's
+        // previous contents (the in-progress image, written back below) and
+        // then forgets it, and a release here could write the new contents
+        // early (chaos write-back), before the rest.
+        std::mem::forget(block);
+        {
+            let mut st = self.st.borrow_mut();
+            st.held -= 1;
+            st.map.remove(&nr);
+        }
+        self.write_dirty_no_flush()?;
+        // REQ_PREFLUSH, then the write; the flush after it stands in for
+        // REQ_FUA (nothing else is written in between).
+        self.flush()?;
+        let ok = self.write_block(nr, &data);
+        self.st.borrow_mut().stats.writes += 1;
+        if !ok {
+            return Err(Error::Io("write failed"));
+        }
+        self.flush()
+    }
+    fn crc32c(&self, seed: u32, data: &[u8]) -> u32 {
+        !crc32c::crc32c_append(!seed, data)
+    }
+}
+
+impl<D: Disk> Cache<D> {
+    /// Writes every dirty block, without a flush.
+    fn write_dirty_no_flush(&self) -> Result<(), Error> {
         let mut st = self.st.borrow_mut();
         let mut dirty: Vec<u64> = st
             .map
@@ -652,15 +698,6 @@ impl<D: Disk> BlockIo for Cache<D> {
         if std::mem::take(&mut st.write_error) {
             return Err(Error::Io("write failed"));
         }
-        drop(st);
-        // As dm_bufio_write_dirty_buffers() does.
-        self.flush()
-    }
-    fn flush(&self) -> Result<(), Error> {
-        self.st.borrow_mut().stats.flushes += 1;
-        self.disk.flush().map_err(|_| Error::Io("flush failed"))
-    }
-    fn crc32c(&self, seed: u32, data: &[u8]) -> u32 {
-        !crc32c::crc32c_append(!seed, data)
+        Ok(())
     }
 }
