@@ -135,10 +135,11 @@ fn check(path: &Path, max_problems: u64) -> Result<u8, ToolError> {
     if n == 0 {
         let _ = writeln!(
             out,
-            "{}: clean (txid {}, {} snapshots, {} shared and {} private exceptions, {} of {} chunks used)",
+            "{}: clean (txid {}, {} snapshots and {} being deleted, {} shared and {} private exceptions, {} of {} chunks used)",
             path.display(),
             store.info().committed_txid,
             u.snapshots,
+            u.deleting_snapshots,
             u.shared_exceptions,
             u.private_exceptions,
             u.data_chunks + u.metadata_chunks,
@@ -208,6 +209,7 @@ struct JsonUsage {
     shared_exceptions: u64,
     private_exceptions: u64,
     snapshots: u64,
+    deleting_snapshots: u64,
 }
 
 #[derive(Serialize)]
@@ -288,6 +290,7 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
             shared_exceptions: u.shared_exceptions,
             private_exceptions: u.private_exceptions,
             snapshots: u.snapshots,
+            deleting_snapshots: u.deleting_snapshots,
         },
         snapshots,
         shared_exceptions: shared,
@@ -333,6 +336,7 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  free chunks      {}", u.free_chunks)?;
     writeln!(out, "  shared exc.      {}", u.shared_exceptions)?;
     writeln!(out, "  private exc.     {}", u.private_exceptions)?;
+    writeln!(out, "  being deleted    {}", u.deleting_snapshots)?;
     writeln!(out, "snapshots: {}", d.snapshots.len())?;
     for sn in &d.snapshots {
         writeln!(
