@@ -113,6 +113,8 @@ struct State {
     /// The reclaim of deleted snapshots waits for the next commit: for the space that commit
     /// gives back, or because it ran out of space and only other frees can help.
     reclaim_paused: bool,
+    /// Reclaim steps run since the last commit (see `pool/reclaim.rs`).
+    reclaim_steps: u64,
 }
 
 /// Everything behind one COW device.
@@ -218,6 +220,7 @@ impl Pool {
                     cow_full: false,
                     suspended: false,
                     reclaim_paused: false,
+                    reclaim_steps: 0,
                 }, "s_snap::Pool::state"),
                 inbox <- new_spinlock!(Inbox::default(), "s_snap::Pool::inbox"),
                 map_cache <- new_spinlock!(map_cache, "s_snap::Pool::map_cache"),

@@ -131,6 +131,7 @@ impl Pool {
     /// After a commit: the reclaim may go on (see [`Pool::reclaim_some`]).
     pub(super) fn committed(self: &Arc<Self>, st: &mut State) {
         st.commits.dirty = false;
+        st.reclaim_steps = 0;
         if core::mem::take(&mut st.reclaim_paused) && st.store.deleting_snapshots() != 0 {
             self.kick();
         }
