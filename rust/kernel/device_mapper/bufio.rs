@@ -326,9 +326,9 @@ impl Client {
     /// `data` to block `block` around the cache, with `REQ_PREFLUSH | REQ_FUA` (`dm_io()`), and
     /// waits. When it returns `Ok`, everything written to the device before it (those buffers,
     /// and every other write that had completed) and then `data` are on stable storage, for the
-    /// price of one cache flush; a crash before leaves `data` unwritten or, if it is written,
-    /// everything before it durable too. The cache then holds no buffer of the block, so the
-    /// next [`Client::read`] of it reads `data` from the device.
+    /// price of one cache flush; a crash before leaves the block unwritten, torn (the caller's
+    /// checksum tells), or written with everything before it durable too. The cache then holds
+    /// no buffer of the block, so the next [`Client::read`] of it reads `data` from the device.
     ///
     /// Fails with `EINVAL` unless `data` is one block long and the block lies on the device,
     /// and with `EBUSY` if a buffer of the block is held or [`MAX_HELD`] buffers are.
