@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The exception store's block I/O over dm-bufio: one buffer is one chunk of the COW device.
+//! The exception store's block I/O over dm-bufio: one buffer is one 4 KiB metadata block of the
+//! COW device, whatever the chunk size.
 //!
 //! The store modifies blocks in place, through `&mut [u8]` ([`BlockHandle`] is `DerefMut`), but
 //! a dm-bufio buffer must not be mutably borrowed: dm-bufio may write back a dirty buffer while
@@ -50,20 +51,18 @@ pub(crate) struct CowIo {
 }
 
 impl CowIo {
-    /// Creates a client with one block per chunk of `chunk_sectors` sectors.
-    pub(crate) fn new(cow: &DmDev, chunk_sectors: u32) -> Result<Self> {
-        // The table parser only passes valid chunk sizes; checked arithmetic keeps a bad one
-        // from panicking here all the same.
-        let bytes = chunk_sectors.checked_mul(512).ok_or(EINVAL)?;
-        let nr_blocks = cow
-            .nr_sectors()
-            .checked_div(Sector::from(chunk_sectors))
-            .ok_or(EINVAL)?;
-        let client = KBox::pin_init(bufio::Client::new(cow, bytes, RESERVED_BUFFERS), GFP_KERNEL)?;
+    /// Creates a client with blocks of [`store::META_BLOCK_SIZE`] bytes.
+    pub(crate) fn new(cow: &DmDev) -> Result<Self> {
+        const BLOCK_SECTORS: Sector = (store::META_BLOCK_SIZE / 512) as Sector;
+        let nr_blocks = cow.nr_sectors() / BLOCK_SECTORS;
+        let client = KBox::pin_init(
+            bufio::Client::new(cow, store::META_BLOCK_SIZE as u32, RESERVED_BUFFERS),
+            GFP_KERNEL,
+        )?;
         let block_size = client.block_size() as usize;
         let shadows: [Cell<Option<VVec<u8>>>; SHADOWS] = Default::default();
         for shadow in &shadows {
-            // Chunks are up to 512 KiB: too large for kmalloc.
+            // Vmalloc memory: `commit_block` hands a shadow to dm_io as `DM_IO_VMA`.
             shadow.set(Some(VVec::from_elem(0, block_size, GFP_KERNEL)?));
         }
         // INVARIANT: The shadows are `block_size` bytes long.

@@ -50,7 +50,7 @@ fn store_error(e: store::Error) -> CtrError {
         ),
         store::Error::Unsupported(_) => (
             EINVAL,
-            c_str!("Exception store has an unsupported format version"),
+            c_str!("Exception store has an unsupported format version (this module reads version 2 only; nothing was written)"),
         ),
         store::Error::Corrupt { .. } => (
             EIO,

@@ -187,7 +187,7 @@ impl Pool {
         cow: &DmDev,
         chunk_sectors: u32,
     ) -> Result<Arc<Self>, OpenError> {
-        let io = CowIo::new(cow, chunk_sectors)?;
+        let io = CowIo::new(cow)?;
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
         let mut map_cache = MapCache::new()?;
         map_cache.set_no_snapshots(store.usage().snapshots == 0);

@@ -40,7 +40,7 @@ impl Pool {
         st.commits.drop_transaction();
         // A read-only open never formats and never writes: a COW device that lost its store
         // (zeroed, replaced) is refused here, not formatted.
-        let checked = Store::open_existing(CowIo::new(&self.cow, self.chunk_sectors)?)
+        let checked = Store::open_existing(CowIo::new(&self.cow)?)
             .map_err(OpenError::Store)?;
         if checked.usage().chunk_size / 512 != u64::from(self.chunk_sectors) {
             return Err(OpenError::Store(store::Error::ChunkSizeMismatch));
@@ -61,7 +61,7 @@ impl Pool {
         }
         // Drops the failed store: its cache writes back what it holds (see above).
         st.store = checked;
-        let io = CowIo::new(&self.cow, self.chunk_sectors)?;
+        let io = CowIo::new(&self.cow)?;
         st.store = Store::open(io, self.chunk_sectors).map_err(OpenError::Store)?;
         st.failed = false;
         st.cow_full = false;

@@ -107,6 +107,7 @@ impl Pool {
             private_exceptions,
             snapshots,
             deleting_snapshots,
+            metadata_blocks,
         } = st.store.usage();
         writeln!(
             out,
@@ -114,7 +115,8 @@ impl Pool {
              metadata_chunks {metadata_chunks} free_chunks {free_chunks} \
              shared_exceptions {shared_exceptions} private_exceptions {private_exceptions} \
              snapshots {snapshots} cow_full {} failed {} commit_sequence {} \
-             deleting_snapshots {deleting_snapshots} reclaimed_chunks {}",
+             deleting_snapshots {deleting_snapshots} reclaimed_chunks {} \
+             metadata_blocks {metadata_blocks}",
             chunk_size / 512,
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),

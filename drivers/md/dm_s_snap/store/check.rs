@@ -14,7 +14,7 @@ use core::fmt;
 pub struct Problem {
     /// What is wrong.
     pub what: &'static str,
-    /// The metadata block (chunk) concerned, if any.
+    /// The metadata block concerned, if any.
     pub block: Option<u64>,
     /// A chunk number, epoch, count or key half concerned, if any.
     pub value: Option<u64>,
@@ -88,9 +88,9 @@ fn mark(scratch: &mut [u8], nr: u64) -> Option<bool> {
 }
 
 impl<I: BlockIo> Store<I> {
-    /// Bytes of scratch memory [`Store::check`] needs (one bit per chunk).
+    /// Bytes of scratch memory [`Store::check`] needs (one bit per block).
     pub fn check_scratch_len(&self) -> usize {
-        usize::try_from(self.g.nr_chunks.div_ceil(8)).unwrap_or(usize::MAX)
+        usize::try_from(self.g.nr_blocks.div_ceil(8)).unwrap_or(usize::MAX)
     }
 
     /// Verifies every invariant of the current state and calls `report` for
@@ -118,7 +118,7 @@ impl<I: BlockIo> Store<I> {
         for _ in 0..self.garbage_count {
             match self.read_valid(gb, GARBAGE_MAGIC) {
                 Ok(h) => {
-                    self.mark_chunk(&mut ck, scratch, gb, "released block");
+                    self.mark_block(&mut ck, scratch, gb, "released block");
                     gb = rd64(&h, GB_NEXT)?;
                 }
                 Err(Error::Io(s)) => return Err(Error::Io(s)),
@@ -140,9 +140,9 @@ impl<I: BlockIo> Store<I> {
                 Some(n.data),
             );
         }
-        if self.g.fixed_end + n.nodes != sb.meta_chunks {
+        if self.g.fixed_end + n.nodes != sb.meta_blocks {
             ck.bad(
-                "metadata chunk counter differs from the btree nodes",
+                "metadata block counter differs from the btree nodes",
                 None,
                 Some(self.g.fixed_end + n.nodes),
             );
@@ -173,7 +173,9 @@ impl<I: BlockIo> Store<I> {
         Ok(ck.problems)
     }
 
-    fn mark_chunk(
+    /// Marks metadata block `nr` used; false (and a problem) if it is
+    /// outside the data area or used twice.
+    fn mark_block(
         &self,
         ck: &mut Checker<'_>,
         scratch: &mut [u8],
@@ -184,8 +186,7 @@ impl<I: BlockIo> Store<I> {
             ck.bad(
                 match what {
                     "btree node" => "btree node outside the data area",
-                    "released block" => "released block outside the data area",
-                    _ => "exception chunk outside the data area",
+                    _ => "released block outside the data area",
                 },
                 None,
                 Some(nr),
@@ -193,10 +194,28 @@ impl<I: BlockIo> Store<I> {
             return false;
         }
         if mark(scratch, nr) == Some(true) {
-            ck.bad("chunk referenced more than once", Some(nr), Some(nr));
+            ck.bad("block referenced more than once", Some(nr), Some(nr));
             return false;
         }
         true
+    }
+
+    /// Marks the blocks of data chunk `c` used; false (and a problem) if it
+    /// is outside the data area or any of its blocks is used twice.
+    fn mark_data_chunk(&self, ck: &mut Checker<'_>, scratch: &mut [u8], c: u64) -> bool {
+        if !self.g.chunk_in_data_area(c) {
+            ck.bad("exception chunk outside the data area", None, Some(c));
+            return false;
+        }
+        let first = self.g.chunk_block(c);
+        let mut twice = false;
+        for nr in first..first + self.g.chunk_blocks {
+            twice |= mark(scratch, nr) == Some(true);
+        }
+        if twice {
+            ck.bad("chunk referenced more than once", Some(first), Some(c));
+        }
+        !twice
     }
 
     fn check_tree(
@@ -296,7 +315,7 @@ impl<I: BlockIo> Store<I> {
         n: &mut Counts,
         ls: &mut LeafState,
     ) -> Result<Option<Frame>> {
-        if !self.mark_chunk(ck, scratch, nr, "btree node") {
+        if !self.mark_block(ck, scratch, nr, "btree node") {
             return Ok(None);
         }
         n.nodes += 1;
@@ -413,7 +432,7 @@ impl<I: BlockIo> Store<I> {
                     }
                 }
                 ls.prev = Some((k, v));
-                if self.mark_chunk(ck, scratch, cow, "exception") {
+                if self.mark_data_chunk(ck, scratch, cow) {
                     n.data += 1;
                 }
                 // A snapshot deleted but not reclaimed yet still counts: the
@@ -432,7 +451,7 @@ impl<I: BlockIo> Store<I> {
                 if self.lookup(TREE_SNAPS, e as u128)?.is_none() {
                     ck.bad("private exception of no live snapshot", None, Some(e));
                 }
-                if self.mark_chunk(ck, scratch, lo64(v), "exception") {
+                if self.mark_data_chunk(ck, scratch, lo64(v)) {
                     n.data += 1;
                 }
             }
@@ -544,7 +563,7 @@ impl<I: BlockIo> Store<I> {
                     .get(off..off + 7)
                     .is_some_and(|r| r.iter().all(|&x| x == 0));
             }
-            let end = SB_ROOTS + NR_TREES * SB_ROOT_SIZE;
+            let end = SB_BLOCK_SIZE + 4;
             ok &= h
                 .get(end..SB_SELECTOR)
                 .is_some_and(|r| r.iter().all(|&x| x == 0));
@@ -577,7 +596,7 @@ impl<I: BlockIo> Store<I> {
                 ck.bad("bitmap: reserved bytes not zero", Some(cur), None);
             }
             let first = i * g.bits_per_bitmap;
-            let nbits = (g.nr_chunks - first).min(g.bits_per_bitmap);
+            let nbits = (g.nr_blocks - first).min(g.bits_per_bitmap);
             let words = g.bits_per_bitmap / 64;
             for w in 0..words {
                 let off = BM_BITS + (w as usize) * 8;
@@ -610,13 +629,13 @@ impl<I: BlockIo> Store<I> {
                         if diff & (1 << b) != 0 {
                             if bits & (1 << b) != 0 {
                                 ck.bad(
-                                    "space map: chunk allocated but not referenced (leak)",
+                                    "space map: block allocated but not referenced (leak)",
                                     None,
                                     Some(base + b),
                                 );
                             } else {
                                 ck.bad(
-                                    "space map: chunk referenced but free",
+                                    "space map: block referenced but free",
                                     None,
                                     Some(base + b),
                                 );

@@ -15,8 +15,15 @@ pub(crate) const NODE_MAGIC: u32 = u32::from_le_bytes(*b"SSbt");
 /// Magic of a metadata block released within its own transaction.
 pub(crate) const GARBAGE_MAGIC: u32 = u32::from_le_bytes(*b"SSgb");
 
-/// On-disk format version.
-pub(crate) const VERSION: u32 = 1;
+/// On-disk format version. Version 1 used one metadata block per chunk; a
+/// store of another version is refused, never converted or overwritten.
+pub(crate) const VERSION: u32 = 2;
+
+/// Size of every metadata block (superblock, bitmap, btree node) and the
+/// unit of the space map, whatever the chunk size.
+pub(crate) const BLOCK_SIZE: usize = 4096;
+/// [`BLOCK_SIZE`] in 512-byte sectors.
+pub(crate) const BLOCK_SECTORS: u32 = 8;
 
 /// Common header: crc32c, magic, block number, txid.
 pub(crate) const OFF_CRC: usize = 0;
@@ -33,9 +40,11 @@ pub(crate) const SB_SEQ: usize = 32;
 pub(crate) const SB_NR_CHUNKS: usize = 40;
 pub(crate) const SB_RESERVED_TXID: usize = 48;
 pub(crate) const SB_LAST_EPOCH: usize = 56;
+/// Next block the metadata allocator tries.
 pub(crate) const SB_ALLOC_HINT: usize = 64;
 pub(crate) const SB_DATA_CHUNKS: usize = 72;
-pub(crate) const SB_META_CHUNKS: usize = 80;
+/// Metadata blocks in use, including the fixed area.
+pub(crate) const SB_META_BLOCKS: usize = 80;
 pub(crate) const SB_SHARED: usize = 88;
 pub(crate) const SB_PRIVATE: usize = 96;
 pub(crate) const SB_SNAPSHOTS: usize = 104;
@@ -45,6 +54,11 @@ pub(crate) const SB_DELETING_EPOCH: usize = 120;
 pub(crate) const SB_ROOTS: usize = 128;
 /// Each root record: u64 block, u8 depth, 7 bytes zero.
 pub(crate) const SB_ROOT_SIZE: usize = 16;
+/// Next chunk the data allocator tries.
+pub(crate) const SB_DATA_HINT: usize = 176;
+/// The metadata block size in bytes, [`BLOCK_SIZE`] (u32; zero up to the
+/// selector bits after it).
+pub(crate) const SB_BLOCK_SIZE: usize = 184;
 /// First byte of the bitmap slot selector bits.
 pub(crate) const SB_SELECTOR: usize = 256;
 
@@ -77,6 +91,13 @@ pub(crate) const MAX_CHUNK_SECTORS: u32 = 1024;
 
 /// Free chunks a store needs beyond its fixed area and three root nodes.
 pub(crate) const MIN_FREE_CHUNKS: u64 = 16;
+
+/// Selector bits in the superblock, hence the largest number of bitmap
+/// blocks.
+const MAX_BITMAPS: u64 = ((BLOCK_SIZE - SB_SELECTOR) * 8) as u64;
+/// Blocks covered by one bitmap block: 32,512, a multiple of 128 (the
+/// largest chunk in blocks), so that no chunk straddles two bitmap blocks.
+pub(crate) const BITS_PER_BITMAP: u64 = ((BLOCK_SIZE - BM_BITS) * 8) as u64;
 
 /// Reads a little-endian u16.
 pub(crate) fn rd16(b: &[u8], off: usize) -> Result<u16> {
@@ -239,19 +260,29 @@ pub(crate) fn crc_ok<I: BlockIo>(io: &I, b: &[u8]) -> bool {
 }
 
 /// Geometry derived from the chunk size and the number of chunks.
+///
+/// Metadata lives in blocks of [`BLOCK_SIZE`] bytes, numbered from the
+/// start of the device; chunk `c` is the aligned group of
+/// [`Geometry::chunk_blocks`] blocks starting at block `c * chunk_blocks`.
+/// The space map has one bit per block: a data chunk takes a whole group,
+/// a metadata block a single block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
-    /// Block (= chunk) size in bytes.
+    /// Metadata block size in bytes ([`BLOCK_SIZE`]).
     pub(crate) block_size: usize,
     /// Chunk size in 512-byte sectors.
     pub(crate) chunk_sectors: u32,
+    /// Blocks per chunk (1 to 128).
+    pub(crate) chunk_blocks: u64,
     /// Number of chunks managed by the store.
     pub(crate) nr_chunks: u64,
+    /// Number of blocks managed by the store, `nr_chunks * chunk_blocks`.
+    pub(crate) nr_blocks: u64,
     /// Number of logical bitmap blocks.
     pub(crate) nr_bitmaps: u64,
-    /// Chunks covered by one bitmap block.
+    /// Blocks covered by one bitmap block.
     pub(crate) bits_per_bitmap: u64,
-    /// First chunk after the fixed area (superblocks and bitmap slots).
+    /// First block after the fixed area (superblocks and bitmap slots).
     pub(crate) fixed_end: u64,
     /// Maximum entries of a leaf node.
     pub(crate) leaf_max: usize,
@@ -266,12 +297,38 @@ impl Geometry {
     }
 
     /// Largest number of chunks a store with this chunk size can manage
-    /// (limited by the selector bits in the superblock).
+    /// (limited by the selector bits in the superblock: about 3.7 TiB).
     pub(crate) fn max_chunks(chunk_sectors: u32) -> u64 {
-        let bs = (chunk_sectors as u64) * 512;
-        let sel_bits = (bs - SB_SELECTOR as u64) * 8;
-        let bpb = (bs - BM_BITS as u64) * 8;
-        sel_bits.saturating_mul(bpb)
+        let k = u64::from((chunk_sectors / BLOCK_SECTORS).max(1));
+        MAX_BITMAPS * BITS_PER_BITMAP / k
+    }
+
+    /// Blocks of the fixed area of a store of `nr_chunks` chunks.
+    fn fixed_blocks(chunk_blocks: u64, nr_chunks: u64) -> u64 {
+        let bitmaps = nr_chunks
+            .saturating_mul(chunk_blocks)
+            .div_ceil(BITS_PER_BITMAP);
+        bitmaps.saturating_mul(2).saturating_add(2)
+    }
+
+    /// Chunks a store of `nr_chunks` chunks needs: the chunks its fixed
+    /// area and three root nodes touch, plus [`MIN_FREE_CHUNKS`].
+    fn needed_chunks(chunk_blocks: u64, nr_chunks: u64) -> u64 {
+        Self::fixed_blocks(chunk_blocks, nr_chunks)
+            .saturating_add(NR_TREES as u64)
+            .div_ceil(chunk_blocks.max(1))
+            .saturating_add(MIN_FREE_CHUNKS)
+    }
+
+    /// Smallest number of chunks a store with this chunk size needs.
+    pub(crate) fn min_chunks(chunk_sectors: u32) -> u64 {
+        let k = u64::from((chunk_sectors / BLOCK_SECTORS).max(1));
+        let mut n = Self::needed_chunks(k, 1);
+        // More chunks may need more bitmap blocks; a few rounds settle it.
+        for _ in 0..4 {
+            n = Self::needed_chunks(k, n);
+        }
+        n
     }
 
     /// Computes the geometry; `nr_chunks` is clamped to the maximum.
@@ -279,23 +336,24 @@ impl Geometry {
         if !Self::valid_chunk_sectors(chunk_sectors) {
             return Err(Error::InvalidChunkSize);
         }
-        let block_size = (chunk_sectors as usize) * 512;
+        let chunk_blocks = u64::from(chunk_sectors / BLOCK_SECTORS);
         let nr_chunks = nr_chunks.min(Self::max_chunks(chunk_sectors));
-        let bits_per_bitmap = ((block_size - BM_BITS) as u64) * 8;
-        let nr_bitmaps = nr_chunks.div_ceil(bits_per_bitmap);
-        let fixed_end = 2 + 2 * nr_bitmaps;
-        let leaf_max = (block_size - NODE_KEYS) / 32;
-        let int_max = (block_size - NODE_KEYS) / 24;
-        let need = fixed_end + 3 + MIN_FREE_CHUNKS;
-        if nr_chunks < need {
+        let nr_blocks = nr_chunks * chunk_blocks;
+        let nr_bitmaps = nr_blocks.div_ceil(BITS_PER_BITMAP);
+        let fixed_end = Self::fixed_blocks(chunk_blocks, nr_chunks);
+        let leaf_max = (BLOCK_SIZE - NODE_KEYS) / 32;
+        let int_max = (BLOCK_SIZE - NODE_KEYS) / 24;
+        if nr_chunks < Self::needed_chunks(chunk_blocks, nr_chunks) {
             return Err(Error::DeviceTooSmall);
         }
         Ok(Geometry {
-            block_size,
+            block_size: BLOCK_SIZE,
             chunk_sectors,
+            chunk_blocks,
             nr_chunks,
+            nr_blocks,
             nr_bitmaps,
-            bits_per_bitmap,
+            bits_per_bitmap: BITS_PER_BITMAP,
             fixed_end,
             leaf_max,
             int_max,
@@ -340,9 +398,20 @@ impl Geometry {
         }
     }
 
-    /// True if `nr` may be a btree node or a data chunk.
+    /// True if block `nr` may be a btree node.
     pub(crate) fn in_data_area(&self, nr: u64) -> bool {
-        nr >= self.fixed_end && nr < self.nr_chunks
+        nr >= self.fixed_end && nr < self.nr_blocks
+    }
+
+    /// True if chunk `c` may hold data: inside the store and clear of the
+    /// fixed area.
+    pub(crate) fn chunk_in_data_area(&self, c: u64) -> bool {
+        c < self.nr_chunks && c * self.chunk_blocks >= self.fixed_end
+    }
+
+    /// First block of chunk `c`.
+    pub(crate) fn chunk_block(&self, c: u64) -> u64 {
+        c * self.chunk_blocks
     }
 
     /// Physical block of slot `s` of bitmap block `i`.
@@ -368,9 +437,12 @@ pub(crate) struct SbState {
     pub(crate) committed_txid: u64,
     pub(crate) reserved_txid: u64,
     pub(crate) last_epoch: u64,
+    /// Next block the metadata allocator tries.
     pub(crate) alloc_hint: u64,
+    /// Next chunk the data allocator tries.
+    pub(crate) data_hint: u64,
     pub(crate) data_chunks: u64,
-    pub(crate) meta_chunks: u64,
+    pub(crate) meta_blocks: u64,
     pub(crate) shared: u64,
     pub(crate) private: u64,
     pub(crate) snapshots: u64,
@@ -396,8 +468,9 @@ impl SbState {
             reserved_txid: rd64(b, SB_RESERVED_TXID)?,
             last_epoch: rd64(b, SB_LAST_EPOCH)?,
             alloc_hint: rd64(b, SB_ALLOC_HINT)?,
+            data_hint: rd64(b, SB_DATA_HINT)?,
             data_chunks: rd64(b, SB_DATA_CHUNKS)?,
-            meta_chunks: rd64(b, SB_META_CHUNKS)?,
+            meta_blocks: rd64(b, SB_META_BLOCKS)?,
             shared: rd64(b, SB_SHARED)?,
             private: rd64(b, SB_PRIVATE)?,
             snapshots: rd64(b, SB_SNAPSHOTS)?,
@@ -420,7 +493,7 @@ impl SbState {
         wr64(b, SB_LAST_EPOCH, self.last_epoch)?;
         wr64(b, SB_ALLOC_HINT, self.alloc_hint)?;
         wr64(b, SB_DATA_CHUNKS, self.data_chunks)?;
-        wr64(b, SB_META_CHUNKS, self.meta_chunks)?;
+        wr64(b, SB_META_BLOCKS, self.meta_blocks)?;
         wr64(b, SB_SHARED, self.shared)?;
         wr64(b, SB_PRIVATE, self.private)?;
         wr64(b, SB_SNAPSHOTS, self.snapshots)?;
@@ -433,7 +506,9 @@ impl SbState {
             wr8(b, off + 8, r.depth)?;
             zero_bytes(b, off + 9, 7)?;
         }
-        let end = SB_ROOTS + NR_TREES * SB_ROOT_SIZE;
+        wr64(b, SB_DATA_HINT, self.data_hint)?;
+        wr32(b, SB_BLOCK_SIZE, BLOCK_SIZE as u32)?;
+        let end = SB_BLOCK_SIZE + 4;
         zero_bytes(b, end, SB_SELECTOR - end)?;
         Ok(())
     }

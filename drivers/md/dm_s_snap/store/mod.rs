@@ -58,8 +58,11 @@ pub use ops::{
     SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots, StoreInfo, UnsharePlan, Usage,
 };
 pub use reclaim::Reclaim;
-pub use txn::{superblock_chunk_sectors, Store};
+pub use txn::Store;
 
+/// Size in bytes of a metadata block: the block size [`BlockIo`] must
+/// have, whatever the chunk size.
+pub const META_BLOCK_SIZE: usize = format::BLOCK_SIZE;
 /// Smallest chunk size in 512-byte sectors (4 KiB).
 pub const MIN_CHUNK_SECTORS: u32 = format::MIN_CHUNK_SECTORS;
 /// Largest chunk size in 512-byte sectors (512 KiB).
@@ -77,17 +80,11 @@ pub fn max_chunks(chunk_sectors: u32) -> u64 {
 
 /// Smallest device (in chunks) that can hold a store with this chunk size.
 pub fn min_chunks(chunk_sectors: u32) -> u64 {
-    if !format::Geometry::valid_chunk_sectors(chunk_sectors) {
-        return 0;
+    if format::Geometry::valid_chunk_sectors(chunk_sectors) {
+        format::Geometry::min_chunks(chunk_sectors)
+    } else {
+        0
     }
-    let bpb = ((chunk_sectors as u64) * 512 - format::BM_BITS as u64) * 8;
-    let mut n = 2 + 2 + 3 + format::MIN_FREE_CHUNKS;
-    // Grow until the bitmap blocks needed for n chunks fit.
-    for _ in 0..4 {
-        let nb = n.div_ceil(bpb);
-        n = 2 + 2 * nb + 3 + format::MIN_FREE_CHUNKS;
-    }
-    n
 }
 
 #[cfg(test)]

@@ -141,10 +141,13 @@ pub struct Usage {
     pub total_chunks: u64,
     /// Chunks holding copied data (including those of outstanding plans).
     pub data_chunks: u64,
-    /// Chunks holding metadata (fixed area and btree nodes).
+    /// Chunks' worth of metadata: `metadata_blocks` in 4 KiB blocks,
+    /// rounded up to whole chunks.
     pub metadata_chunks: u64,
     /// `total_chunks - data_chunks - metadata_chunks`.
     pub free_chunks: u64,
+    /// Metadata blocks of 4 KiB in use (fixed area and btree nodes).
+    pub metadata_blocks: u64,
     /// Shared exceptions.
     pub shared_exceptions: u64,
     /// Private exceptions.
@@ -193,7 +196,7 @@ pub struct StoreInfo {
     pub nr_chunks: u64,
     /// Logical bitmap blocks.
     pub nr_bitmaps: u64,
-    /// First chunk after the fixed area.
+    /// First 4 KiB block after the fixed area.
     pub fixed_end: u64,
     /// Superblock slot in use (0 or 1).
     pub superblock_slot: u64,
@@ -205,8 +208,10 @@ pub struct StoreInfo {
     pub reserved_txid: u64,
     /// Last epoch handed out.
     pub last_epoch: u64,
-    /// Next chunk the allocator tries.
+    /// Next 4 KiB block the metadata allocator tries.
     pub alloc_hint: u64,
+    /// Next chunk the data allocator tries.
+    pub data_hint: u64,
     /// Epoch of a snapshot whose deletion is unfinished (0: none).
     pub deleting_epoch: u64,
     /// (root block, depth) of the shared, private and snapshot trees.
@@ -367,15 +372,16 @@ impl<I: BlockIo> Store<I> {
     pub fn usage(&self) -> Usage {
         let s = &self.sb;
         Usage {
-            chunk_size: self.g.block_size as u64,
+            chunk_size: u64::from(self.g.chunk_sectors) * 512,
             total_chunks: self.g.nr_chunks,
             data_chunks: s.data_chunks,
-            metadata_chunks: s.meta_chunks,
+            metadata_chunks: s.meta_blocks.div_ceil(self.g.chunk_blocks),
             free_chunks: self
                 .g
                 .nr_chunks
                 .saturating_sub(s.data_chunks)
-                .saturating_sub(s.meta_chunks),
+                .saturating_sub(s.meta_blocks.div_ceil(self.g.chunk_blocks)),
+            metadata_blocks: s.meta_blocks,
             shared_exceptions: s.shared,
             private_exceptions: s.private,
             snapshots: s.snapshots,
@@ -404,6 +410,7 @@ impl<I: BlockIo> Store<I> {
             reserved_txid: self.sb.reserved_txid,
             last_epoch: self.sb.last_epoch,
             alloc_hint: self.sb.alloc_hint,
+            data_hint: self.sb.data_hint,
             deleting_epoch: self.sb.deleting_epoch,
             roots: [r(TREE_SHARED), r(TREE_PRIVATE), r(TREE_SNAPS)],
             node_capacity: (self.g.leaf_max as u64, self.g.int_max as u64),
@@ -493,7 +500,7 @@ impl<I: BlockIo> Store<I> {
     /// metadata as snapshot data, writing it would destroy the store.
     fn exception_chunk(&self, v: u128) -> Result<u64> {
         let c = lo64(v);
-        if !self.g.in_data_area(c) {
+        if !self.g.chunk_in_data_area(c) {
             return Err(Error::Corrupt {
                 what: "exception: chunk outside the data area",
                 block: c,

@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Space map: one bit per chunk in ping-pong bitmap blocks.
+//! Space map: one bit per metadata block in ping-pong bitmap blocks. A data
+//! chunk takes the aligned group of blocks it covers.
 //!
 //! Logical bitmap block `i` has two physical slots, `2 + 2i` and `3 + 2i`.
 //! Bit `i` of the selector bits in the superblock names the slot holding the
 //! committed version. The first change to block `i` in a transaction copies
 //! the committed version into the other slot (stamped with the running
 //! txid) and flips the selector bit in the in-progress superblock image.
-//! A chunk is allocatable only if it is free in both the current and the
-//! committed version, so chunks freed in a transaction are reused only after
+//! A block is allocatable only if it is free in both the current and the
+//! committed version, so blocks freed in a transaction are reused only after
 //! the commit.
 
 use super::error::{Error, Result};
@@ -51,21 +52,25 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Sets (`set`) or clears a chunk's bit in the current version, copying
-    /// the bitmap block first if this transaction has not changed it yet.
-    /// Returns the chunk's bit in the committed version.
-    pub(crate) fn bm_update(&mut self, nr: u64, set: bool) -> Result<bool> {
-        if !self.g.in_data_area(nr) {
+    /// Sets (`set`) or clears the bits of blocks `first..first + len` in the
+    /// current version, copying the bitmap block first if this transaction
+    /// has not changed it yet. The range lies in one bitmap block (a block
+    /// or a chunk). Returns how many of the blocks the committed version
+    /// uses.
+    pub(crate) fn bm_update(&mut self, first: u64, len: u64, set: bool) -> Result<u64> {
+        let last = first.checked_add(len).ok_or(Error::Internal("block range"))?;
+        if len == 0 || !self.g.in_data_area(first) || last > self.g.nr_blocks {
             return Err(Error::Corrupt {
-                what: "space map: chunk outside the data area",
-                block: nr,
+                what: "space map: block outside the data area",
+                block: first,
             });
         }
+        let i = first / self.g.bits_per_bitmap;
+        let bit0 = first % self.g.bits_per_bitmap;
+        if bit0 + len > self.g.bits_per_bitmap {
+            return Err(Error::Internal("space map range straddles bitmap blocks"));
+        }
         self.dirty = true;
-        let i = nr / self.g.bits_per_bitmap;
-        let bit = (nr % self.g.bits_per_bitmap) as usize;
-        let off = BM_BITS + bit / 8;
-        let mask = 1u8 << (bit % 8);
         let s = self.selector(i)?;
         let cur = self.g.bitmap_slot(i, s);
         let other = self.g.bitmap_slot(i, s ^ 1);
@@ -74,37 +79,42 @@ impl<I: BlockIo> Store<I> {
             self.check_bm_index(&h, cur, i)?;
             rd64(&h, OFF_TXID)? == self.cur
         };
+        let mut committed = 0;
         if this_txn {
-            let committed = {
+            {
                 let c = self.read_valid(other, BM_MAGIC)?;
                 self.check_bm_index(&c, other, i)?;
-                rd8(&c, off)? & mask != 0
-            };
-            let mut h = self.read_valid(cur, BM_MAGIC)?;
-            let v = rd8(&h, off)?;
-            if (v & mask != 0) == set {
-                return Err(flip_error(set, nr));
+                for bit in bit0..bit0 + len {
+                    let (off, mask) = bit_pos(bit);
+                    if rd8(&c, off)? & mask != 0 {
+                        committed += 1;
+                    }
+                }
             }
-            wr8(&mut h, off, v ^ mask)?;
+            let mut h = self.read_valid(cur, BM_MAGIC)?;
+            flip_bits(&mut h, bit0, len, set, first)?;
             seal(&self.io, &mut h)?;
             h.set_verified();
             h.mark_dirty();
-            Ok(committed)
         } else {
-            let src = self.read_valid(cur, BM_MAGIC)?;
-            let v = rd8(&src, off)?;
-            if (v & mask != 0) == set {
-                return Err(flip_error(set, nr));
-            }
             let mut dst = self.io.new_block(other)?;
             if dst.len() != self.g.block_size {
                 return Err(Error::Io("block handle of wrong size"));
             }
-            dst.copy_from_slice(&src);
-            drop(src);
+            {
+                let src = self.read_valid(cur, BM_MAGIC)?;
+                dst.copy_from_slice(&src);
+            }
+            // The committed version is the one copied.
+            for bit in bit0..bit0 + len {
+                let (off, mask) = bit_pos(bit);
+                if rd8(&dst, off)? & mask != 0 {
+                    committed += 1;
+                }
+            }
+            flip_bits(&mut dst, bit0, len, set, first)?;
             wr64(&mut dst, OFF_BLOCKNR, other)?;
             wr64(&mut dst, OFF_TXID, self.cur)?;
-            wr8(&mut dst, off, v ^ mask)?;
             seal(&self.io, &mut dst)?;
             dst.set_verified();
             dst.mark_dirty();
@@ -114,13 +124,24 @@ impl<I: BlockIo> Store<I> {
             let sv = rd8(&img, SB_SELECTOR + byte)?;
             wr8(&mut img, SB_SELECTOR + byte, sv ^ (1 << (i % 8)))?;
             img.mark_dirty();
-            Ok(v & mask != 0)
         }
+        Ok(committed)
     }
 
-    /// Finds a chunk free in both versions of bitmap block `i` with bit
-    /// index in `from..to`.
-    fn find_free(&self, i: u64, from: u64, to: u64) -> Result<Option<u64>> {
+    /// Finds, in bitmap block `i`, the first group of `group` blocks
+    /// (aligned to `group`) free in both versions and starting at a bit in
+    /// `from..to`. With `partial`, only a block (`group` must be 1) of a
+    /// chunk that is not entirely free qualifies: metadata fills chunks
+    /// already used by metadata before it takes a free chunk from the data.
+    fn find_free(
+        &self,
+        i: u64,
+        from: u64,
+        to: u64,
+        group: u64,
+        partial: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let from = from.next_multiple_of(group);
         if from >= to {
             return Ok(None);
         }
@@ -133,105 +154,182 @@ impl<I: BlockIo> Store<I> {
         } else {
             None
         };
-        let mut w = from / 64;
-        let last = (to - 1) / 64;
-        while w <= last {
+        let used = |w: u64| -> Result<u64> {
             let off = BM_BITS + (w as usize) * 8;
             let mut word = rd64(&h, off)?;
             if let Some(c) = &c {
                 word |= rd64(c, off)?;
             }
-            let mut free = !word;
+            Ok(word)
+        };
+        if group >= 64 {
+            // A group is `group / 64` whole words.
+            let words = group / 64;
+            let mut start = from;
+            while start < to {
+                let w0 = start / 64;
+                let mut all_free = true;
+                for w in w0..w0 + words {
+                    if used(w)? != 0 {
+                        all_free = false;
+                        break;
+                    }
+                }
+                if all_free {
+                    return Ok(Some(start));
+                }
+                start += group;
+            }
+            return Ok(None);
+        }
+        let mut w = from / 64;
+        let last = (to - 1) / 64;
+        while w <= last {
+            let word = used(w)?;
+            let mut starts = match partial {
+                // A chunk of one or more whole words: its blocks qualify
+                // unless all of its words are free.
+                Some(chunk) if chunk >= 64 => {
+                    let w0 = w - w % (chunk / 64);
+                    let mut chunk_free = true;
+                    for x in w0..w0 + chunk / 64 {
+                        if used(x)? != 0 {
+                            chunk_free = false;
+                            break;
+                        }
+                    }
+                    if chunk_free {
+                        0
+                    } else {
+                        !word
+                    }
+                }
+                Some(chunk) => !word & !spread(free_groups(!word, chunk), chunk),
+                None => free_groups(!word, group),
+            };
             if w == from / 64 {
-                free &= u64::MAX << (from % 64);
+                starts &= u64::MAX << (from % 64);
             }
             if w == last && to % 64 != 0 {
-                free &= (1u64 << (to % 64)) - 1;
+                starts &= (1u64 << (to % 64)) - 1;
             }
-            if free != 0 {
-                return Ok(Some(w * 64 + free.trailing_zeros() as u64));
+            if starts != 0 {
+                return Ok(Some(w * 64 + starts.trailing_zeros() as u64));
             }
             w += 1;
         }
         Ok(None)
     }
 
-    /// Allocates one chunk.
-    pub(crate) fn alloc(&mut self) -> Result<u64> {
+    /// Bits of bitmap block `i` that stand for blocks of the store.
+    fn bits_in(&self, i: u64) -> u64 {
+        let first = i * self.g.bits_per_bitmap;
+        (self.g.nr_blocks - first).min(self.g.bits_per_bitmap)
+    }
+
+    /// Finds a free group of `group` blocks, trying block `hint` first and
+    /// then every block after it, around the device.
+    fn find_group(&self, group: u64, hint: u64) -> Result<Option<u64>> {
+        let g = self.g;
+        let hint = if hint < g.fixed_end || hint >= g.nr_blocks {
+            g.fixed_end
+        } else {
+            hint
+        };
+        let i0 = hint / g.bits_per_bitmap;
+        let j0 = hint % g.bits_per_bitmap;
+        for n in 0..=g.nr_bitmaps {
+            let i = (i0 + n) % g.nr_bitmaps;
+            let (from, to) = if n == 0 {
+                (j0, self.bits_in(i))
+            } else if n == g.nr_bitmaps {
+                (0, j0.min(self.bits_in(i)))
+            } else {
+                (0, self.bits_in(i))
+            };
+            if let Some(b) = self.find_free(i, from, to, group, None)? {
+                return Ok(Some(i * g.bits_per_bitmap + b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Marks `len` blocks from `first` allocated after checking that the
+    /// allocator did not hand out the fixed area.
+    fn take(&mut self, first: u64, len: u64) -> Result<()> {
+        if !self.g.in_data_area(first) {
+            return Err(Error::Corrupt {
+                what: "space map: fixed area marked free",
+                block: first,
+            });
+        }
+        self.bm_update(first, len, true)?;
+        Ok(())
+    }
+
+    /// Allocates a metadata block.
+    pub(crate) fn alloc_meta(&mut self) -> Result<u64> {
         if self.allocatable()? == 0 {
             return Err(Error::NoSpace);
         }
         let g = self.g;
-        let mut hint = self.sb.alloc_hint;
-        if hint < g.fixed_end || hint >= g.nr_chunks {
-            hint = g.fixed_end;
-        }
-        let i0 = hint / g.bits_per_bitmap;
-        let j0 = hint % g.bits_per_bitmap;
-        let bits_in = |i: u64| -> u64 {
-            let first = i * g.bits_per_bitmap;
-            (g.nr_chunks - first).min(g.bits_per_bitmap)
-        };
+        let hint = self.sb.alloc_hint;
+        // First a free block of a chunk metadata already uses, anywhere in
+        // the hint's bitmap block (the blocks of nodes replaced by earlier
+        // commits), so that metadata stays packed and whole chunks stay
+        // free for data; then any free block from the hint on.
         let mut found = None;
-        for n in 0..=g.nr_bitmaps {
-            let i = (i0 + n) % g.nr_bitmaps;
-            let (from, to) = if n == 0 {
-                (j0, bits_in(i))
-            } else if n == g.nr_bitmaps {
-                (0, j0.min(bits_in(i)))
-            } else {
-                (0, bits_in(i))
-            };
-            if let Some(b) = self.find_free(i, from, to)? {
+        if g.chunk_blocks > 1 && hint >= g.fixed_end && hint < g.nr_blocks {
+            let i = hint / g.bits_per_bitmap;
+            if let Some(b) = self.find_free(i, 0, self.bits_in(i), 1, Some(g.chunk_blocks))? {
                 found = Some(i * g.bits_per_bitmap + b);
-                break;
             }
         }
+        if found.is_none() {
+            found = self.find_group(1, hint)?;
+        }
         let nr = found.ok_or(Error::Corrupt {
-            what: "space map: no free chunk although counters say so",
+            what: "space map: no free block although counters say so",
             block: 0,
         })?;
-        if !g.in_data_area(nr) {
-            return Err(Error::Corrupt {
-                what: "space map: fixed area marked free",
-                block: nr,
-            });
-        }
-        self.bm_update(nr, true)?;
-        self.sb.alloc_hint = if nr + 1 >= g.nr_chunks {
-            g.fixed_end
-        } else {
-            nr + 1
-        };
+        self.take(nr, 1)?;
+        self.sb.meta_blocks += 1;
+        self.sb.alloc_hint = nr;
         Ok(nr)
     }
 
-    /// Allocates a metadata chunk.
-    pub(crate) fn alloc_meta(&mut self) -> Result<u64> {
-        let nr = self.alloc()?;
-        self.sb.meta_chunks += 1;
-        Ok(nr)
-    }
-
-    /// Allocates a data chunk, keeping the metadata reserve free.
+    /// Allocates a data chunk, keeping the metadata reserve free. Fails
+    /// with [`Error::NoSpace`] when no whole chunk is free, even if enough
+    /// blocks are (metadata occupies part of every partly free chunk).
     pub(crate) fn alloc_data(&mut self) -> Result<u64> {
-        self.ensure(self.meta_reserve() + 1)?;
-        let nr = self.alloc()?;
+        let g = self.g;
+        self.ensure(self.meta_reserve() + g.chunk_blocks)?;
+        let hint = self.sb.data_hint.saturating_mul(g.chunk_blocks);
+        let first = self
+            .find_group(g.chunk_blocks, hint)?
+            .ok_or(Error::NoSpace)?;
+        self.take(first, g.chunk_blocks)?;
+        let c = first / g.chunk_blocks;
         self.sb.data_chunks += 1;
-        Ok(nr)
+        self.sb.data_hint = if c + 1 >= g.nr_chunks { 0 } else { c + 1 };
+        Ok(c)
     }
 
-    /// Frees a chunk in the current version.
-    fn free_chunk(&mut self, nr: u64) -> Result<()> {
-        if self.bm_update(nr, false)? {
-            self.deferred += 1;
-        }
+    /// Frees `len` blocks from `first` in the current version.
+    fn free_blocks(&mut self, first: u64, len: u64) -> Result<()> {
+        self.deferred += self.bm_update(first, len, false)?;
         Ok(())
     }
 
     /// Frees a data chunk.
-    pub(crate) fn free_data(&mut self, nr: u64) -> Result<()> {
-        self.free_chunk(nr)?;
+    pub(crate) fn free_data(&mut self, c: u64) -> Result<()> {
+        if !self.g.chunk_in_data_area(c) {
+            return Err(Error::Corrupt {
+                what: "space map: chunk outside the data area",
+                block: c,
+            });
+        }
+        self.free_blocks(self.g.chunk_block(c), self.g.chunk_blocks)?;
         self.sb.data_chunks = self.sb.data_chunks.checked_sub(1).ok_or(Error::Corrupt {
             what: "data chunk counter underflow",
             block: 0,
@@ -242,13 +340,13 @@ impl<I: BlockIo> Store<I> {
     /// Frees a metadata block whose header txid is `txid`.
     ///
     /// A block written in this transaction may still have a dirty buffer in
-    /// the cache; if it were reused as a data chunk now, a later write-back
-    /// of that buffer would overwrite the data. So it stays allocated, is
-    /// linked into the garbage list and is freed at commit, after the
-    /// commit's write-back.
+    /// the cache; if it were reused as part of a data chunk now, a later
+    /// write-back of that buffer would overwrite the data. So it stays
+    /// allocated, is linked into the garbage list and is freed at commit,
+    /// after the commit's write-back.
     pub(crate) fn free_meta(&mut self, nr: u64, txid: u64) -> Result<()> {
-        self.sb.meta_chunks = self.sb.meta_chunks.checked_sub(1).ok_or(Error::Corrupt {
-            what: "metadata chunk counter underflow",
+        self.sb.meta_blocks = self.sb.meta_blocks.checked_sub(1).ok_or(Error::Corrupt {
+            what: "metadata block counter underflow",
             block: 0,
         })?;
         if txid == self.cur {
@@ -271,18 +369,66 @@ impl<I: BlockIo> Store<I> {
             self.dirty = true;
             Ok(())
         } else {
-            self.free_chunk(nr)
+            self.free_blocks(nr, 1)
         }
     }
 }
 
-/// The error for allocating an allocated chunk or freeing a free one.
+/// Byte offset and mask of bit `bit` of a bitmap block.
+fn bit_pos(bit: u64) -> (usize, u8) {
+    (BM_BITS + (bit / 8) as usize, 1u8 << (bit % 8))
+}
+
+/// Sets or clears `len` bits from `bit0` of a bitmap block; every one must
+/// be in the other state (`first` names the first block, for the error).
+fn flip_bits(b: &mut [u8], bit0: u64, len: u64, set: bool, first: u64) -> Result<()> {
+    for bit in bit0..bit0 + len {
+        let (off, mask) = bit_pos(bit);
+        let v = rd8(b, off)?;
+        if (v & mask != 0) == set {
+            return Err(flip_error(set, first + (bit - bit0)));
+        }
+        wr8(b, off, v ^ mask)?;
+    }
+    Ok(())
+}
+
+/// The bits of `free` that start an aligned run of `group` (a power of two
+/// below 64) set bits.
+fn free_groups(free: u64, group: u64) -> u64 {
+    let mut runs = free;
+    let mut shift = 1;
+    while shift < group {
+        runs &= runs >> shift;
+        shift *= 2;
+    }
+    runs & group_starts(group)
+}
+
+/// Bits at the multiples of `group` (a power of two up to 64).
+fn group_starts(group: u64) -> u64 {
+    let mut starts = 0u64;
+    let mut bit = 0;
+    while bit < 64 {
+        starts |= 1 << bit;
+        bit += group;
+    }
+    starts
+}
+
+/// Extends each start bit of `starts` over its group of `group` bits (a
+/// power of two below 64; the groups do not overlap, so nothing carries).
+fn spread(starts: u64, group: u64) -> u64 {
+    starts.wrapping_mul((1u64 << group) - 1)
+}
+
+/// The error for allocating an allocated block or freeing a free one.
 fn flip_error(set: bool, nr: u64) -> Error {
     Error::Corrupt {
         what: if set {
-            "space map: allocating an allocated chunk"
+            "space map: allocating an allocated block"
         } else {
-            "space map: freeing a free chunk"
+            "space map: freeing a free block"
         },
         block: nr,
     }

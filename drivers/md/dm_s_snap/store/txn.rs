@@ -28,7 +28,7 @@ pub struct Store<I: BlockIo> {
     pub(crate) dirty: bool,
     /// Copy plans handed out and neither completed nor aborted.
     pub(crate) outstanding: u64,
-    /// Chunks freed in this transaction that the committed state still uses.
+    /// Blocks freed in this transaction that the committed state still uses.
     pub(crate) deferred: u64,
     /// Metadata blocks allocated and released in this transaction: a list
     /// linked through the blocks themselves, released at commit.
@@ -61,13 +61,14 @@ fn is_zero(b: &[u8]) -> bool {
 }
 
 /// Reads the chunk size (sectors) from the first sector of a superblock
-/// slot, if it looks like one. For tools that must pick a block size
-/// before they can open the store.
-pub fn superblock_chunk_sectors(first_sector: &[u8], slot: u64) -> Option<u32> {
+/// slot, if it looks like one of this format version.
+pub(crate) fn superblock_chunk_sectors(first_sector: &[u8], slot: u64) -> Option<u32> {
     let magic = rd32(first_sector, OFF_MAGIC).ok()?;
     let nr = rd64(first_sector, OFF_BLOCKNR).ok()?;
     let cs = rd32(first_sector, SB_CHUNK_SECTORS).ok()?;
-    if magic == SB_MAGIC && nr == slot && Geometry::valid_chunk_sectors(cs) {
+    let version = rd32(first_sector, SB_VERSION).ok()?;
+    if magic == SB_MAGIC && version == VERSION && nr == slot && Geometry::valid_chunk_sectors(cs)
+    {
         Some(cs)
     } else {
         None
@@ -76,8 +77,8 @@ pub fn superblock_chunk_sectors(first_sector: &[u8], slot: u64) -> Option<u32> {
 
 impl<I: BlockIo> Store<I> {
     /// Opens the store read-write, formatting the device if both superblock
-    /// chunks are entirely zero. `chunk_sectors` comes from the table and
-    /// must equal the stored chunk size.
+    /// blocks are entirely zero. `chunk_sectors` comes from the table and
+    /// must equal the stored chunk size; `io` has blocks of 4 KiB.
     ///
     /// A device holding anything else gets [`Error::NotAStore`] and nothing
     /// is written. Opening reads the two superblocks only.
@@ -85,16 +86,22 @@ impl<I: BlockIo> Store<I> {
         if !Geometry::valid_chunk_sectors(chunk_sectors) {
             return Err(Error::InvalidChunkSize);
         }
-        if io.block_size() != chunk_sectors as usize * 512 {
-            return Err(Error::InvalidChunkSize);
+        if io.block_size() != BLOCK_SIZE {
+            return Err(Error::Invalid("metadata block size is not 4 KiB"));
         }
         if io.nr_blocks() < 2 {
             return Err(Error::DeviceTooSmall);
         }
         {
+            // A store of another format version is refused before anything
+            // could take it for an unfinished format (a version 1 store
+            // with chunks over 4 KiB has no superblock at block 1).
+            let h = io.read(0)?;
+            if rd32(&h, OFF_MAGIC)? == SB_MAGIC && rd32(&h, SB_VERSION)? != VERSION {
+                return Err(Error::Unsupported("superblock format version"));
+            }
             // A store formatted with another chunk size: say so rather than
             // "not a store".
-            let h = io.read(0)?;
             if let Some(cs) = superblock_chunk_sectors(&h, 0) {
                 if cs != chunk_sectors {
                     return Err(Error::ChunkSizeMismatch);
@@ -120,8 +127,8 @@ impl<I: BlockIo> Store<I> {
         Self::open_rw(io, Some(chunk_sectors))
     }
 
-    /// Opens an existing store read-only (nothing is ever written). The
-    /// block size of `io` must equal the stored chunk size.
+    /// Opens an existing store read-only (nothing is ever written); `io` has
+    /// blocks of 4 KiB.
     pub fn open_existing(io: I) -> Result<Store<I>> {
         let (slot, st) = Self::pick_superblock(&io)?;
         let g = Self::validate_state(&io, &st, None)?;
@@ -198,14 +205,18 @@ impl<I: BlockIo> Store<I> {
         if rd32(b, OFF_MAGIC)? != SB_MAGIC {
             return Err(bad("superblock: bad magic"));
         }
+        // Before the checksum: version 1 checksummed a whole chunk.
+        if rd32(b, SB_VERSION)? != VERSION {
+            return Err(Error::Unsupported("superblock format version"));
+        }
         if !crc_ok(io, b) {
             return Err(bad("superblock: bad checksum"));
         }
         if rd64(b, OFF_BLOCKNR)? != slot {
             return Err(bad("superblock: wrong block number"));
         }
-        if rd32(b, SB_VERSION)? != VERSION {
-            return Err(Error::Unsupported("superblock format version"));
+        if rd32(b, SB_BLOCK_SIZE)? as usize != BLOCK_SIZE {
+            return Err(bad("superblock: metadata block size is not 4 KiB"));
         }
         let st = SbState::decode(b)?;
         if st.seq == 0 {
@@ -262,13 +273,14 @@ impl<I: BlockIo> Store<I> {
                 return Err(Error::ChunkSizeMismatch);
             }
         }
-        if io.block_size() != st.chunk_sectors as usize * 512 {
-            return Err(Error::ChunkSizeMismatch);
+        if io.block_size() != BLOCK_SIZE {
+            return Err(Error::Invalid("metadata block size is not 4 KiB"));
         }
         if st.nr_chunks > Geometry::max_chunks(st.chunk_sectors) {
             return Err(bad("superblock: more chunks than the format allows"));
         }
-        if io.nr_blocks() < st.nr_chunks {
+        let k = u64::from(st.chunk_sectors / BLOCK_SECTORS);
+        if io.nr_blocks() / k < st.nr_chunks {
             return Err(Error::DeviceTooSmall);
         }
         let g = match Geometry::new(st.chunk_sectors, st.nr_chunks) {
@@ -295,9 +307,10 @@ impl<I: BlockIo> Store<I> {
         }
         let used = st
             .data_chunks
-            .checked_add(st.meta_chunks)
+            .checked_mul(g.chunk_blocks)
+            .and_then(|d| d.checked_add(st.meta_blocks))
             .ok_or(bad("superblock: usage counters overflow"))?;
-        if used > st.nr_chunks || st.meta_chunks < g.fixed_end + NR_TREES as u64 {
+        if used > g.nr_blocks || st.meta_blocks < g.fixed_end + NR_TREES as u64 {
             return Err(bad("superblock: usage counters out of range"));
         }
         if st.shared > st.nr_chunks || st.private > st.nr_chunks {
@@ -311,7 +324,10 @@ impl<I: BlockIo> Store<I> {
 
     /// Writes a fresh store.
     fn format(io: &I, chunk_sectors: u32) -> Result<()> {
-        let g = Geometry::new(chunk_sectors, io.nr_blocks())?;
+        let g = Geometry::new(
+            chunk_sectors,
+            io.nr_blocks() / u64::from(chunk_sectors / BLOCK_SECTORS),
+        )?;
         let bs = g.block_size;
         let txid = 1u64;
         // The fixed area and the three root leaves are allocated.
@@ -377,8 +393,9 @@ impl<I: BlockIo> Store<I> {
             reserved_txid: txid,
             last_epoch: 0,
             alloc_hint: used_end,
+            data_hint: used_end.div_ceil(g.chunk_blocks),
             data_chunks: 0,
-            meta_chunks: used_end,
+            meta_blocks: used_end,
             shared: 0,
             private: 0,
             snapshots: 0,
@@ -408,8 +425,11 @@ impl<I: BlockIo> Store<I> {
             .ok_or(Error::Limit("transaction id"))?;
         st.reserved_txid = cur;
         st.seq = st.seq.checked_add(1).ok_or(Error::Limit("sequence"))?;
-        if st.alloc_hint < g.fixed_end || st.alloc_hint >= g.nr_chunks {
+        if st.alloc_hint < g.fixed_end || st.alloc_hint >= g.nr_blocks {
             st.alloc_hint = g.fixed_end;
+        }
+        if st.data_hint >= g.nr_chunks {
+            st.data_hint = 0;
         }
         let other = 1 - slot;
         {
@@ -546,23 +566,24 @@ impl<I: BlockIo> Store<I> {
         Ok(h)
     }
 
-    /// Chunks that may be allocated now (free in the current and in the
+    /// Blocks that may be allocated now (free in the current and in the
     /// committed state, and not released metadata of this transaction).
     pub(crate) fn allocatable(&self) -> Result<u64> {
         let bad = Error::Corrupt {
             what: "space counters inconsistent",
             block: 0,
         };
-        self.g
-            .nr_chunks
-            .checked_sub(self.sb.data_chunks)
-            .and_then(|x| x.checked_sub(self.sb.meta_chunks))
+        self.sb
+            .data_chunks
+            .checked_mul(self.g.chunk_blocks)
+            .and_then(|d| self.g.nr_blocks.checked_sub(d))
+            .and_then(|x| x.checked_sub(self.sb.meta_blocks))
             .and_then(|x| x.checked_sub(self.deferred))
             .and_then(|x| x.checked_sub(self.garbage_count))
             .ok_or(bad)
     }
 
-    /// Fails with [`Error::NoSpace`] unless `n` chunks can be allocated.
+    /// Fails with [`Error::NoSpace`] unless `n` blocks can be allocated.
     pub(crate) fn ensure(&self, n: u64) -> Result<()> {
         if self.allocatable()? < n {
             Err(Error::NoSpace)
@@ -571,13 +592,13 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Chunks kept free for metadata: data allocations fail before.
+    /// Blocks kept free for metadata: data allocations fail before.
     pub(crate) fn meta_reserve(&self) -> u64 {
         let d: u64 = self.sb.roots.iter().map(|r| r.depth as u64).sum();
         16 + 8 * d
     }
 
-    /// Chunks one btree insert or remove may allocate in `tree`.
+    /// Blocks one btree insert or remove may allocate in `tree`.
     pub(crate) fn op_need(&self, tree: usize) -> u64 {
         let d = self.sb.roots.get(tree).map(|r| r.depth as u64).unwrap_or(0);
         2 * d + 3
@@ -624,7 +645,7 @@ impl<I: BlockIo> Store<I> {
             };
             self.garbage_head = next;
             self.garbage_count -= 1;
-            self.bm_update(nr, false)?;
+            self.bm_update(nr, 1, false)?;
         }
         // The last entry links to 0 (the head of an empty list); keep that
         // true even if a damaged list is longer than its count.

@@ -1,7 +1,7 @@
 //! Userspace implementations of [`BlockIo`]: devices and a bounded
 //! write-back cache that, like dm-bufio, may write dirty blocks early.
 
-use crate::{BlockHandle, BlockIo, Error};
+use crate::{BlockHandle, BlockIo, Error, META_BLOCK_SIZE};
 use std::boxed::Box;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -370,17 +370,21 @@ struct CacheState {
 pub struct Cache<D: Disk> {
     disk: D,
     bs: usize,
+    chunk_size: usize,
     nblocks: u64,
     st: RefCell<CacheState>,
 }
 
 impl<D: Disk> Cache<D> {
-    /// A cache of `capacity` blocks of `block_size` bytes over `disk`.
-    pub fn new(disk: D, block_size: usize, capacity: usize) -> Cache<D> {
-        let nblocks = disk.size() / block_size as u64;
+    /// A cache of `capacity` metadata blocks of [`META_BLOCK_SIZE`] bytes
+    /// over `disk`, whose data chunks ([`Cache::write_data`],
+    /// [`Cache::read_data`]) are `chunk_size` bytes.
+    pub fn new(disk: D, chunk_size: usize, capacity: usize) -> Cache<D> {
+        let nblocks = disk.size() / META_BLOCK_SIZE as u64;
         Cache {
             disk,
-            bs: block_size,
+            bs: META_BLOCK_SIZE,
+            chunk_size,
             nblocks,
             st: RefCell::new(CacheState {
                 map: HashMap::new(),
@@ -427,20 +431,24 @@ impl<D: Disk> Cache<D> {
     /// kcopyd does. Panics if the chunk has a dirty cached block: a later
     /// write-back would overwrite the data, which the store must prevent.
     pub fn write_data(&self, chunk: u64, off: usize, data: &[u8]) -> io::Result<()> {
+        let per_chunk = (self.chunk_size / self.bs) as u64;
         {
             let mut st = self.st.borrow_mut();
-            if let Some(e) = st.map.get(&chunk) {
-                assert!(
-                    e.data.is_some() && !e.dirty,
-                    "data write to chunk {chunk} which has a held or dirty metadata buffer"
-                );
-                let t = e.tick;
-                st.lru.remove(&t);
-                st.map.remove(&chunk);
+            for nr in chunk * per_chunk..(chunk + 1) * per_chunk {
+                if let Some(e) = st.map.get(&nr) {
+                    assert!(
+                        e.data.is_some() && !e.dirty,
+                        "data write to chunk {chunk} whose block {nr} has a held or dirty \
+                         metadata buffer"
+                    );
+                    let t = e.tick;
+                    st.lru.remove(&t);
+                    st.map.remove(&nr);
+                }
             }
         }
         let pos = chunk
-            .checked_mul(self.bs as u64)
+            .checked_mul(self.chunk_size as u64)
             .and_then(|p| p.checked_add(off as u64))
             .ok_or_else(range_err)?;
         self.disk.write_at(pos, data)
@@ -449,7 +457,7 @@ impl<D: Disk> Cache<D> {
     /// Reads data of a chunk from the device.
     pub fn read_data(&self, chunk: u64, off: usize, buf: &mut [u8]) -> io::Result<()> {
         let pos = chunk
-            .checked_mul(self.bs as u64)
+            .checked_mul(self.chunk_size as u64)
             .and_then(|p| p.checked_add(off as u64))
             .ok_or_else(range_err)?;
         self.disk.read_at(pos, buf)

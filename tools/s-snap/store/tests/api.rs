@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use s_snap_store::userspace::{Cache, MemDisk};
+use s_snap_store::userspace::{Cache, FileDisk, MemDisk};
 use s_snap_store::{min_chunks, BlockIo, Error, Location, OriginWrite, SnapWritePlan, Store};
 
 fn open(disk: MemDisk) -> Store<Cache<MemDisk>> {
@@ -38,6 +38,75 @@ fn device_size_rules() {
         let r = Store::open(Cache::new(MemDisk::new(64 * BS), BS, 8), cs);
         assert_eq!(r.err(), Some(Error::InvalidChunkSize), "{cs}");
     }
+}
+
+#[test]
+fn device_size_rules_with_large_chunks() {
+    // 64 KiB chunks: the fixed area and the three roots (7 blocks of 4 KiB)
+    // share chunk 0, and 16 whole chunks must be free beyond.
+    let cs = 128;
+    let chunk = cs as usize * 512;
+    let min = min_chunks(cs);
+    assert_eq!(min, 17);
+    assert_eq!(
+        Store::open(Cache::new(MemDisk::new((min as usize - 1) * chunk), chunk, 8), cs).err(),
+        Some(Error::DeviceTooSmall)
+    );
+    // A device that is not a multiple of the chunk size: the tail is unused.
+    let mut s = Store::open(
+        Cache::new(MemDisk::new(min as usize * chunk + 3 * 4096 + 512), chunk, 8),
+        cs,
+    )
+    .unwrap();
+    let u = s.usage();
+    assert_eq!((u.total_chunks, u.metadata_chunks, u.metadata_blocks), (min, 1, 7));
+    assert_eq!(u.free_chunks, min - 1);
+    // Every whole chunk but the first can hold data.
+    s.create_snapshot(1).unwrap();
+    let mut copies = 0;
+    for c in 0..min {
+        match s.origin_write_prepare(c) {
+            Ok(OriginWrite::Copy(plan)) => {
+                s.origin_write_complete(plan).unwrap();
+                copies += 1;
+            }
+            Err(Error::NoSpace) => break,
+            other => panic!("chunk {c}: {other:?}"),
+        }
+    }
+    // The metadata reserve and the nodes written keep some chunks back.
+    assert!(copies >= min - 4, "only {copies} copies in {min} chunks");
+    s.commit().unwrap();
+    check_store(&s);
+}
+
+/// A store of format version 1 (one metadata block per chunk) is refused
+/// and left untouched: its second superblock is not at block 1, so taking
+/// it for an unfinished format would destroy it.
+#[test]
+fn version_1_store_is_refused_and_not_written() {
+    let chunk = 128 * 512;
+    let mut img = vec![0u8; 64 * chunk];
+    img[4..8].copy_from_slice(b"SSsb");
+    img[24..28].copy_from_slice(&1u32.to_le_bytes());
+    img[28..32].copy_from_slice(&128u32.to_le_bytes());
+    img[32..40].copy_from_slice(&7u64.to_le_bytes());
+    let path = std::env::temp_dir().join(format!("s-snap-v1-{}.img", std::process::id()));
+    std::fs::write(&path, &img).unwrap();
+    let disk = FileDisk::open(&path, true).unwrap();
+    let r = Store::open(Cache::new(disk, chunk, 8), 128);
+    assert_eq!(
+        r.err(),
+        Some(Error::Unsupported("superblock format version"))
+    );
+    let after = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(after == img, "the version 1 store was written");
+    let io = Cache::new(MemDisk::from_vec(img), chunk, 8);
+    assert_eq!(
+        Store::open_existing(io).err(),
+        Some(Error::Unsupported("superblock format version"))
+    );
 }
 
 #[test]

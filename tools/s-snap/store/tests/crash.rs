@@ -23,9 +23,9 @@ fn log_len(d: &CrashDisk) -> usize {
 }
 
 /// Runs a workload on a crash disk; returns the harness (with logs).
-fn workload(seed: u64, ops: usize, dev_chunks: usize) -> Harness<CrashDisk> {
-    let disk = CrashDisk::new(vec![0; dev_chunks * BS]);
-    let mut h = Harness::build(disk, ORIGIN_CHUNKS, 8, Some((seed, 3)), log_len);
+fn workload(seed: u64, ops: usize, dev_chunks: usize, cs: u32) -> Harness<CrashDisk> {
+    let disk = CrashDisk::new(vec![0; dev_chunks * cs as usize * 512]);
+    let mut h = Harness::build_cs(disk, cs, ORIGIN_CHUNKS, 8, Some((seed, 3)), log_len);
     // Writes to chunks a snapshot already owns are not transactional
     // (like any block device without a flush), so the crash model skips
     // them.
@@ -135,14 +135,15 @@ fn recover_from(
 ) {
     let img = CrashDisk::image_at(base, &log[start..], k - start, how);
     let ctx = format!("crash after {k} events ({how:?})");
+    let chunk_bytes = h.cs as usize * 512;
     // The committed state as found.
     let (t, pending) =
-        match Store::open_existing(Cache::new(MemDisk::from_vec(img.clone()), BS, 16)) {
+        match Store::open_existing(Cache::new(MemDisk::from_vec(img.clone()), chunk_bytes, 16)) {
             Ok(s) => (s.info().committed_txid, s.info().deleting_epoch != 0),
             Err(_) => (1, false), // not formatted yet: a read-write open formats
         };
-    let io = Cache::new(MemDisk::from_vec(img), BS, 16);
-    let mut s = Store::open(io, CS).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+    let io = Cache::new(MemDisk::from_vec(img), chunk_bytes, 16);
+    let mut s = Store::open(io, h.cs).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     // Commits whose superblock write may have reached the disk, and the
     // newest one that surely did.
     let surely = h
@@ -188,13 +189,17 @@ fn recover_from(
             s.commit().unwrap();
         }
         let io = s.into_io();
-        let s = Store::open(io, CS).unwrap();
+        let s = Store::open(io, h.cs).unwrap();
         verify(&s, &model, &origin, &format!("{ctx}, continued"));
     }
 }
 
 fn crash_all_points(seed: u64, ops: usize, dev_chunks: usize) {
-    let h = workload(seed, ops, dev_chunks);
+    crash_all_points_cs(seed, ops, dev_chunks, CS)
+}
+
+fn crash_all_points_cs(seed: u64, ops: usize, dev_chunks: usize, cs: u32) {
+    let h = workload(seed, ops, dev_chunks, cs);
     assert!(h.copies > 0 && h.commits.len() > 3, "workload too small");
     let st = h.s().io().stats();
     assert!(st.early_writes > 0, "no early write-back happened");
@@ -231,6 +236,19 @@ fn crash_all_points(seed: u64, ops: usize, dev_chunks: usize) {
         h.nospace,
         st.early_writes
     );
+}
+
+/// Chunks of two metadata blocks: data chunks and metadata share the
+/// space map's groups.
+#[test]
+fn crash_every_write_point_8k_chunks() {
+    crash_all_points_cs(0x5eed_0008, 300, 128, 16);
+}
+
+/// Chunks of 16 metadata blocks on a small device (the usual 64 KiB).
+#[test]
+fn crash_every_write_point_64k_chunks() {
+    crash_all_points_cs(0x5eed_0064, 300, 48, 128);
 }
 
 #[test]

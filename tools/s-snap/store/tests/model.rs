@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use s_snap_store::userspace::MemDisk;
+use s_snap_store::userspace::{MemDisk, SparseDisk};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -40,8 +40,14 @@ fn op_strategy_crash(max_id: u32, chunks: u64) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Chunk sizes the property tests pick from: 4 KiB (one metadata block),
+/// 8 KiB, 64 KiB and 512 KiB (the largest).
+fn chunk_sectors() -> impl Strategy<Value = u32> {
+    prop::sample::select(vec![8u32, 16, 128, 1024])
+}
+
 /// Picks the `i`-th live snapshot (modulo), if any.
-fn pick(h: &Harness<MemDisk>, i: u16) -> Option<u32> {
+fn pick(h: &Harness<SparseDisk>, i: u16) -> Option<u32> {
     let n = h.snaps.len();
     if n == 0 {
         return None;
@@ -49,19 +55,23 @@ fn pick(h: &Harness<MemDisk>, i: u16) -> Option<u32> {
     h.snaps.keys().nth(i as usize % n).copied()
 }
 
-fn run(ops: &[Op], dev_chunks: usize, origin_chunks: usize, cache: usize) {
-    run_with(ops, dev_chunks, origin_chunks, cache, None)
+fn run(ops: &[Op], cs: u32, dev_chunks: usize, origin_chunks: usize, cache: usize) {
+    run_with(ops, cs, dev_chunks, origin_chunks, cache, None)
 }
 
 fn run_with(
     ops: &[Op],
+    cs: u32,
     dev_chunks: usize,
     origin_chunks: usize,
     cache: usize,
     chaos: Option<(u64, u32)>,
 ) {
-    let mut h = Harness::build(
-        MemDisk::new(dev_chunks * BS),
+    // Sparse: only the metadata blocks and the few bytes the harness writes
+    // per data chunk take memory, whatever the chunk size.
+    let mut h = Harness::build_cs(
+        SparseDisk::new((dev_chunks * cs as usize * 512) as u64),
+        cs,
         origin_chunks,
         cache,
         chaos,
@@ -145,14 +155,20 @@ proptest! {
 
     /// Roomy device, few snapshots, many writes.
     #[test]
-    fn model_roomy(ops in prop::collection::vec(op_strategy(12, 300), 1..1500)) {
-        run(&ops, 2048, 300, 32);
+    fn model_roomy(
+        ops in prop::collection::vec(op_strategy(12, 300), 1..1500),
+        cs in chunk_sectors(),
+    ) {
+        run(&ops, cs, 2048, 300, 32);
     }
 
     /// Small device: NoSpace happens; tiny cache: constant early write-back.
     #[test]
-    fn model_small_device(ops in prop::collection::vec(op_strategy(40, 150), 1..1200)) {
-        run(&ops, 200, 150, 6);
+    fn model_small_device(
+        ops in prop::collection::vec(op_strategy(40, 150), 1..1200),
+        cs in chunk_sectors(),
+    ) {
+        run(&ops, cs, 200, 150, 6);
     }
 
     /// Crashes (cached dirty blocks lost, early-written ones kept) at random
@@ -161,8 +177,9 @@ proptest! {
     fn model_with_crashes(
         ops in prop::collection::vec(op_strategy_crash(30, 120), 1..1200),
         seed in any::<u64>(),
+        cs in chunk_sectors(),
     ) {
-        run_with(&ops, 400, 120, 8, Some((seed, 3)));
+        run_with(&ops, cs, 400, 120, 8, Some((seed, 3)));
     }
 }
 
@@ -183,7 +200,7 @@ proptest! {
             .flat_map(|i| [Op::Create(i * 7 % 400), Op::OriginWrite(i as u64 % 32, (i % 2) as usize)])
             .collect();
         all.extend(ops);
-        run(&all, 4096, 32, 64);
+        run(&all, CS, 4096, 32, 64);
     }
 }
 

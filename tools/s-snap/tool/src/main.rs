@@ -6,10 +6,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use s_snap_store::userspace::{Cache, Disk, FileDisk};
-use s_snap_store::{
-    superblock_chunk_sectors, Error as StoreError, Store, MAX_CHUNK_SECTORS, MIN_CHUNK_SECTORS,
-};
+use s_snap_store::userspace::{Cache, FileDisk};
+use s_snap_store::{Error as StoreError, Store, META_BLOCK_SIZE};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,39 +73,16 @@ impl ToolError {
     }
 }
 
-/// Finds the chunk size from either superblock slot.
-fn probe_chunk_sectors(disk: &FileDisk) -> Option<u32> {
-    let mut sector = [0u8; 512];
-    if disk.read_at(0, &mut sector).is_ok() {
-        if let Some(cs) = superblock_chunk_sectors(&sector, 0) {
-            return Some(cs);
-        }
-    }
-    let mut cs = MIN_CHUNK_SECTORS;
-    while cs <= MAX_CHUNK_SECTORS {
-        if disk.read_at(cs as u64 * 512, &mut sector).is_ok() {
-            if let Some(found) = superblock_chunk_sectors(&sector, 1) {
-                if found == cs {
-                    return Some(cs);
-                }
-            }
-        }
-        cs *= 2;
-    }
-    None
-}
-
 fn open_store(path: &Path) -> Result<Store<Cache<FileDisk>>, ToolError> {
     let p = path.display().to_string();
     let disk = FileDisk::open(path, false).map_err(|source| ToolError::Open {
         path: p.clone(),
         source,
     })?;
-    let cs = probe_chunk_sectors(&disk).ok_or_else(|| ToolError::NotAStore(p.clone()))?;
-    let bs = cs as usize * 512;
-    // 64 MiB of cache at most.
-    let cap = (64 << 20) / bs;
-    let io = Cache::new(disk, bs, cap);
+    // Metadata blocks are 4 KiB whatever the chunk size; the tool reads no
+    // chunk data, so the cache's chunk size does not matter. 64 MiB of
+    // cache at most.
+    let io = Cache::new(disk, META_BLOCK_SIZE, (64 << 20) / META_BLOCK_SIZE);
     Store::open_existing(io).map_err(|source| match source {
         StoreError::NotAStore => ToolError::NotAStore(p.clone()),
         source => ToolError::Store { path: p, source },
@@ -193,6 +168,7 @@ struct JsonSuper {
     reserved_txid: u64,
     last_epoch: u64,
     alloc_hint: u64,
+    data_hint: u64,
     deleting_epoch: u64,
     shared_root: JsonRoot,
     private_root: JsonRoot,
@@ -205,6 +181,7 @@ struct JsonUsage {
     total_chunks: u64,
     data_chunks: u64,
     metadata_chunks: u64,
+    metadata_blocks: u64,
     free_chunks: u64,
     shared_exceptions: u64,
     private_exceptions: u64,
@@ -276,6 +253,7 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
             reserved_txid: i.reserved_txid,
             last_epoch: i.last_epoch,
             alloc_hint: i.alloc_hint,
+            data_hint: i.data_hint,
             deleting_epoch: i.deleting_epoch,
             shared_root: root(i.roots[0]),
             private_root: root(i.roots[1]),
@@ -286,6 +264,7 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
             total_chunks: u.total_chunks,
             data_chunks: u.data_chunks,
             metadata_chunks: u.metadata_chunks,
+            metadata_blocks: u.metadata_blocks,
             free_chunks: u.free_chunks,
             shared_exceptions: u.shared_exceptions,
             private_exceptions: u.private_exceptions,
@@ -311,14 +290,14 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  chunks           {}", s.nr_chunks)?;
     writeln!(
         out,
-        "  bitmap blocks    {} (fixed area: chunks 0..{})",
+        "  bitmap blocks    {} (fixed area: 4 KiB blocks 0..{})",
         s.nr_bitmaps, s.fixed_end
     )?;
     writeln!(out, "  slot / seq       {} / {}", s.superblock_slot, s.seq)?;
     writeln!(out, "  committed txid   {}", s.committed_txid)?;
     writeln!(out, "  reserved txid    {}", s.reserved_txid)?;
     writeln!(out, "  last epoch       {}", s.last_epoch)?;
-    writeln!(out, "  alloc hint       {}", s.alloc_hint)?;
+    writeln!(out, "  alloc hint       block {}, chunk {}", s.alloc_hint, s.data_hint)?;
     writeln!(out, "  deleting epoch   {}", s.deleting_epoch)?;
     for (name, r) in [
         ("shared root", &s.shared_root),
@@ -332,7 +311,11 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  chunk size       {}", u.chunk_size)?;
     writeln!(out, "  total chunks     {}", u.total_chunks)?;
     writeln!(out, "  data chunks      {}", u.data_chunks)?;
-    writeln!(out, "  metadata chunks  {}", u.metadata_chunks)?;
+    writeln!(
+        out,
+        "  metadata chunks  {} ({} blocks of 4 KiB)",
+        u.metadata_chunks, u.metadata_blocks
+    )?;
     writeln!(out, "  free chunks      {}", u.free_chunks)?;
     writeln!(out, "  shared exc.      {}", u.shared_exceptions)?;
     writeln!(out, "  private exc.     {}", u.private_exceptions)?;

@@ -369,7 +369,7 @@ def management(times, many):
             "(`skip_block_zeroing`), snapshotted, its origin then deleted. Table load:",
             "s-snap `s-snap-origin` (opens the store); dm-thin the pool and the thin",
             "device; dm-snapshot the snapshot (it reads every exception). Metadata bytes",
-            "from the targets' own figures: s-snap `usage` (metadata_chunks x chunk),",
+            "from the targets' own figures: s-snap `usage` (metadata_blocks x 4 KiB),",
             "dm-thin `status` (used metadata blocks x 4 KiB), dm-snapshot `status`",
             "(metadata sectors x 512); each divided by the exceptions. Space back: from",
             "the delete until the space is free again (s-snap: until `usage` shows",
@@ -381,7 +381,7 @@ def metadata_per_exception(target, k, fields):
     try:
         if target.startswith("s-snap"):
             kv = dict(zip(fields[0::2], fields[1::2]))
-            return int(kv["metadata_chunks"]) * int(kv["chunk_sectors"]) * 512 / k
+            return int(kv["metadata_blocks"]) * 4096 / k
         if target == "thin":
             # 0 <len> thin-pool <txid> <used meta>/<total meta> <used data>/<total> ...
             used = int(fields[4].split("/")[0])
@@ -466,8 +466,9 @@ def write_markdown(path, cells, times, many, info, header):
            *headline(cells), "",
            "`s-snap 64 KiB / best other`: s-snap over the better of dm-snapshot and",
            "dm-thin, all three with 64 KiB chunks. s-snap with 8 KiB chunks copies an",
-           "eighth of the data the others copy; it is shown for the effect of its",
-           "metadata block size (one chunk). Every table below gives the ratio to linear",
+           "eighth of the data the others copy; it is shown for the effect of the",
+           "chunk size (its metadata blocks are 4 KiB at every chunk size). Every table",
+           "below gives the ratio to linear",
            "and to the best other target of the same cell (`vs best other`; for",
            "`s-snap-8k` that is a 64 KiB target).", "",
            "## Method", "",

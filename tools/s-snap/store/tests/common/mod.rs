@@ -21,6 +21,8 @@ pub type CommitRec = (u64, usize, usize, Model);
 
 pub struct Harness<D: Disk> {
     pub store: Option<Store<Cache<D>>>,
+    /// Chunk size in sectors.
+    pub cs: u32,
     /// What the origin device holds.
     pub origin: Vec<Data>,
     /// What the user wrote to the origin (including writes still waiting
@@ -72,8 +74,21 @@ impl<D: Disk> Harness<D> {
         chaos: Option<(u64, u32)>,
         pos: fn(&D) -> usize,
     ) -> Harness<D> {
+        Self::build_cs(disk, CS, origin_chunks, cache_cap, chaos, pos)
+    }
+
+    /// As [`Harness::build`], with chunks of `cs` sectors.
+    pub fn build_cs(
+        disk: D,
+        cs: u32,
+        origin_chunks: usize,
+        cache_cap: usize,
+        chaos: Option<(u64, u32)>,
+        pos: fn(&D) -> usize,
+    ) -> Harness<D> {
         let mut h = Harness {
             store: None,
+            cs,
             origin: (0..origin_chunks as u64)
                 .map(|c| [c << 32, (c << 32) | 1])
                 .collect(),
@@ -100,11 +115,11 @@ impl<D: Disk> Harness<D> {
     }
 
     pub fn open_disk(&mut self, disk: D) {
-        let io = Cache::new(disk, BS, self.cache_cap);
+        let io = Cache::new(disk, self.cs as usize * 512, self.cache_cap);
         if let Some((seed, n)) = self.chaos {
             io.set_writeback_chaos(seed, n);
         }
-        self.store = Some(Store::open(io, CS).expect("open"));
+        self.store = Some(Store::open(io, self.cs).expect("open"));
     }
 
     pub fn s(&self) -> &Store<Cache<D>> {

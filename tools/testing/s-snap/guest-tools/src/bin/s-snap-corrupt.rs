@@ -83,6 +83,9 @@ const BM_MAGIC: &[u8; 4] = b"SSbm";
 const NODE_MAGIC: &[u8; 4] = b"SSbt";
 const TREE_NAMES: [&str; 3] = ["shared-exception", "private-exception", "snapshot-table"];
 
+/// Size of every metadata block (superblock, bitmap, B+tree node), whatever the chunk size.
+const META_BLOCK: usize = 4096;
+
 /// Superblock field offsets.
 mod sb {
     pub const SLOT: usize = 8;
@@ -95,7 +98,7 @@ mod sb {
     pub const LAST_EPOCH: usize = 56;
     pub const ALLOC_HINT: usize = 64;
     pub const DATA_CHUNKS: usize = 72;
-    pub const META_CHUNKS: usize = 80;
+    pub const META_BLOCKS: usize = 80;
     pub const SHARED: usize = 88;
     pub const SNAPSHOTS: usize = 104;
     pub const NBM: usize = 112;
@@ -161,7 +164,8 @@ struct Node {
 
 /// Where everything is in the pristine store.
 struct Layout {
-    chunk_bytes: usize,
+    /// Metadata block size: every block number below counts these.
+    block_bytes: usize,
     nr_chunks: u64,
     nbm: u64,
     newest_sb: u64,
@@ -171,9 +175,9 @@ struct Layout {
     /// Slots of each bitmap block: (committed, other).
     bitmaps: Vec<(u64, u64)>,
     nodes: Vec<Node>,
-    /// Chunks holding an old B+tree node that no tree references.
+    /// Blocks holding an old B+tree node that no tree references.
     stale: Vec<u64>,
-    /// Chunks that hold anything of the store: 1 + the highest allocated one.
+    /// Blocks that hold anything of the store: 1 + the highest allocated one.
     prefix: u64,
     /// Snapshot ids by epoch, from the snapshot table.
     epochs: BTreeMap<u64, u32>,
@@ -183,7 +187,7 @@ struct Layout {
     int_max: usize,
 }
 
-/// Chunk `n` of an image of the store.
+/// Block `n` of an image of the store, for blocks of `chunk_bytes`.
 fn chunk(image: &[u8], chunk_bytes: usize, n: u64) -> &[u8] {
     let start = n as usize * chunk_bytes;
     &image[start..start + chunk_bytes]
@@ -231,15 +235,17 @@ fn allocated_prefix(image: &[u8], chunk_bytes: usize, bitmaps: &[(u64, u64)]) ->
 }
 
 impl Layout {
-    /// Finds everything in `image`, the store's chunks in use.
-    fn read(image: &[u8], chunk_bytes: usize) -> Result<Self> {
+    /// Finds everything in `image`, the store's blocks in use, for a store of
+    /// `chunk_sectors` chunks.
+    fn read(image: &[u8], chunk_sectors: u32) -> Result<Self> {
+        let chunk_bytes = META_BLOCK;
         let block = |n: u64| chunk(image, chunk_bytes, n);
         let newest_sb = newest_superblock(image, chunk_bytes)?;
         let other = 1 - newest_sb;
         let other_sb_seq = (&block(other)[4..8] == SB_MAGIC).then(|| rd64(block(other), sb::SEQ));
         let s = block(newest_sb);
         ensure!(
-            rd32(s, sb::CHUNK) as usize * 512 == chunk_bytes,
+            rd32(s, sb::CHUNK) == chunk_sectors,
             "chunk size differs"
         );
         let nr_chunks = rd64(s, sb::NR_CHUNKS);
@@ -302,7 +308,7 @@ impl Layout {
             })
             .collect();
         Ok(Self {
-            chunk_bytes,
+            block_bytes: chunk_bytes,
             nr_chunks,
             nbm,
             newest_sb,
@@ -329,7 +335,7 @@ impl Layout {
             "store: {} chunks of {} KiB, {} bitmap blocks, {} in use; superblock slot {} \
              newest, the other slot {}; ",
             self.nr_chunks,
-            self.chunk_bytes / 1024,
+            self.block_bytes / 1024,
             self.nbm,
             self.prefix,
             self.newest_sb,
@@ -475,7 +481,7 @@ fn le(v: u64) -> Vec<u8> {
 
 fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -> Vec<Trial> {
     let cs = cli.chunk_sectors;
-    let b = layout.chunk_bytes;
+    let b = layout.block_bytes;
     let mut out = vec![Trial::new(
         "pristine copy".into(),
         Setup::Pristine,
@@ -534,13 +540,13 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
         for (range, what) in [(0..32, "in the header"), (32..b, "in the body")] {
             let n = rng.gen_range(1..=3);
             out.push(trial(
-                format!("{name} (chunk {chunk}): {n} bits flipped {what}"),
+                format!("{name} (block {chunk}): {n} bits flipped {what}"),
                 Edit::Flip(random_bits(rng, range, n)),
             ));
         }
-        out.push(trial(format!("{name} (chunk {chunk}): zeroed"), Edit::Zero));
+        out.push(trial(format!("{name} (block {chunk}): zeroed"), Edit::Zero));
         out.push(trial(
-            format!("{name} (chunk {chunk}): random bytes"),
+            format!("{name} (block {chunk}): random bytes"),
             Edit::Fill(rng.gen()),
         ));
     }
@@ -605,7 +611,7 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
         (
             "metadata chunk counter 2^63".into(),
             sbn,
-            vec![(sb::META_CHUNKS, le(1 << 63))],
+            vec![(sb::META_BLOCKS, le(1 << 63))],
         ),
         (
             "shared exception counter 0".into(),
@@ -767,18 +773,19 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
 
     // COW devices shorter than the store, and longer.
     let chunk_sectors = u64::from(cs);
-    for (what, chunks) in [
-        ("one chunk", 1),
-        ("the superblocks only", 2),
-        ("the fixed area", layout.fixed_end()),
-        ("the chunks in use", layout.prefix),
-        ("half the store", n / 2),
-        ("the store less one chunk", n - 1),
+    let block_sectors = (layout.block_bytes / 512) as u64;
+    for (what, sectors) in [
+        ("one chunk", chunk_sectors),
+        ("the superblocks only", 2 * block_sectors),
+        ("the fixed area", layout.fixed_end() * block_sectors),
+        ("the blocks in use", layout.prefix * block_sectors),
+        ("half the store", n / 2 * chunk_sectors),
+        ("the store less one chunk", (n - 1) * chunk_sectors),
     ] {
         out.push(Trial {
-            cow: CowDevice::Cut(chunks * chunk_sectors),
+            cow: CowDevice::Cut(sectors),
             ..Trial::new(
-                format!("COW device cut to {what} ({chunks} chunks)"),
+                format!("COW device cut to {what} ({sectors} sectors)"),
                 Setup::Pristine,
                 Want::Refused,
                 cs,
@@ -953,7 +960,7 @@ impl Rig {
                     ])?;
                     dm(&["remove", ORIGIN_NAME])?;
                 }
-                let b = self.layout.chunk_bytes;
+                let b = self.layout.block_bytes;
                 let mut block = read_direct(scratch, *chunk * b as u64, b)?;
                 match edit {
                     Edit::Flip(bits) => {
@@ -991,7 +998,7 @@ impl Rig {
         let (scratch, spare) = (&self.cli.scratch, &self.cli.spare);
         match foreign {
             Foreign::Random => {
-                let mut bytes = vec![0u8; 64 * self.layout.chunk_bytes];
+                let mut bytes = vec![0u8; 64 * self.layout.block_bytes];
                 SmallRng::seed_from_u64(self.cli.seed).fill(&mut bytes[..]);
                 write_direct(scratch, 0, &bytes)
             }
@@ -1099,7 +1106,7 @@ impl Rig {
         let (cow, origin) = self.devices(t)?;
         log.drain()?;
         // What the first chunks hold, to see whether a refused load wrote to them.
-        let watched = (64 * self.layout.chunk_bytes).min(self.scratch_sectors as usize * 512);
+        let watched = (64 * self.layout.block_bytes).min(self.scratch_sectors as usize * 512);
         let before = read_direct(&self.cli.scratch, 0, watched)?;
         let size = self.origin_size(t);
         let table = format!(
@@ -1256,7 +1263,7 @@ impl Rig {
     /// B+tree node of the pristine store (where only a checksum-valid exception with a
     /// hostile COW chunk can put it).
     fn metadata_overwritten(&self) -> Result<bool> {
-        let b = self.layout.chunk_bytes;
+        let b = self.layout.block_bytes;
         let data = self.written_data();
         let fixed = (0..self.layout.fixed_end()).chain(self.layout.nodes.iter().map(|n| n.block));
         for chunk in fixed {
@@ -1279,14 +1286,14 @@ impl Rig {
 
 fn set_up(cli: Cli, log: &mut KernelLog) -> Result<Rig> {
     let chunk_bytes = cli.chunk_sectors as usize * 512;
-    // The superblocks, then the bitmaps, then every chunk in use.
-    let head = read_direct(&cli.cow, 0, 2 * chunk_bytes)?;
-    let sb = chunk(&head, chunk_bytes, newest_superblock(&head, chunk_bytes)?).to_vec();
+    // The superblocks, then the bitmaps, then every block in use.
+    let head = read_direct(&cli.cow, 0, 2 * META_BLOCK)?;
+    let sb = chunk(&head, META_BLOCK, newest_superblock(&head, META_BLOCK)?).to_vec();
     let bitmaps = bitmap_slots(&sb);
-    let fixed = read_direct(&cli.cow, 0, (2 + 2 * bitmaps.len()) * chunk_bytes)?;
-    let prefix = allocated_prefix(&fixed, chunk_bytes, &bitmaps)?;
-    let image = read_direct(&cli.cow, 0, prefix as usize * chunk_bytes)?;
-    let layout = Layout::read(&image, chunk_bytes)?;
+    let fixed = read_direct(&cli.cow, 0, (2 + 2 * bitmaps.len()) * META_BLOCK)?;
+    let prefix = allocated_prefix(&fixed, META_BLOCK, &bitmaps)?;
+    let image = read_direct(&cli.cow, 0, prefix as usize * META_BLOCK)?;
+    let layout = Layout::read(&image, cli.chunk_sectors)?;
     let origin_sectors = sectors(&cli.origin)?;
     let scratch_sectors = sectors(&cli.scratch)?;
     let spare_sectors = sectors(&cli.spare)?;
