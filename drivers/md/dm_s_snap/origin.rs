@@ -185,6 +185,13 @@ impl TargetOperations for OriginTarget {
                 c_str!("Target is larger than the origin device"),
             ));
         }
+        // Origin chunk numbers take 6 bytes in the store (1 EiB with 4 KiB chunks).
+        if origin.nr_sectors() / u64::from(chunk_sectors) > store::MAX_ORIGIN_CHUNKS {
+            return Err(CtrError::new(
+                EINVAL,
+                c_str!("Origin device has more chunks than the exception store can number"),
+            ));
+        }
         t.set_max_io_len(chunk_sectors.into())
             .ctr_err(c_str!("Cannot set the chunk size as maximum I/O size"))?;
         t.set_num_flush_bios(1);

@@ -40,8 +40,7 @@ impl Pool {
         st.commits.drop_transaction();
         // A read-only open never formats and never writes: a COW device that lost its store
         // (zeroed, replaced) is refused here, not formatted.
-        let checked = Store::open_existing(CowIo::new(&self.cow)?)
-            .map_err(OpenError::Store)?;
+        let checked = Store::open_existing(CowIo::new(&self.cow)?).map_err(OpenError::Store)?;
         if checked.usage().chunk_size / 512 != u64::from(self.chunk_sectors) {
             return Err(OpenError::Store(store::Error::ChunkSizeMismatch));
         }

@@ -51,7 +51,7 @@ impl<I: BlockIo> Store<I> {
             return Err(corrupt("btree node: wrong level", nr));
         }
         let n = rd16(&h, NODE_NR)? as usize;
-        if n > self.g.max_entries(level) {
+        if n > NodeFormat::of(tree)?.max_entries(level) {
             return Err(corrupt("btree node: too many entries", nr));
         }
         if level > 0 && n == 0 {
@@ -69,16 +69,34 @@ impl<I: BlockIo> Store<I> {
         Ok((h, n))
     }
 
+    /// Key `i` of a node.
     pub(crate) fn key(&self, b: &[u8], i: usize) -> Result<u128> {
-        rd128(b, self.g.key_off(i))
+        let f = NodeFormat::of_node(b)?;
+        f.key.read(b, f.key_off(i))
     }
 
+    /// Writes key `i` of a node.
+    fn set_key(&self, b: &mut [u8], i: usize, k: u128) -> Result<()> {
+        let f = NodeFormat::of_node(b)?;
+        f.key.write(b, f.key_off(i), k)
+    }
+
+    /// Value `i` of a leaf.
     pub(crate) fn leaf_val(&self, b: &[u8], i: usize) -> Result<u128> {
-        rd128(b, self.g.leaf_val_off(i))
+        let f = NodeFormat::of_node(b)?;
+        f.val.read(b, f.val_off(0, i).0)
     }
 
+    /// Writes value `i` of a leaf.
+    fn set_leaf_val(&self, b: &mut [u8], i: usize, v: u128) -> Result<()> {
+        let f = NodeFormat::of_node(b)?;
+        f.val.write(b, f.val_off(0, i).0, v)
+    }
+
+    /// Child pointer `i` of an internal node.
     pub(crate) fn child(&self, b: &[u8], i: usize) -> Result<u64> {
-        rd64(b, self.g.child_off(i))
+        let f = NodeFormat::of_node(b)?;
+        rd64(b, f.val_off(1, i).0)
     }
 
     /// Index of the last key <= k, None if k < key 0 (or no keys).
@@ -304,20 +322,21 @@ impl<I: BlockIo> Store<I> {
         k: u128,
         v: u128,
     ) -> Result<()> {
-        if n >= self.g.max_entries(level) || pos > n {
+        let f = NodeFormat::of_node(b)?;
+        if n >= f.max_entries(level) || pos > n {
             return Err(Error::Internal("btree: insert into full node"));
         }
-        let (vo, vs) = self.g.val_off(level, pos);
-        move_bytes(
-            b,
-            self.g.key_off(pos),
-            16 * (n - pos),
-            self.g.key_off(pos + 1),
-        )?;
+        // Checked before anything moves: a failed write leaves the node as it was.
+        if !f.key.fits(k) || (level == 0 && !f.val.fits(v)) {
+            return Err(Error::Limit("value too large for its on-disk field"));
+        }
+        let (vo, vs) = f.val_off(level, pos);
+        let ks = f.key.size();
+        move_bytes(b, f.key_off(pos), ks * (n - pos), f.key_off(pos + 1))?;
         move_bytes(b, vo, vs * (n - pos), vo + vs)?;
-        wr128(b, self.g.key_off(pos), k)?;
+        f.key.write(b, f.key_off(pos), k)?;
         if level == 0 {
-            wr128(b, vo, v)?;
+            f.val.write(b, vo, v)?;
         } else {
             wr64(b, vo, v as u64)?;
         }
@@ -329,16 +348,13 @@ impl<I: BlockIo> Store<I> {
         if pos >= n {
             return Err(Error::Internal("btree: remove past end"));
         }
-        let (vo, vs) = self.g.val_off(level, pos);
-        move_bytes(
-            b,
-            self.g.key_off(pos + 1),
-            16 * (n - pos - 1),
-            self.g.key_off(pos),
-        )?;
+        let f = NodeFormat::of_node(b)?;
+        let (vo, vs) = f.val_off(level, pos);
+        let ks = f.key.size();
+        move_bytes(b, f.key_off(pos + 1), ks * (n - pos - 1), f.key_off(pos))?;
         move_bytes(b, vo + vs, vs * (n - pos - 1), vo)?;
-        let (lo, _) = self.g.val_off(level, n - 1);
-        zero_bytes(b, self.g.key_off(n - 1), 16)?;
+        let (lo, _) = f.val_off(level, n - 1);
+        zero_bytes(b, f.key_off(n - 1), ks)?;
         zero_bytes(b, lo, vs)?;
         Self::set_nr(b, n - 1)
     }
@@ -362,9 +378,13 @@ impl<I: BlockIo> Store<I> {
         cnt: usize,
         level: u8,
     ) -> Result<()> {
-        copy_bytes(dst, self.g.key_off(dp), src, self.g.key_off(sp), 16 * cnt)?;
-        let (dvo, vs) = self.g.val_off(level, dp);
-        let (svo, _) = self.g.val_off(level, sp);
+        let f = NodeFormat::of_node(src)?;
+        if NodeFormat::of_node(dst)? != f {
+            return Err(Error::Internal("btree: copying entries between trees"));
+        }
+        copy_bytes(dst, f.key_off(dp), src, f.key_off(sp), f.key.size() * cnt)?;
+        let (dvo, vs) = f.val_off(level, dp);
+        let (svo, _) = f.val_off(level, sp);
         copy_bytes(dst, dvo, src, svo, vs * cnt)
     }
 
@@ -373,8 +393,9 @@ impl<I: BlockIo> Store<I> {
         if from >= to {
             return Ok(());
         }
-        zero_bytes(b, self.g.key_off(from), 16 * (to - from))?;
-        let (vo, vs) = self.g.val_off(level, from);
+        let f = NodeFormat::of_node(b)?;
+        zero_bytes(b, f.key_off(from), f.key.size() * (to - from))?;
+        let (vo, vs) = f.val_off(level, from);
         zero_bytes(b, vo, vs * (to - from))
     }
 
@@ -387,13 +408,18 @@ impl<I: BlockIo> Store<I> {
         pidx: usize,
         child: u64,
         level: u8,
+        appends: bool,
     ) -> Result<(u64, u128)> {
         let (keep, sep, v0) = {
             let (c, n) = self.write_node(child, tree, level)?;
             if n < 2 {
                 return Err(Error::Internal("btree: splitting a tiny node"));
             }
-            let keep = n - n / 2;
+            // An insert past the last key of the tree (origin writes in
+            // ascending chunk order) leaves the child full and starts the new
+            // last node, so that such a tree fills its nodes; any other
+            // insert splits in the middle.
+            let keep = if appends { n - 1 } else { n - n / 2 };
             (keep, self.key(&c, keep)?, self.entry_val(&c, level, keep)?)
         };
         let sib = self.new_node(tree, level, sep, v0)?;
@@ -451,12 +477,17 @@ impl<I: BlockIo> Store<I> {
             return Err(corrupt("btree: node is its own child", parent));
         }
         let (mut p, _) = self.write_node(parent, tree, level)?;
-        wr64(&mut p, self.g.child_off(idx), new)?;
+        let off = NodeFormat::of(tree)?.val_off(level, idx).0;
+        wr64(&mut p, off, new)?;
         self.finish(&mut p)
     }
 
     /// Inserts or replaces; returns the old value.
     pub(crate) fn insert(&mut self, tree: usize, k: u128, v: u128) -> Result<Option<u128>> {
+        let f = NodeFormat::of(tree)?;
+        if !f.key.fits(k) || !f.val.fits(v) {
+            return Err(Error::Limit("value too large for its on-disk field"));
+        }
         self.ensure(self.op_need(tree))?;
         self.dirty = true;
         let mut root = self.shadow_root(tree)?;
@@ -464,13 +495,13 @@ impl<I: BlockIo> Store<I> {
             let (_, n) = self.read_node(root.block, tree, root.depth - 1)?;
             n
         };
-        if rn >= self.g.max_entries(root.depth - 1) {
+        if rn >= f.max_entries(root.depth - 1) {
             if root.depth as usize >= MAX_DEPTH {
                 return Err(Error::Limit("btree depth"));
             }
-            let k0 = {
-                let (h, _) = self.read_node(root.block, tree, root.depth - 1)?;
-                self.key(&h, 0)?
+            let (k0, appends) = {
+                let (h, n) = self.read_node(root.block, tree, root.depth - 1)?;
+                (self.key(&h, 0)?, k > self.key(&h, n - 1)?)
             };
             let nr = self.new_node(tree, root.depth, k0, root.block as u128)?;
             if nr == root.block {
@@ -484,17 +515,20 @@ impl<I: BlockIo> Store<I> {
             if let Some(x) = self.sb.roots.get_mut(tree) {
                 *x = root;
             }
-            self.split(tree, nr, 0, old, root.depth - 2)?;
+            self.split(tree, nr, 0, old, root.depth - 2, appends)?;
         }
         let mut cur = root.block;
         let mut level = root.depth - 1;
+        // `cur` is the last node of its level (the root is): keys beyond all
+        // of the tree's land there.
+        let mut at_edge = true;
         for _ in 0..MAX_DEPTH {
             if level == 0 {
                 let (mut h, n) = self.write_node(cur, tree, 0)?;
                 let i = self.search_ge(&h, n, k)?;
                 if i < n && self.key(&h, i)? == k {
                     let old = self.leaf_val(&h, i)?;
-                    wr128(&mut h, self.g.leaf_val_off(i), v)?;
+                    self.set_leaf_val(&mut h, i, v)?;
                     self.finish(&mut h)?;
                     return Ok(Some(old));
                 }
@@ -502,37 +536,41 @@ impl<I: BlockIo> Store<I> {
                 self.finish(&mut h)?;
                 return Ok(None);
             }
-            let (idx, child) = {
+            let (idx, child, last) = {
                 let (mut h, n) = self.write_node(cur, tree, level)?;
                 let idx = self.search_le(&h, n, k)?;
                 let idx = match idx {
                     Some(i) => i,
                     None => {
                         // k becomes the smallest key of this subtree.
-                        wr128(&mut h, self.g.key_off(0), k)?;
+                        self.set_key(&mut h, 0, k)?;
                         self.finish(&mut h)?;
                         0
                     }
                 };
-                (idx, self.child(&h, idx)?)
+                (idx, self.child(&h, idx)?, idx + 1 == n)
             };
+            let child_at_edge = at_edge && last;
             if child == cur {
                 return Err(corrupt("btree: node is its own child", cur));
             }
             let c2 = self.shadow(child, tree, level - 1)?;
             self.repoint(tree, cur, level, idx, child, c2)?;
-            let cn = {
-                let (_, n) = self.read_node(c2, tree, level - 1)?;
-                n
+            let (cn, appends) = {
+                let (h, n) = self.read_node(c2, tree, level - 1)?;
+                (n, child_at_edge && n > 0 && k > self.key(&h, n - 1)?)
             };
-            let next = if cn >= self.g.max_entries(level - 1) {
-                let (sib, sep) = self.split(tree, cur, idx, c2, level - 1)?;
+            let next = if cn >= f.max_entries(level - 1) {
+                let (sib, sep) = self.split(tree, cur, idx, c2, level - 1, appends)?;
                 if k >= sep {
+                    at_edge = child_at_edge;
                     sib
                 } else {
+                    at_edge = false;
                     c2
                 }
             } else {
+                at_edge = child_at_edge;
                 c2
             };
             cur = next;
@@ -547,6 +585,7 @@ impl<I: BlockIo> Store<I> {
             return Ok(None);
         }
         self.ensure(self.op_need(tree))?;
+        let f = NodeFormat::of(tree)?;
         self.dirty = true;
         let root = self.shadow_root(tree)?;
         let mut path = [(0u64, 0usize, 0u8); MAX_DEPTH];
@@ -575,7 +614,7 @@ impl<I: BlockIo> Store<I> {
                     for &(pb, pidx, plev) in path.iter().take(plen) {
                         let (mut p, _) = self.write_node(pb, tree, plev)?;
                         if self.key(&p, pidx)? == k {
-                            wr128(&mut p, self.g.key_off(pidx), m)?;
+                            self.set_key(&mut p, pidx, m)?;
                             self.finish(&mut p)?;
                         }
                     }
@@ -597,7 +636,7 @@ impl<I: BlockIo> Store<I> {
                 let (_, n) = self.read_node(c2, tree, cl)?;
                 n
             };
-            if cn > self.g.min_entries(cl) {
+            if cn > f.min_entries(cl) {
                 let slot = path
                     .get_mut(plen)
                     .ok_or(corrupt("btree: deeper than the maximum", cur))?;
@@ -625,7 +664,7 @@ impl<I: BlockIo> Store<I> {
             };
             let descend_idx;
             let descend;
-            if sn > self.g.min_entries(cl) {
+            if sn > f.min_entries(cl) {
                 // Borrow one entry from the sibling.
                 let s2 = self.shadow(sib, tree, cl)?;
                 self.repoint(tree, cur, level, sidx, sib, s2)?;
@@ -655,7 +694,7 @@ impl<I: BlockIo> Store<I> {
                 {
                     let (mut p, _) = self.write_node(cur, tree, level)?;
                     let at = if child_is_left { idx + 1 } else { idx };
-                    wr128(&mut p, self.g.key_off(at), newsep)?;
+                    self.set_key(&mut p, at, newsep)?;
                     self.finish(&mut p)?;
                 }
                 descend = c2;
@@ -675,7 +714,7 @@ impl<I: BlockIo> Store<I> {
                 let rtx = {
                     let (mut l, ln) = self.write_node(left, tree, cl)?;
                     let (r, rn) = self.read_node(right, tree, cl)?;
-                    if ln + rn > self.g.max_entries(cl) {
+                    if ln + rn > f.max_entries(cl) {
                         return Err(Error::Internal("btree: merge overflow"));
                     }
                     self.copy_entries(&mut l, ln, &r, 0, rn, cl)?;

@@ -135,18 +135,6 @@ pub(crate) fn rd64(b: &[u8], off: usize) -> Result<u64> {
     Ok(u64::from_le_bytes(a))
 }
 
-/// Reads a little-endian u128.
-pub(crate) fn rd128(b: &[u8], off: usize) -> Result<u128> {
-    let end = off
-        .checked_add(16)
-        .ok_or(Error::Internal("offset overflow"))?;
-    let s = b
-        .get(off..end)
-        .ok_or(Error::Internal("read past block end"))?;
-    let a: [u8; 16] = s.try_into().map_err(|_| Error::Internal("slice size"))?;
-    Ok(u128::from_le_bytes(a))
-}
-
 /// Writes bytes at an offset.
 pub(crate) fn wr_bytes(b: &mut [u8], off: usize, v: &[u8]) -> Result<()> {
     let end = off
@@ -171,11 +159,6 @@ pub(crate) fn wr32(b: &mut [u8], off: usize, v: u32) -> Result<()> {
 
 /// Writes a little-endian u64.
 pub(crate) fn wr64(b: &mut [u8], off: usize, v: u64) -> Result<()> {
-    wr_bytes(b, off, &v.to_le_bytes())
-}
-
-/// Writes a little-endian u128.
-pub(crate) fn wr128(b: &mut [u8], off: usize, v: u128) -> Result<()> {
     wr_bytes(b, off, &v.to_le_bytes())
 }
 
@@ -259,6 +242,166 @@ pub(crate) fn crc_ok<I: BlockIo>(io: &I, b: &[u8]) -> bool {
     }
 }
 
+/// How a u128 key or value is stored in a node: its low and its high 64-bit
+/// half, little-endian, cut to `lo` and `hi` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Packing {
+    lo: usize,
+    hi: usize,
+}
+
+impl Packing {
+    /// Bytes taken in a node.
+    pub(crate) const fn size(self) -> usize {
+        self.lo + self.hi
+    }
+
+    /// True if `x` can be stored.
+    pub(crate) fn fits(self, x: u128) -> bool {
+        fits(x as u64, self.lo) && fits((x >> 64) as u64, self.hi)
+    }
+
+    /// Reads a packed value at `off`.
+    pub(crate) fn read(self, b: &[u8], off: usize) -> Result<u128> {
+        let lo = rd_uint(b, off, self.lo)?;
+        let hi = rd_uint(b, off + self.lo, self.hi)?;
+        Ok(((hi as u128) << 64) | lo as u128)
+    }
+
+    /// Writes `x` packed at `off`; fails, writing nothing, if it does not fit.
+    pub(crate) fn write(self, b: &mut [u8], off: usize, x: u128) -> Result<()> {
+        if !self.fits(x) {
+            return Err(Error::Limit("value too large for its on-disk field"));
+        }
+        wr_uint(b, off, self.lo, x as u64)?;
+        wr_uint(b, off + self.lo, self.hi, (x >> 64) as u64)
+    }
+}
+
+/// True if `v` fits in `width` bytes.
+fn fits(v: u64, width: usize) -> bool {
+    width >= 8 || v >> (8 * width) == 0
+}
+
+/// Reads a little-endian unsigned integer of `width` (0 to 8) bytes.
+fn rd_uint(b: &[u8], off: usize, width: usize) -> Result<u64> {
+    let mut a = [0u8; 8];
+    let end = off
+        .checked_add(width)
+        .ok_or(Error::Internal("offset overflow"))?;
+    let s = b
+        .get(off..end)
+        .ok_or(Error::Internal("read past block end"))?;
+    a.get_mut(..width)
+        .ok_or(Error::Internal("integer too wide"))?
+        .copy_from_slice(s);
+    Ok(u64::from_le_bytes(a))
+}
+
+/// Writes the low `width` (0 to 8) bytes of `v`, little-endian.
+fn wr_uint(b: &mut [u8], off: usize, width: usize, v: u64) -> Result<()> {
+    let a = v.to_le_bytes();
+    wr_bytes(
+        b,
+        off,
+        a.get(..width).ok_or(Error::Internal("integer too wide"))?,
+    )
+}
+
+/// Bytes of a child pointer (a block number) in an internal node.
+const CHILD_SIZE: usize = 8;
+
+/// The layout of the nodes of one tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeFormat {
+    pub(crate) key: Packing,
+    pub(crate) val: Packing,
+    /// Maximum entries of a leaf node.
+    pub(crate) leaf_max: usize,
+    /// Maximum entries of an internal node.
+    pub(crate) int_max: usize,
+}
+
+/// Largest origin chunk number plus one: origin chunks take 6 bytes.
+pub(crate) const MAX_ORIGIN_CHUNKS: u64 = 1 << 48;
+/// Largest snapshot epoch: epochs take 4 bytes.
+pub(crate) const MAX_EPOCH: u64 = u32::MAX as u64;
+
+/// Node formats of the shared-exception tree, the private-exception tree
+/// and the snapshot table, in tree id order.
+///
+/// * Shared: key `(chunk << 64) | hi`, value `(lo << 64) | cow`: 6-byte
+///   origin chunk, 4-byte epochs, 5-byte COW chunk; 19 bytes an entry.
+/// * Private: key `(epoch << 64) | chunk`, value `cow`: 15 bytes.
+/// * Snapshot table: keys `epoch` and `(1 << 64) | id`, values `id` or
+///   `epoch` with the deleting flag at bit 64: 10 bytes.
+const NODE_FORMATS: [NodeFormat; NR_TREES] = [
+    NodeFormat::new(Packing { lo: 4, hi: 6 }, Packing { lo: 5, hi: 4 }),
+    NodeFormat::new(Packing { lo: 6, hi: 4 }, Packing { lo: 5, hi: 0 }),
+    NodeFormat::new(Packing { lo: 4, hi: 1 }, Packing { lo: 4, hi: 1 }),
+];
+
+impl NodeFormat {
+    const fn new(key: Packing, val: Packing) -> NodeFormat {
+        NodeFormat {
+            key,
+            val,
+            leaf_max: (BLOCK_SIZE - NODE_KEYS) / (key.size() + val.size()),
+            int_max: (BLOCK_SIZE - NODE_KEYS) / (key.size() + CHILD_SIZE),
+        }
+    }
+
+    /// The format of tree `tree`.
+    pub(crate) fn of(tree: usize) -> Result<&'static NodeFormat> {
+        NODE_FORMATS.get(tree).ok_or(Error::Internal("tree id"))
+    }
+
+    /// The format of a node, from the tree id in its header (which
+    /// `read_node` has checked).
+    pub(crate) fn of_node(b: &[u8]) -> Result<&'static NodeFormat> {
+        let t = rd8(b, NODE_TREE)?;
+        NODE_FORMATS
+            .get(usize::from(t).wrapping_sub(1))
+            .ok_or(Error::Internal("node of no tree"))
+    }
+
+    /// Maximum entries of a node at `level` (0 = leaf).
+    pub(crate) fn max_entries(&self, level: u8) -> usize {
+        if level == 0 {
+            self.leaf_max
+        } else {
+            self.int_max
+        }
+    }
+
+    /// Minimum entries of a non-root node at `level` that is not the last of
+    /// its level.
+    pub(crate) fn min_entries(&self, level: u8) -> usize {
+        self.max_entries(level) / 2
+    }
+
+    /// Offset of key `i` of a node at `level`.
+    pub(crate) fn key_off(&self, i: usize) -> usize {
+        NODE_KEYS + self.key.size() * i
+    }
+
+    /// Offset of value `i` for a node at `level`, and the value size.
+    pub(crate) fn val_off(&self, level: u8, i: usize) -> (usize, usize) {
+        let max = self.max_entries(level);
+        let base = NODE_KEYS + self.key.size() * max;
+        if level == 0 {
+            (base + self.val.size() * i, self.val.size())
+        } else {
+            (base + CHILD_SIZE * i, CHILD_SIZE)
+        }
+    }
+
+    /// Offset of the end of the value array of a node at `level`.
+    pub(crate) fn vals_end(&self, level: u8) -> usize {
+        self.val_off(level, self.max_entries(level)).0
+    }
+}
+
 /// Geometry derived from the chunk size and the number of chunks.
 ///
 /// Metadata lives in blocks of [`BLOCK_SIZE`] bytes, numbered from the
@@ -284,10 +427,6 @@ pub(crate) struct Geometry {
     pub(crate) bits_per_bitmap: u64,
     /// First block after the fixed area (superblocks and bitmap slots).
     pub(crate) fixed_end: u64,
-    /// Maximum entries of a leaf node.
-    pub(crate) leaf_max: usize,
-    /// Maximum entries of an internal node.
-    pub(crate) int_max: usize,
 }
 
 impl Geometry {
@@ -341,8 +480,6 @@ impl Geometry {
         let nr_blocks = nr_chunks * chunk_blocks;
         let nr_bitmaps = nr_blocks.div_ceil(BITS_PER_BITMAP);
         let fixed_end = Self::fixed_blocks(chunk_blocks, nr_chunks);
-        let leaf_max = (BLOCK_SIZE - NODE_KEYS) / 32;
-        let int_max = (BLOCK_SIZE - NODE_KEYS) / 24;
         if nr_chunks < Self::needed_chunks(chunk_blocks, nr_chunks) {
             return Err(Error::DeviceTooSmall);
         }
@@ -355,47 +492,7 @@ impl Geometry {
             nr_bitmaps,
             bits_per_bitmap: BITS_PER_BITMAP,
             fixed_end,
-            leaf_max,
-            int_max,
         })
-    }
-
-    /// Maximum entries of a node at `level` (0 = leaf).
-    pub(crate) fn max_entries(&self, level: u8) -> usize {
-        if level == 0 {
-            self.leaf_max
-        } else {
-            self.int_max
-        }
-    }
-
-    /// Minimum entries of a non-root node at `level`.
-    pub(crate) fn min_entries(&self, level: u8) -> usize {
-        self.max_entries(level) / 2
-    }
-
-    /// Offset of key `i`.
-    pub(crate) fn key_off(&self, i: usize) -> usize {
-        NODE_KEYS + 16 * i
-    }
-
-    /// Offset of leaf value `i`.
-    pub(crate) fn leaf_val_off(&self, i: usize) -> usize {
-        NODE_KEYS + 16 * self.leaf_max + 16 * i
-    }
-
-    /// Offset of internal child pointer `i`.
-    pub(crate) fn child_off(&self, i: usize) -> usize {
-        NODE_KEYS + 16 * self.int_max + 8 * i
-    }
-
-    /// Offset of value `i` for a node at `level`, and the value size.
-    pub(crate) fn val_off(&self, level: u8, i: usize) -> (usize, usize) {
-        if level == 0 {
-            (self.leaf_val_off(i), 16)
-        } else {
-            (self.child_off(i), 8)
-        }
     }
 
     /// True if block `nr` may be a btree node.

@@ -63,6 +63,9 @@ pub use txn::Store;
 /// Size in bytes of a metadata block: the block size [`BlockIo`] must
 /// have, whatever the chunk size.
 pub const META_BLOCK_SIZE: usize = format::BLOCK_SIZE;
+/// Largest origin size in chunks: origin chunk numbers take 6 bytes on
+/// disk.
+pub const MAX_ORIGIN_CHUNKS: u64 = format::MAX_ORIGIN_CHUNKS;
 /// Smallest chunk size in 512-byte sectors (4 KiB).
 pub const MIN_CHUNK_SECTORS: u32 = format::MIN_CHUNK_SECTORS;
 /// Largest chunk size in 512-byte sectors (512 KiB).

@@ -216,7 +216,8 @@ pub struct StoreInfo {
     pub deleting_epoch: u64,
     /// (root block, depth) of the shared, private and snapshot trees.
     pub roots: [(u64, u8); 3],
-    /// Entries of a leaf / internal node at most.
+    /// Entries of a leaf / internal node of the shared-exception tree at
+    /// most.
     pub node_capacity: (u64, u64),
 }
 
@@ -413,7 +414,9 @@ impl<I: BlockIo> Store<I> {
             data_hint: self.sb.data_hint,
             deleting_epoch: self.sb.deleting_epoch,
             roots: [r(TREE_SHARED), r(TREE_PRIVATE), r(TREE_SNAPS)],
-            node_capacity: (self.g.leaf_max as u64, self.g.int_max as u64),
+            node_capacity: NodeFormat::of(TREE_SHARED)
+                .map(|f| (f.leaf_max as u64, f.int_max as u64))
+                .unwrap_or((0, 0)),
         }
     }
 
@@ -529,6 +532,7 @@ impl<I: BlockIo> Store<I> {
             .sb
             .last_epoch
             .checked_add(1)
+            .filter(|&e| e <= MAX_EPOCH)
             .ok_or(Error::Limit("epoch counter"))?;
         // A create must not eat into the metadata reserve: a full store has to stay able to
         // delete snapshots (which shadows snapshot-table nodes) to get space back.

@@ -58,7 +58,9 @@ impl<I: BlockIo> Store<I> {
     /// or a chunk). Returns how many of the blocks the committed version
     /// uses.
     pub(crate) fn bm_update(&mut self, first: u64, len: u64, set: bool) -> Result<u64> {
-        let last = first.checked_add(len).ok_or(Error::Internal("block range"))?;
+        let last = first
+            .checked_add(len)
+            .ok_or(Error::Internal("block range"))?;
         if len == 0 || !self.g.in_data_area(first) || last > self.g.nr_blocks {
             return Err(Error::Corrupt {
                 what: "space map: block outside the data area",

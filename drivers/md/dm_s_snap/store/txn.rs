@@ -67,8 +67,7 @@ pub(crate) fn superblock_chunk_sectors(first_sector: &[u8], slot: u64) -> Option
     let nr = rd64(first_sector, OFF_BLOCKNR).ok()?;
     let cs = rd32(first_sector, SB_CHUNK_SECTORS).ok()?;
     let version = rd32(first_sector, SB_VERSION).ok()?;
-    if magic == SB_MAGIC && version == VERSION && nr == slot && Geometry::valid_chunk_sectors(cs)
-    {
+    if magic == SB_MAGIC && version == VERSION && nr == slot && Geometry::valid_chunk_sectors(cs) {
         Some(cs)
     } else {
         None

@@ -7,12 +7,14 @@
 //!
 //! Environment: `S_SNAP_BENCH_EXCEPTIONS` (default 1000000),
 //! `S_SNAP_BENCH_SNAPSHOTS` (64), `S_SNAP_BENCH_CHUNK_SECTORS` (8 = 4 KiB),
-//! `S_SNAP_BENCH_CACHE_MIB` (64).
+//! `S_SNAP_BENCH_CACHE_MIB` (64), `S_SNAP_BENCH_SEQUENTIAL` (0; 1: each
+//! snapshot's origin writes go in ascending chunk order, as a linear copy or
+//! a fill does).
 
 #![allow(clippy::float_arithmetic)]
 
 use s_snap_store::userspace::{Cache, SparseDisk};
-use s_snap_store::{BlockIo, Location, OriginWrite, Store};
+use s_snap_store::{BlockIo, Location, OriginWrite, Store, META_BLOCK_SIZE};
 use std::time::Instant;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -39,14 +41,17 @@ fn main() {
     let cache_mib = env("S_SNAP_BENCH_CACHE_MIB", 64);
     // 1 is what a target does at queue depth 1: one commit per copied chunk.
     let commit_every = env("S_SNAP_BENCH_COMMIT_EVERY", 1000).max(1);
+    let sequential = env("S_SNAP_BENCH_SEQUENTIAL", 0) != 0;
     let bs = cs as usize * 512;
-    let cache_blocks = (cache_mib << 20) as usize / bs;
+    let cache_blocks = (cache_mib << 20) as usize / META_BLOCK_SIZE;
     let origin_chunks: u64 = 1 << 20;
     let per_snap = exceptions / nsnap;
     let dev_chunks = exceptions + exceptions / 8 + 4096;
     println!(
         "s-snap store benchmark: {exceptions} shared exceptions, {nsnap} snapshots, \
-         chunk {bs} B, cache {cache_mib} MiB ({cache_blocks} blocks), device {dev_chunks} chunks"
+         chunk {bs} B, cache {cache_mib} MiB ({cache_blocks} blocks), device {dev_chunks} chunks, \
+         {} origin writes",
+        if sequential { "sequential" } else { "random" }
     );
 
     let disk = SparseDisk::new(dev_chunks * bs as u64);
@@ -63,8 +68,14 @@ fn main() {
         s.create_snapshot(id).unwrap();
         last_written.clear();
         let mut done = 0;
+        let mut next = 0;
         while done < per_snap {
-            let c = rng.next() % origin_chunks;
+            let c = if sequential {
+                next += 1;
+                (next - 1) % origin_chunks
+            } else {
+                rng.next() % origin_chunks
+            };
             match s.origin_write_prepare(c).unwrap() {
                 OriginWrite::Copy(p) => {
                     s.origin_write_complete(p).unwrap();
@@ -93,17 +104,18 @@ fn main() {
     let u = s.usage();
     let info = s.info();
     let fixed = info.fixed_end;
-    let meta_bytes = (u.metadata_chunks - fixed) * bs as u64;
+    let block = META_BLOCK_SIZE as u64;
+    let meta_bytes = (u.metadata_blocks - fixed) * block;
     let exc = u.shared_exceptions + u.private_exceptions;
     println!(
-        "usage: {} shared exceptions, {} metadata chunks ({} fixed), tree depths {:?}; \
+        "usage: {} shared exceptions, {} metadata blocks of 4 KiB ({} fixed), tree depths {:?}; \
          metadata {:.1} bytes per exception (btree nodes), {:.1} incl. bitmaps/superblocks",
         u.shared_exceptions,
-        u.metadata_chunks,
+        u.metadata_blocks,
         fixed,
         info.roots.iter().map(|r| r.1).collect::<Vec<_>>(),
         meta_bytes as f64 / exc as f64,
-        (u.metadata_chunks * bs as u64) as f64 / exc as f64
+        (u.metadata_blocks * block) as f64 / exc as f64
     );
 
     // Lookups: random snapshot and chunk.

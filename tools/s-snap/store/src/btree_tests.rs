@@ -74,7 +74,8 @@ fn insert_remove_random_vs_btreemap() {
                     "step {step}"
                 );
             } else {
-                let v = rng.next() as u128;
+                // A value the shared tree can hold: 5 and 4 bytes.
+                let v = (rng.next() % (1 << 40)) as u128 | ((rng.next() % (1 << 32)) as u128) << 64;
                 assert_eq!(
                     s.insert(TREE_SHARED, k, v).unwrap(),
                     m.insert(k, v),
@@ -104,14 +105,15 @@ fn insert_remove_random_vs_btreemap() {
 
 #[test]
 fn deep_tree_sequential_and_reverse() {
-    // 4 KiB nodes: 127 entries per leaf, 169 per internal node; 60k keys
-    // give depth 3, sequential inserts exercise the split path, reverse
-    // removal the borrow/merge path.
+    // Private tree: 270 entries per leaf, 225 per internal node; 120k
+    // sequential keys fill the nodes (appends split at the end) and give
+    // depth 3, reverse removal exercises the borrow/merge path.
+    const N: u128 = 120_000;
     let mut s = store(8192, 32);
     let mut m = BTreeMap::new();
-    for k in 0..60_000u128 {
-        s.insert(TREE_PRIVATE, k << 3, k + (1 << 40)).unwrap();
-        m.insert(k << 3, k + (1 << 40));
+    for k in 0..N {
+        s.insert(TREE_PRIVATE, k << 3, k + (1 << 39)).unwrap();
+        m.insert(k << 3, k + (1 << 39));
         if k % 5000 == 0 {
             s.commit().unwrap();
         }
@@ -121,9 +123,9 @@ fn deep_tree_sequential_and_reverse() {
     compare(&s, TREE_PRIVATE, &m, &mut rng);
     s.commit().unwrap();
     check_clean(&s);
-    for k in (0..60_000u128).rev() {
+    for k in (0..N).rev() {
         if k % 3 != 0 {
-            assert_eq!(s.remove(TREE_PRIVATE, k << 3).unwrap(), Some(k + (1 << 40)));
+            assert_eq!(s.remove(TREE_PRIVATE, k << 3).unwrap(), Some(k + (1 << 39)));
             m.remove(&(k << 3));
         }
         if k % 7000 == 0 {
@@ -156,5 +158,77 @@ fn three_trees_independent() {
         assert_eq!(s.lookup(TREE_PRIVATE, k * 2).unwrap(), Some(2));
         assert_eq!(s.lookup(TREE_SNAPS, k * 3).unwrap(), Some(3));
     }
+    check_clean(&s);
+}
+
+/// Metadata blocks beyond those of a freshly formatted store.
+fn nodes_used(s: &Store<Cache<MemDisk>>, fresh: u64) -> u64 {
+    s.usage().metadata_blocks - fresh
+}
+
+#[test]
+fn appends_fill_nodes_and_random_inserts_half_fill_them() {
+    // The shared tree holds 213 entries per leaf.
+    const N: u64 = 100_000;
+    let mut s = store(8192, 64);
+    let fresh = s.usage().metadata_blocks;
+    for k in 0..N as u128 {
+        // Values outside the device: the check ignores them as chunks.
+        s.insert(TREE_SHARED, k << 64 | 1, 1 << 30 | k).unwrap();
+    }
+    s.commit().unwrap();
+    check_clean(&s);
+    // Full leaves but one entry: N / 212 leaves plus a few internal nodes.
+    let appended = nodes_used(&s, fresh);
+    assert!(
+        appended <= N / 212 + 4,
+        "{appended} nodes for {N} appended keys"
+    );
+    // The same keys in random order: nodes between half and fully full.
+    let mut s = store(8192, 64);
+    let mut rng = Rng(5);
+    let mut keys: std::vec::Vec<u128> = (0..N as u128).map(|k| k << 64 | 1).collect();
+    for i in (1..keys.len()).rev() {
+        keys.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    for k in keys {
+        s.insert(TREE_SHARED, k, 1 << 30 | k >> 64).unwrap();
+    }
+    s.commit().unwrap();
+    check_clean(&s);
+    let random = nodes_used(&s, fresh);
+    assert!(
+        random > N / 213 && random <= 2 * N / 213 + 8,
+        "{random} nodes"
+    );
+}
+
+#[test]
+fn values_beyond_their_field_are_refused_and_change_nothing() {
+    let mut s = store(2048, 16);
+    for k in 0..1000u128 {
+        s.insert(TREE_SHARED, k << 64 | 3, 1 << 30 | k).unwrap();
+    }
+    s.commit().unwrap();
+    let before = s.info();
+    // Origin chunks take 6 bytes, epochs 4, COW chunks 5.
+    for (k, v) in [
+        (1u128 << 112, 0u128),
+        (1 << 32, 0),
+        (5 << 64, 1 << 40),
+        (5 << 64, 1 << 96),
+    ] {
+        assert_eq!(
+            s.insert(TREE_SHARED, k, v).err(),
+            Some(crate::Error::Limit("value too large for its on-disk field")),
+            "{k:#x} -> {v:#x}"
+        );
+    }
+    assert_eq!(
+        s.lookup(TREE_SHARED, 5 << 64 | 3).unwrap(),
+        Some(1 << 30 | 5)
+    );
+    s.commit().unwrap();
+    assert_eq!(s.info().roots, before.roots);
     check_clean(&s);
 }

@@ -49,17 +49,28 @@ fn device_size_rules_with_large_chunks() {
     let min = min_chunks(cs);
     assert_eq!(min, 17);
     assert_eq!(
-        Store::open(Cache::new(MemDisk::new((min as usize - 1) * chunk), chunk, 8), cs).err(),
+        Store::open(
+            Cache::new(MemDisk::new((min as usize - 1) * chunk), chunk, 8),
+            cs
+        )
+        .err(),
         Some(Error::DeviceTooSmall)
     );
     // A device that is not a multiple of the chunk size: the tail is unused.
     let mut s = Store::open(
-        Cache::new(MemDisk::new(min as usize * chunk + 3 * 4096 + 512), chunk, 8),
+        Cache::new(
+            MemDisk::new(min as usize * chunk + 3 * 4096 + 512),
+            chunk,
+            8,
+        ),
         cs,
     )
     .unwrap();
     let u = s.usage();
-    assert_eq!((u.total_chunks, u.metadata_chunks, u.metadata_blocks), (min, 1, 7));
+    assert_eq!(
+        (u.total_chunks, u.metadata_chunks, u.metadata_blocks),
+        (min, 1, 7)
+    );
     assert_eq!(u.free_chunks, min - 1);
     // Every whole chunk but the first can hold data.
     s.create_snapshot(1).unwrap();
@@ -222,13 +233,15 @@ fn private_writes_of_all_snapshots_need_no_copy() {
 #[test]
 fn reclaim_on_full_device_commits_midway_and_resumes() {
     // A nearly full device: reclaiming a snapshot with many exceptions needs
-    // more fresh metadata chunks (shadow copies) than are free; the reclaim
-    // asks for a commit of what it has done and goes on.
-    let mut h = Harness::new(MemDisk::new(8000 * BS), 40000, 64);
+    // more fresh metadata blocks (shadow copies) than are free; the reclaim
+    // asks for a commit of what it has done and goes on. Its 20,000 private
+    // exceptions take more leaves (270 entries each) than the device has
+    // free blocks at the end.
+    let mut h = Harness::new(MemDisk::new(30000 * BS), 80000, 64);
     let baseline = usage_baseline(&h.s().usage());
     h.create(1);
-    for c in 0..6500 {
-        h.snap_write(1, c * 5, 0);
+    for c in 0..20000 {
+        h.snap_write(1, c * 3, 0);
     }
     h.commit();
     h.create(2);
@@ -266,7 +279,9 @@ fn full_store_can_still_delete_snapshots() {
     // Fill a small store with snapshots until the snapshot table has no room:
     // creates must stop while the metadata reserve is intact, so that every
     // snapshot can still be deleted and the space comes back.
-    let mut s = open(MemDisk::new(256 * BS));
+    // 64 blocks: the snapshot table's leaves hold 406 entries (203
+    // snapshots), so a few fill what the metadata reserve leaves.
+    let mut s = open(MemDisk::new(64 * BS));
     let baseline = s.usage();
     let mut created = 0u32;
     loop {

@@ -297,7 +297,11 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  committed txid   {}", s.committed_txid)?;
     writeln!(out, "  reserved txid    {}", s.reserved_txid)?;
     writeln!(out, "  last epoch       {}", s.last_epoch)?;
-    writeln!(out, "  alloc hint       block {}, chunk {}", s.alloc_hint, s.data_hint)?;
+    writeln!(
+        out,
+        "  alloc hint       block {}, chunk {}",
+        s.alloc_hint, s.data_hint
+    )?;
     writeln!(out, "  deleting epoch   {}", s.deleting_epoch)?;
     for (name, r) in [
         ("shared root", &s.shared_root),

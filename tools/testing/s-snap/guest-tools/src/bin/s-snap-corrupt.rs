@@ -86,6 +86,29 @@ const TREE_NAMES: [&str; 3] = ["shared-exception", "private-exception", "snapsho
 /// Size of every metadata block (superblock, bitmap, B+tree node), whatever the chunk size.
 const META_BLOCK: usize = 4096;
 
+/// Packed key and value sizes of the shared-exception, private-exception and snapshot-table
+/// trees; a value's COW chunk is its first 5 bytes.
+const KEY_SIZE: [usize; 3] = [10, 10, 5];
+const VAL_SIZE: [usize; 3] = [9, 5, 5];
+const COW_SIZE: usize = 5;
+
+/// Entries of a leaf of `tree`.
+fn leaf_max(tree: usize) -> usize {
+    (META_BLOCK - 32) / (KEY_SIZE[tree] + VAL_SIZE[tree])
+}
+
+/// Entries of an internal node of `tree` (children are u64).
+fn int_max(tree: usize) -> usize {
+    (META_BLOCK - 32) / (KEY_SIZE[tree] + 8)
+}
+
+/// A little-endian unsigned integer of `width` bytes at `off`.
+fn rd_uint(b: &[u8], off: usize, width: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a[..width].copy_from_slice(&b[off..off + width]);
+    u64::from_le_bytes(a)
+}
+
 /// Superblock field offsets.
 mod sb {
     pub const SLOT: usize = 8;
@@ -183,8 +206,6 @@ struct Layout {
     epochs: BTreeMap<u64, u32>,
     /// The private exceptions: (epoch, origin chunk).
     private: Vec<(u64, u64)>,
-    leaf_max: usize,
-    int_max: usize,
 }
 
 /// Block `n` of an image of the store, for blocks of `chunk_bytes`.
@@ -244,10 +265,7 @@ impl Layout {
         let other = 1 - newest_sb;
         let other_sb_seq = (&block(other)[4..8] == SB_MAGIC).then(|| rd64(block(other), sb::SEQ));
         let s = block(newest_sb);
-        ensure!(
-            rd32(s, sb::CHUNK) == chunk_sectors,
-            "chunk size differs"
-        );
+        ensure!(rd32(s, sb::CHUNK) == chunk_sectors, "chunk size differs");
         let nr_chunks = rd64(s, sb::NR_CHUNKS);
         let nbm = u64::from(rd32(s, sb::NBM));
         let mut roots = [(0, 0); 3];
@@ -261,8 +279,6 @@ impl Layout {
             image.len() >= prefix as usize * chunk_bytes,
             "the image is shorter than the chunks in use"
         );
-        let leaf_max = (chunk_bytes - 32) / 32;
-        let int_max = (chunk_bytes - 32) / 24;
         let mut nodes = Vec::new();
         let mut epochs = BTreeMap::new();
         let mut private = Vec::new();
@@ -284,16 +300,18 @@ impl Layout {
                         level,
                         entries,
                     });
+                    let (ks, vs) = (KEY_SIZE[tree], VAL_SIZE[tree]);
                     for i in 0..entries {
+                        let key = 32 + ks * i;
                         if level > 0 {
-                            next.push(rd64(b, 32 + 16 * int_max + 8 * i));
+                            next.push(rd64(b, 32 + ks * int_max(tree) + 8 * i));
                         } else if tree == 1 {
-                            // Key (epoch << 64) | chunk.
-                            private.push((rd64(b, 32 + 16 * i + 8), rd64(b, 32 + 16 * i)));
-                        } else if tree == 2 && rd64(b, 32 + 16 * i + 8) == 0 {
-                            // Snapshot table, epoch half: key epoch, value id.
-                            let id = rd32(b, 32 + 16 * leaf_max + 16 * i);
-                            epochs.insert(rd64(b, 32 + 16 * i), id);
+                            // Key (epoch << 64) | chunk: 6 bytes of chunk, 4 of epoch.
+                            private.push((rd_uint(b, key + 6, 4), rd_uint(b, key, 6)));
+                        } else if tree == 2 && b[key + 4] == 0 {
+                            // Snapshot table, epoch half: key epoch, value id (4 bytes each).
+                            let id = rd32(b, 32 + ks * leaf_max(tree) + vs * i);
+                            epochs.insert(rd_uint(b, key, 4), id);
                         }
                     }
                 }
@@ -321,8 +339,6 @@ impl Layout {
             prefix,
             epochs,
             private,
-            leaf_max,
-            int_max,
         })
     }
 
@@ -686,7 +702,8 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
     for (t, name) in TREE_NAMES.iter().enumerate() {
         let Some(leaf) = pick(t, 0) else { continue };
         let k = leaf.block;
-        let val = 32 + 16 * layout.leaf_max;
+        let (ks, vs) = (KEY_SIZE[t], VAL_SIZE[t]);
+        let val = 32 + ks * leaf_max(t);
         let mut fields: Vec<(String, Fields)> = vec![
             ("level 1".into(), vec![(25, vec![1])]),
             (
@@ -707,7 +724,7 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
             ),
             (
                 "first key above the last".into(),
-                vec![(32, vec![0xff; 16])],
+                vec![(32, vec![0xff; ks])],
             ),
         ];
         if t != 2 {
@@ -719,7 +736,7 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
                 fields.push((
                     format!("every exception's COW chunk set to {what}"),
                     (0..leaf.entries)
-                        .map(|i| (val + 16 * i, le(chunk)))
+                        .map(|i| (val + vs * i, le(chunk)[..COW_SIZE].to_vec()))
                         .collect(),
                 ));
             }
@@ -728,7 +745,7 @@ fn trials(layout: &Layout, cli: &Cli, origin_sectors: u64, rng: &mut SmallRng) -
             sealed.push((format!("{name} leaf (chunk {k}): {what}"), k, edits));
         }
         if let Some(node) = pick(t, 1) {
-            let child = 32 + 16 * layout.int_max;
+            let child = 32 + ks * int_max(t);
             for (what, target) in [
                 ("itself", node.block),
                 ("0", 0),
