@@ -48,6 +48,10 @@ fn store_error(e: store::Error) -> CtrError {
             EINVAL,
             c_str!("Chunk size differs from the one the exception store was created with"),
         ),
+        store::Error::Unsupported("superblock feature flags") => (
+            EINVAL,
+            c_str!("Exception store uses features this module does not know (nothing was written)"),
+        ),
         store::Error::Unsupported(_) => (
             EINVAL,
             c_str!("Exception store has an unsupported format version (this module reads version 2 only; nothing was written)"),

@@ -49,6 +49,7 @@ pub(crate) const SB_SHARED: usize = 88;
 pub(crate) const SB_PRIVATE: usize = 96;
 pub(crate) const SB_SNAPSHOTS: usize = 104;
 pub(crate) const SB_NR_BITMAPS: usize = 112;
+/// Feature flags (u32): a store with any set is refused by this version.
 pub(crate) const SB_FLAGS: usize = 116;
 pub(crate) const SB_DELETING_EPOCH: usize = 120;
 pub(crate) const SB_ROOTS: usize = 128;

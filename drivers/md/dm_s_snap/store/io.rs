@@ -63,14 +63,16 @@ pub trait BlockHandle: Deref<Target = [u8]> + DerefMut {
     fn set_verified(&mut self);
 }
 
-/// Cached block access to the COW device. One block is one chunk.
+/// Cached block access to the COW device in metadata blocks of
+/// [`META_BLOCK_SIZE`](super::META_BLOCK_SIZE) (4 KiB) bytes, whatever the
+/// chunk size.
 pub trait BlockIo {
     /// A held block.
     type Block<'a>: BlockHandle
     where
         Self: 'a;
 
-    /// Block (= chunk) size in bytes.
+    /// Block size in bytes: the store refuses any other than 4096.
     fn block_size(&self) -> usize;
     /// Size of the device in blocks.
     fn nr_blocks(&self) -> u64;

@@ -217,6 +217,12 @@ impl<I: BlockIo> Store<I> {
         if rd32(b, SB_BLOCK_SIZE)? as usize != BLOCK_SIZE {
             return Err(bad("superblock: metadata block size is not 4 KiB"));
         }
+        // Feature flags: a later version sets one for each structure an
+        // older module must not ignore (see "Room for later versions" in
+        // the documentation); this version knows none.
+        if rd32(b, SB_FLAGS)? != 0 {
+            return Err(Error::Unsupported("superblock feature flags"));
+        }
         let st = SbState::decode(b)?;
         if st.seq == 0 {
             return Err(bad("superblock: sequence number 0 (unfinished)"));
@@ -226,7 +232,7 @@ impl<I: BlockIo> Store<I> {
 
     fn pick_superblock(io: &I) -> Result<(u64, SbState)> {
         let mut best: Option<(u64, SbState)> = None;
-        let mut unsupported = false;
+        let mut unsupported = None;
         let mut magic = false;
         for slot in 0..2u64 {
             let h = io.read(slot)?;
@@ -244,19 +250,21 @@ impl<I: BlockIo> Store<I> {
                         best = Some((slot, st));
                     }
                 }
-                Err(Error::Unsupported(_)) => unsupported = true,
+                Err(Error::Unsupported(what)) => unsupported = Some(what),
                 Err(_) => {}
             }
         }
         match best {
             Some(b) => Ok(b),
-            None if unsupported => Err(Error::Unsupported("superblock format version")),
-            // A store whose superblocks are both damaged, not foreign data.
-            None if magic => Err(Error::Corrupt {
-                what: "superblock: no valid copy",
-                block: 0,
-            }),
-            None => Err(Error::NotAStore),
+            None => match unsupported {
+                Some(what) => Err(Error::Unsupported(what)),
+                // A store whose superblocks are both damaged, not foreign data.
+                None if magic => Err(Error::Corrupt {
+                    what: "superblock: no valid copy",
+                    block: 0,
+                }),
+                None => Err(Error::NotAStore),
+            },
         }
     }
 

@@ -120,6 +120,27 @@ fn version_1_store_is_refused_and_not_written() {
     );
 }
 
+/// A store with a feature flag set (a structure of a later version that
+/// this one must not ignore) is refused, read-only and read-write.
+#[test]
+fn unknown_feature_flags_are_refused() {
+    let mut s = open(MemDisk::new(256 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let mut img = s.into_io().into_disk().to_vec();
+    for slot in 0..2 {
+        let b = &mut img[slot * 4096..(slot + 1) * 4096];
+        b[116..120].copy_from_slice(&4u32.to_le_bytes());
+        let crc = crc32c::crc32c(&b[4..]);
+        b[..4].copy_from_slice(&crc.to_le_bytes());
+    }
+    let flags = Some(Error::Unsupported("superblock feature flags"));
+    let io = Cache::new(MemDisk::from_vec(img.clone()), BS, 8);
+    assert_eq!(Store::open_existing(io).err(), flags);
+    let io = Cache::new(MemDisk::from_vec(img), BS, 8);
+    assert_eq!(Store::open(io, CS).err(), flags);
+}
+
 #[test]
 fn read_only_store_refuses_changes_and_writes_nothing() {
     let mut s = open(MemDisk::new(256 * BS));
