@@ -190,7 +190,7 @@ impl TargetOperations for OriginTarget {
             ));
         }
         // Origin chunk numbers take 6 bytes in the store (1 EiB with 4 KiB chunks).
-        if origin.nr_sectors() / u64::from(chunk_sectors) > store::MAX_ORIGIN_CHUNKS {
+        if origin.nr_sectors().div_ceil(u64::from(chunk_sectors)) > store::MAX_ORIGIN_CHUNKS {
             return Err(CtrError::new(
                 EINVAL,
                 c_str!("Origin device has more chunks than the exception store can number"),

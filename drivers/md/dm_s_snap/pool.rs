@@ -189,6 +189,18 @@ impl Pool {
     ) -> Result<Arc<Self>, OpenError> {
         let io = CowIo::new(cow)?;
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
+        // A COW device grown after the format, or larger than the format can manage (2^30
+        // blocks of 4 KiB), is used only up to the store's size: say so, since nothing else does.
+        let managed = store.usage().total_chunks;
+        let present = cow.nr_sectors() / Sector::from(chunk_sectors.max(1));
+        if present > managed {
+            pr_info!(
+                "{}: the exception store uses {} of the COW device's {} chunks\n",
+                cow.name(),
+                managed,
+                present
+            );
+        }
         let mut map_cache = MapCache::new()?;
         map_cache.set_no_snapshots(store.usage().snapshots == 0);
         let kcopyd = kcopyd::Client::new(&crate::THIS_MODULE)?;
