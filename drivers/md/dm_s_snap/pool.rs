@@ -25,7 +25,8 @@
 
 //!
 //! The worker's parts live in files of their own: [`copies`] (chunk copies and their
-//! completion), [`origin_bios`] and [`snapshot_bios`] (what each bio needs), [`commit`] (when
+//! completion), [`overwrites`] (snapshot writes that need no copy), [`origin_bios`] and
+//! [`snapshot_bios`] (what each bio needs), [`commit`] (when
 //! to commit and what a commit releases), [`reclaim`] (deleted snapshots' space), [`messages`]
 //! (messages and status) and [`lifecycle`] (teardown and reopening a failed store).
 
@@ -34,6 +35,7 @@ mod copies;
 mod lifecycle;
 mod messages;
 mod origin_bios;
+mod overwrites;
 mod reclaim;
 mod snapshot_bios;
 
@@ -56,6 +58,7 @@ use kernel::{
     sync::{Arc, CondVar, Mutex, SpinLock},
     workqueue::{impl_has_work, new_work, OwnedQueue, Work, WorkItem},
 };
+use overwrites::Overwrites;
 
 /// Snapshot reads in flight are counted per bucket of chunks (a hash), so that the count needs
 /// no allocation in `end_io`; an unrelated chunk sharing a bucket only delays a write a little.
@@ -73,6 +76,8 @@ pub(crate) struct SnapIo {
     pub(crate) snap: Option<SnapshotRef>,
     /// `1 + bucket` of the read counter this bio holds, or 0.
     pub(crate) read_bucket: u16,
+    /// `1 + slot` of [`Overwrites`] if the bio is a write that overwrites a whole chunk, or 0.
+    pub(crate) overwrite_slot: u8,
 }
 
 /// Per-bio data of origin bios.
@@ -129,6 +134,8 @@ pub(crate) struct Pool {
     chunk_shift: u32,
     kcopyd: kcopyd::Client,
     copies: Arc<CopyTracker>,
+    /// Completions of snapshot writes that overwrite a whole chunk.
+    overwrites: Overwrites,
     /// The worker's queue: in the I/O path, so it must make progress under memory pressure.
     wq: OwnedQueue,
     #[pin]
@@ -219,6 +226,7 @@ impl Pool {
                 chunk_shift: chunk_sectors.trailing_zeros(),
                 kcopyd,
                 copies,
+                overwrites: Overwrites::new(),
                 wq,
                 state <- new_mutex!(State {
                     store,

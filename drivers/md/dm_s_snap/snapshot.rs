@@ -127,9 +127,11 @@ impl TargetOperations for SnapshotTarget {
         this: Pin<&Self>,
         _t: &Target,
         bio: &TargetBio<Self>,
-        _status: &mut Result,
+        status: &mut Result,
     ) -> EndIoResult {
-        this.pool.snap_read_done(bio.per_io().read_bucket);
+        let io = bio.per_io();
+        this.pool.snap_read_done(io.read_bucket);
+        this.pool.snap_write_done(io.overwrite_slot, status.is_ok());
         EndIoResult::Done
     }
 

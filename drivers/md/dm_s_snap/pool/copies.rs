@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Chunk copies: the plans the store hands out for origin writes and snapshot unshares, the
-//! kcopyd copies that carry them out, and their completion in the worker. At most one copy
-//! per chunk is in flight; bios of a chunk with a copy in flight wait on its [`Pending`].
+//! kcopyd copies that carry them out (or the snapshot write that overwrites the whole chunk,
+//! see [`super::overwrites`]), and their completion in the worker. At most one plan per chunk
+//! is in flight; bios of a chunk with a plan in flight wait on its [`Pending`].
 
 use super::{bio_error, OriginBio, Pool, SnapBio, State};
 use crate::store::{self, SnapshotRef};
@@ -73,11 +74,31 @@ pub(super) enum PlanKind {
     Unshare(store::UnsharePlan),
 }
 
-/// A chunk with a copy in flight, and the bios waiting for it.
+/// What puts the data of a plan in place, and reports when it is done.
+pub(super) enum DataWrite {
+    /// A kcopyd copy of the chunk.
+    Copy(Arc<CopyJob>),
+    /// A snapshot write that covers the whole chunk, sent straight to the plan's new chunk; its
+    /// `end_io` reports into this slot of [`Pool::overwrites`].
+    Overwrite(usize),
+}
+
+/// Which data write of a plan failed, and so which waiting bios fail with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum FailedWrite {
+    /// The copy for an origin write: the origin writes of the chunk fail.
+    OriginCopy,
+    /// The copy that unshares a chunk for this snapshot: its writes of the chunk fail.
+    Unshare(SnapshotRef),
+    /// A snapshot write that overwrote the whole chunk: it ended with its own error already.
+    Overwrite,
+}
+
+/// A chunk with a plan in flight, and the bios waiting for it.
 pub(super) struct Pending {
     chunk: u64,
     plan: PlanKind,
-    job: Arc<CopyJob>,
+    data: DataWrite,
     pub(super) origin_waiters: BioList<OriginBio>,
     pub(super) snap_waiters: BioList<SnapBio>,
 }
@@ -137,17 +158,7 @@ impl Pool {
         match setup {
             Ok(job) => {
                 // Cannot fail: capacity was reserved above.
-                st.pending.push(
-                    Pending {
-                        chunk,
-                        plan,
-                        job,
-                        origin_waiters: BioList::default(),
-                        snap_waiters: BioList::default(),
-                    },
-                    GFP_NOIO,
-                )?;
-                Ok(st.pending.len() - 1)
+                self.add_pending(st, chunk, plan, DataWrite::Copy(job))
             }
             Err(e) => {
                 let aborted = match plan {
@@ -162,20 +173,56 @@ impl Pool {
         }
     }
 
+    /// Records a plan whose data write is started. Room for the entry must have been reserved
+    /// in `st.pending`, so that this cannot fail: a plan lost here would hold back every
+    /// commit, so if it fails anyway the store is failed rather than left to hang.
+    pub(super) fn add_pending(
+        &self,
+        st: &mut State,
+        chunk: u64,
+        plan: PlanKind,
+        data: DataWrite,
+    ) -> Result<usize> {
+        let entry = Pending {
+            chunk,
+            plan,
+            data,
+            origin_waiters: BioList::default(),
+            snap_waiters: BioList::default(),
+        };
+        if let Err(e) = st.pending.push(entry, GFP_NOIO) {
+            self.note_error(
+                st,
+                store::Error::Internal("no room reserved for a pending plan"),
+            );
+            return Err(e.into());
+        }
+        Ok(st.pending.len() - 1)
+    }
+
     /// Completes the plans whose copies finished and wakes their waiters.
     pub(super) fn complete_copies(&self, st: &mut State) {
         let mut i = 0;
         while i < st.pending.len() {
-            let state = st.pending[i].job.state.load(Ordering::Acquire);
+            let state = match &st.pending[i].data {
+                DataWrite::Copy(job) => job.state.load(Ordering::Acquire),
+                DataWrite::Overwrite(slot) => self.overwrites.result(*slot),
+            };
             if state == 0 {
                 i += 1;
                 continue;
             }
             let mut p = st.pending.swap_remove(i);
-            // Whose copy it was: see `copy_failed`.
-            let failed_for = match &p.plan {
-                PlanKind::Origin(_) => None,
-                PlanKind::Unshare(plan) => Some(plan.snapshot()),
+            // What fails if the data write failed: see `copy_failed`.
+            let failed = match (&p.plan, &p.data) {
+                (_, DataWrite::Overwrite(slot)) => {
+                    self.overwrites.release(*slot);
+                    FailedWrite::Overwrite
+                }
+                (PlanKind::Origin(_), DataWrite::Copy(_)) => FailedWrite::OriginCopy,
+                (PlanKind::Unshare(plan), DataWrite::Copy(_)) => {
+                    FailedWrite::Unshare(plan.snapshot())
+                }
             };
             let result = if state == COPY_OK {
                 match p.plan {
@@ -186,10 +233,12 @@ impl Pool {
                 // One failed copy fails only the bios that need it: the plan is aborted, its
                 // chunk freed, and the origin and every snapshot keep their data. The store
                 // fails only if it cannot take the plan back.
-                pr_err!(
-                    "copy of chunk {} failed: failing the I/O that needs it\n",
-                    p.chunk
-                );
+                if failed != FailedWrite::Overwrite {
+                    pr_err!(
+                        "copy of chunk {} failed: failing the I/O that needs it\n",
+                        p.chunk
+                    );
+                }
                 let aborted = match p.plan {
                     PlanKind::Origin(plan) => st.store.abort_origin_write(plan),
                     PlanKind::Unshare(plan) => st.store.abort_snapshot_write(plan),
@@ -197,12 +246,7 @@ impl Pool {
                 match aborted {
                     Ok(()) => {
                         st.commits.mark_dirty();
-                        Self::copy_failed(
-                            st,
-                            &mut p.origin_waiters,
-                            &mut p.snap_waiters,
-                            failed_for,
-                        );
+                        Self::copy_failed(st, &mut p.origin_waiters, &mut p.snap_waiters, failed);
                         continue;
                     }
                     Err(e) => Err(e),
@@ -230,28 +274,28 @@ impl Pool {
         }
     }
 
-    /// Deals with the bios that waited for a copy that failed and was aborted: the origin's
-    /// copy (`failed_for` is `None`) or the unshare of a chunk for snapshot `failed_for`. The
-    /// writes that needed that very copy fail: origin writes for the origin's copy, writes of
-    /// that snapshot for its unshare. Everything else is retried, since the store is as before
-    /// the plan: reads (which never start a copy, so a retry cannot loop), and writes that
-    /// need a copy of their own (which fail if that copy fails).
+    /// Deals with the bios that waited for a data write that failed and whose plan was
+    /// aborted. The writes that needed that very copy fail: origin writes for the origin's
+    /// copy, writes of that snapshot for its unshare. Everything else is retried, since the
+    /// store is as before the plan: reads (which never start a copy, so a retry cannot loop),
+    /// and writes that need a copy of their own (which fail if that copy fails). A failed
+    /// overwrite ended with its own error, and every waiter is retried.
     pub(super) fn copy_failed(
         st: &mut State,
         origin_waiters: &mut BioList<OriginBio>,
         snap_waiters: &mut BioList<SnapBio>,
-        failed_for: Option<SnapshotRef>,
+        failed: FailedWrite,
     ) {
         while let Some(bio) = origin_waiters.pop() {
-            if failed_for.is_none() {
+            if failed == FailedWrite::OriginCopy {
                 bio.end(Err(EIO));
             } else {
                 st.held_origin.push_back(bio);
             }
         }
         while let Some(bio) = snap_waiters.pop() {
-            let needed_it = match (failed_for, bio.per_io().snap) {
-                (Some(failed), Some(snap)) => bio.is_write() && failed == snap,
+            let needed_it = match (failed, bio.per_io().snap) {
+                (FailedWrite::Unshare(failed), Some(snap)) => bio.is_write() && failed == snap,
                 _ => false,
             };
             if needed_it {

@@ -97,6 +97,15 @@ impl Pool {
                 self.issue_snap(st, bio);
             }
             Ok(SnapWritePlan::Unshare(plan)) => {
+                // A write of the whole chunk needs none of its current data.
+                let (bio, plan) = if self.overwrites_chunk(&bio, chunk) {
+                    match self.start_overwrite(st, bio, plan) {
+                        Ok(()) => return,
+                        Err(back) => back,
+                    }
+                } else {
+                    (bio, plan)
+                };
                 // The snapshot's current data of the chunk goes to its new chunk first, so that
                 // a crash after the commit never exposes an unwritten chunk.
                 let len = self.copy_len(chunk);
