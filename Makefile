@@ -43,6 +43,17 @@ bench-initramfs: kernel
 	scripts/build-guest-tools.sh
 	scripts/mkinitramfs.sh --bench $(OUT)/bench-initramfs.cpio.gz
 
+## man: manual pages into $(OUT)/man: s-snap-tool(1) and one page per
+## subcommand (from its clap definition) and dm-s-snap(7) (rendered from
+## shared-snapshot.rst; needs rst2man, python3-docutils); read one with
+## man -l out/man/s-snap-tool.1
+.PHONY: man
+man:
+	cd tools/s-snap && cargo run --quiet --release -p s-snap-tool \
+		--bin s-snap-tool-man -- $(OUT)/man \
+		--date "$$(git log -1 --format=%cs -- tool/src 2>/dev/null)"
+	scripts/mkman.sh $(OUT)/man/dm-s-snap.7
+
 setup:
 	scripts/setup.sh
 

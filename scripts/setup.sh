@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Install everything the kernel build, the VM and the tests need: Debian
-# packages and bindgen (pinned) from crates.io.  Idempotent: a second run only
+# Install everything the kernel build, the VM, the tests and `make man` need:
+# Debian packages and bindgen (pinned) from crates.io.  Idempotent: a second run only
 # checks, and takes a second or two.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ PACKAGES=(
 	rust-web-clippy clang-19 lld-19 llvm-19 libclang-19-dev
 	libelf-dev libssl-dev bc flex bison cpio kmod rsync
 	busybox-static qemu-system-x86 dmsetup e2fsprogs util-linux fio
+	python3-docutils
 )
 
 die() { echo "setup: error: $*" >&2; exit 1; }

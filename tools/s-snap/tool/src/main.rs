@@ -3,47 +3,19 @@
 //!
 //! Exit status of `check`: 0 clean, 1 problems found (or not a store),
 //! 2 usage or I/O error.
+//!
+//! The command line (`Cli`) is defined in `src/lib.rs`, where
+//! `s-snap-tool-man` finds it to write the manual pages.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use s_snap_store::userspace::{Cache, FileDisk};
 use s_snap_store::{Error as StoreError, Store, META_BLOCK_SIZE};
+use s_snap_tool::{Cli, Cmd};
 use serde::Serialize;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-
-/// Check or dump an s-snap exception store.
-#[derive(Parser, Debug)]
-#[command(name = "s-snap-tool", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Verify every invariant of the store (exit 0: clean, 1: problems,
-    /// 2: usage or I/O error).
-    Check {
-        /// COW device or image file.
-        path: PathBuf,
-        /// Print at most this many problems (all are counted).
-        #[arg(long, default_value_t = 1000)]
-        max_problems: u64,
-    },
-    /// Print the superblock, usage, snapshots and exceptions.
-    Dump {
-        /// COW device or image file.
-        path: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Leave out the exception lists.
-        #[arg(long)]
-        no_exceptions: bool,
-    },
-}
 
 /// Errors that end the tool.
 #[derive(Debug, thiserror::Error)]
