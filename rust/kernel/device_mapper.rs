@@ -75,6 +75,7 @@
 //! ```
 
 pub mod bufio;
+pub mod events;
 pub mod kcopyd;
 
 use crate::{
@@ -450,6 +451,8 @@ impl Target {
 struct TargetState<T> {
     data: Pin<KBox<T>>,
     devs: KVec<NonNull<bindings::dm_dev>>,
+    /// Detached when the target is destroyed (see [`TargetCtx::table_events`]).
+    events: Option<Arc<events::TableEvents>>,
 }
 
 /// The constructor's view of a new target: settings and device lookup.
@@ -465,10 +468,13 @@ struct TargetState<T> {
 /// - `devs` holds every device opened with `dm_get_device()` for `ti` through this value; the
 ///   caller puts them with `dm_put_device()` when the constructor fails, or when the target is
 ///   destroyed.
+/// - `events` holds the [`TableEvents`](events::TableEvents) handle made for `ti`, if any; the
+///   caller detaches it when the constructor fails, or when the target is destroyed.
 pub struct TargetCtx<'a, T: TargetOperations> {
     ti: &'a Target,
     context: &'a Arc<T::Context>,
     devs: &'a mut KVec<NonNull<bindings::dm_dev>>,
+    events: &'a mut Option<Arc<events::TableEvents>>,
 }
 
 impl<'a, T: TargetOperations> TargetCtx<'a, T> {
@@ -505,6 +511,24 @@ impl<'a, T: TargetOperations> TargetCtx<'a, T> {
         // SAFETY: `dev` was just returned by `dm_get_device()`, so it is valid with an open
         // block device.
         Ok(unsafe { DmDev::new(dev) })
+    }
+
+    /// Returns the handle through which code outside the target's callbacks (a worker)
+    /// signals events on this target's table; see [`events`]. Every call returns the same
+    /// handle. It signals nothing once the target is destroyed.
+    pub fn table_events(&mut self) -> Result<Arc<events::TableEvents>> {
+        if let Some(events) = self.events.as_ref() {
+            return Ok(events.clone());
+        }
+        // SAFETY: By the type invariant `ti` is a valid target under construction, whose
+        // `table` device-mapper set before calling the constructor.
+        let table = NonNull::new(unsafe { (*self.ti.as_raw()).table }).ok_or(EINVAL)?;
+        // SAFETY: `table` is the table of the target under construction; the handle is
+        // recorded below, and by the type invariant the caller detaches it when the
+        // constructor fails or the target is destroyed.
+        let events = unsafe { events::TableEvents::new(table) }?;
+        *self.events = Some(events.clone());
+        Ok(events)
     }
 
     fn set(&mut self, f: impl FnOnce(&mut bindings::dm_target)) {
@@ -1381,14 +1405,16 @@ impl<T: TargetOperations> Adapter<T> {
             }
         };
         let mut devs = KVec::new();
+        let mut events = None;
         // INVARIANT: `ti` is under construction by this call of the constructor of `T`, and
-        // `context` is that of `T`'s module; `devs` is put below on failure and by
-        // `dtr_callback` otherwise.
+        // `context` is that of `T`'s module; `devs` is put and `events` detached below on
+        // failure, and by `dtr_callback` otherwise.
         let res = T::ctr(
             &mut TargetCtx {
                 ti: target,
                 context,
                 devs: &mut devs,
+                events: &mut events,
             },
             &args,
         );
@@ -1397,6 +1423,7 @@ impl<T: TargetOperations> Adapter<T> {
                 TargetState {
                     data,
                     devs: KVec::new(),
+                    events: None,
                 },
                 GFP_KERNEL,
             )
@@ -1405,12 +1432,16 @@ impl<T: TargetOperations> Adapter<T> {
         match res {
             Ok(mut state) => {
                 state.devs = devs;
+                state.events = events;
                 // SAFETY: The target is under construction; `dtr_callback` frees the state.
                 unsafe { (*ti).private = KBox::into_raw(state).cast() };
                 0
             }
             Err(e) => {
                 // The private data (if any) is already dropped; release the devices.
+                if let Some(events) = events {
+                    events.detach();
+                }
                 for dev in devs.iter() {
                     // SAFETY: `dev` came from `dm_get_device()` for this target and was not
                     // put yet.
@@ -1436,8 +1467,12 @@ impl<T: TargetOperations> Adapter<T> {
         let state = unsafe { KBox::from_raw((*ti).private.cast::<TargetState<T>>()) };
         // SAFETY: The target is being destroyed; nobody reads `private` any more.
         unsafe { (*ti).private = core::ptr::null_mut() };
-        let TargetState { data, devs } = KBox::into_inner(state);
+        let TargetState { data, devs, events } = KBox::into_inner(state);
         drop(data);
+        // Before the table can go: see `TableEvents`.
+        if let Some(events) = events {
+            events.detach();
+        }
         for dev in devs.iter() {
             // SAFETY: `dev` came from `dm_get_device()` for this target and was not put yet.
             unsafe { bindings::dm_put_device(ti, dev.as_ptr()) };
