@@ -36,7 +36,7 @@ use pool::{OpenError, Pool};
 // Both target types share the `Registry` of pools: a snapshot target finds its pool there.
 kernel::module_dm_targets! {
     targets: [
-        { type: origin::OriginTarget, name: c_str!("s-snap-origin"), version: [1, 0, 0] },
+        { type: origin::OriginTarget, name: c_str!("s-snap-origin"), version: [1, 1, 0] },
         { type: snapshot::SnapshotTarget, name: c_str!("s-snap"), version: [1, 0, 0] },
     ],
     context: Registry::new(),
@@ -49,6 +49,14 @@ kernel::module_dm_targets! {
 /// Parses a decimal `u32` (snapshot ids, chunk sizes).
 pub(crate) fn parse_u32(s: &str) -> Option<u32> {
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses a decimal `u64`: digits only (no sign, no spaces), at most 20 of them.
+pub(crate) fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse().ok()

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The `s-snap-origin` target: `<origin dev> <COW dev> S <chunk size>`.
+//! The `s-snap-origin` target: `<origin dev> <COW dev> S <chunk size> [<#feature args>
+//! <feature arg>...]`; the feature arguments are `low_water <free chunks>`.
 //!
 //! Maps the origin device one to one. Reads pass straight through, and so do writes to chunks
 //! that no snapshot shares any more; other writes and flushes go to the pool's worker, which
@@ -8,14 +9,15 @@
 
 use crate::pool::{DeleteError, OriginIo, Pool};
 use crate::store;
-use crate::{parse_u32, Registry};
+use crate::{parse_u32, parse_u64, Registry};
 use core::fmt::Write;
 use core::ops::ControlFlow;
 use kernel::{
     c_str,
     device_mapper::{
-        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult, StatusFlags,
-        StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
+        events::TableEvents, CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult,
+        MapResult, StatusFlags, StatusType, StatusWriter, Target, TargetBio, TargetCtx,
+        TargetOperations,
     },
     prelude::*,
     str::CStr,
@@ -28,6 +30,77 @@ pub(crate) struct OriginTarget {
     pool: Arc<Pool>,
     origin: DmDev,
     cow: DmDev,
+    features: Features,
+    /// This target's table, for the pool's events once the table is live.
+    events: Arc<TableEvents>,
+}
+
+/// The optional feature arguments after the chunk size.
+#[derive(Clone, Copy, Default)]
+struct Features {
+    /// `low_water <free chunks>`: a dm event when free space falls to this (0: none).
+    low_water: Option<u64>,
+}
+
+impl Features {
+    /// Parses `[<#feature args> <feature arg>...]`.
+    fn parse(args: &[&CStr]) -> Result<Self, CtrError> {
+        let mut features = Features::default();
+        let Some((count, args)) = args.split_first() else {
+            return Ok(features);
+        };
+        let count = count.to_str().ok().and_then(parse_u32);
+        if count.map(|c| c as usize) != Some(args.len()) {
+            return Err(CtrError::new(
+                EINVAL,
+                c_str!("Invalid feature argument count: <#feature args> must count the arguments after it"),
+            ));
+        }
+        let mut rest = args;
+        while let Some((name, tail)) = rest.split_first() {
+            match name.as_bytes() {
+                b"low_water" => {
+                    let Some((value, tail)) = tail.split_first() else {
+                        return Err(CtrError::new(
+                            EINVAL,
+                            c_str!("Feature low_water needs a number of free chunks"),
+                        ));
+                    };
+                    let chunks = value
+                        .to_str()
+                        .ok()
+                        .and_then(parse_u64)
+                        .filter(|&c| c > 0)
+                        .ok_or(CtrError::new(
+                            EINVAL,
+                            c_str!("Invalid low_water: a number of free chunks from 1"),
+                        ))?;
+                    if features.low_water.replace(chunks).is_some() {
+                        return Err(CtrError::new(
+                            EINVAL,
+                            c_str!("Feature low_water given twice"),
+                        ));
+                    }
+                    rest = tail;
+                }
+                _ => {
+                    return Err(CtrError::new(
+                        EINVAL,
+                        c_str!("Unknown feature argument (expected: low_water <free chunks>)"),
+                    ))
+                }
+            }
+        }
+        Ok(features)
+    }
+
+    /// Writes the feature arguments back as the table line has them (nothing if none).
+    fn write(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+        match self.low_water {
+            Some(chunks) => write!(out, " 2 low_water {chunks}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// At most this many characters of a bad message word are echoed in the log.
@@ -147,10 +220,10 @@ impl TargetOperations for OriginTarget {
     type PerIo = OriginIo;
 
     fn ctr(t: &mut TargetCtx<'_, Self>, args: &[&CStr]) -> Result<Pin<KBox<Self>>, CtrError> {
-        let [origin_path, cow_path, store_type, chunk] = args else {
+        let [origin_path, cow_path, store_type, chunk, feature_args @ ..] = args else {
             return Err(CtrError::new(
                 EINVAL,
-                c_str!("Invalid argument count: <origin dev> <COW dev> S <chunk size>"),
+                c_str!("Invalid argument count: <origin dev> <COW dev> S <chunk size> [<#feature args> <feature arg>...]"),
             ));
         };
         if store_type.as_bytes() != b"S" {
@@ -171,6 +244,10 @@ impl TargetOperations for OriginTarget {
                 EINVAL,
                 c_str!("Invalid chunk size: a power of two from 8 to 1024 sectors"),
             ))?;
+        let features = Features::parse(feature_args)?;
+        let events = t
+            .table_events()
+            .ctr_err(c_str!("Cannot allocate the table's event handle"))?;
         let origin = t
             .get_device(origin_path)
             .ctr_err(c_str!("Cannot get origin device"))?;
@@ -207,6 +284,8 @@ impl TargetOperations for OriginTarget {
                 pool: pool.clone(),
                 origin,
                 cow,
+                features,
+                events,
             },
             GFP_KERNEL,
         )
@@ -247,13 +326,16 @@ impl TargetOperations for OriginTarget {
     ) -> core::fmt::Result {
         match kind {
             StatusType::Info => this.pool.write_snapshot_list(out),
-            StatusType::Table => write!(
-                out,
-                "{} {} S {}",
-                this.origin.name(),
-                this.cow.name(),
-                this.pool.chunk_sectors
-            ),
+            StatusType::Table => {
+                write!(
+                    out,
+                    "{} {} S {}",
+                    this.origin.name(),
+                    this.cow.name(),
+                    this.pool.chunk_sectors
+                )?;
+                this.features.write(out)
+            }
             StatusType::Ima => Ok(()),
         }
     }
@@ -273,6 +355,9 @@ impl TargetOperations for OriginTarget {
     }
 
     fn resume(this: Pin<&Self>, _t: &Target) {
+        // This table is live now: the pool's events go to it.
+        this.pool
+            .bind_events(this.events.clone(), this.features.low_water.unwrap_or(0));
         this.pool.resume();
     }
 

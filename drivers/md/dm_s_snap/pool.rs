@@ -26,7 +26,8 @@
 //!
 //! The worker's parts live in files of their own: [`copies`] (chunk copies and their
 //! completion), [`overwrites`] (snapshot writes that need no copy), [`origin_bios`] and
-//! [`snapshot_bios`] (what each bio needs), [`commit`] (when
+//! [`snapshot_bios`] (what each bio needs), [`space_events`] (dm events about space and
+//! failures), [`commit`] (when
 //! to commit and what a commit releases), [`reclaim`] (deleted snapshots' space), [`messages`]
 //! (messages and status) and [`lifecycle`] (teardown and reopening a failed store).
 
@@ -38,6 +39,7 @@ mod origin_bios;
 mod overwrites;
 mod reclaim;
 mod snapshot_bios;
+mod space_events;
 
 pub(crate) use messages::{ActivateError, DeleteError};
 
@@ -59,6 +61,7 @@ use kernel::{
     workqueue::{impl_has_work, new_work, OwnedQueue, Work, WorkItem},
 };
 use overwrites::Overwrites;
+use space_events::SpaceEvents;
 
 /// Snapshot reads in flight are counted per bucket of chunks (a hash), so that the count needs
 /// no allocation in `end_io`; an unrelated chunk sharing a bucket only delays a write a little.
@@ -120,6 +123,8 @@ struct State {
     reclaim_paused: bool,
     /// Reclaim steps run since the last commit (see `pool/reclaim.rs`).
     reclaim_steps: u64,
+    /// Where space and health events go, and the low-water mark.
+    space_events: SpaceEvents,
 }
 
 /// Everything behind one COW device.
@@ -241,6 +246,7 @@ impl Pool {
                     suspended: false,
                     reclaim_paused: false,
                     reclaim_steps: 0,
+                    space_events: SpaceEvents::default(),
                 }, "s_snap::Pool::state"),
                 inbox <- new_spinlock!(Inbox::default(), "s_snap::Pool::inbox"),
                 map_cache <- new_spinlock!(map_cache, "s_snap::Pool::map_cache"),
@@ -373,6 +379,7 @@ impl Pool {
 
         self.reclaim_some(&mut st);
         self.commit_if_wanted(&mut st);
+        self.check_low_water(&mut st);
         if st.pending.is_empty() {
             self.drained.notify_all();
         }
@@ -383,6 +390,7 @@ impl Pool {
             pr_err!("exception store failed ({}): failing I/O\n", e);
             st.failed = true;
             self.map_cache.lock().clear();
+            Self::raise_event(st);
         }
     }
 }

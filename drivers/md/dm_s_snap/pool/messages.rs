@@ -116,7 +116,7 @@ impl Pool {
              shared_exceptions {shared_exceptions} private_exceptions {private_exceptions} \
              snapshots {snapshots} cow_full {} failed {} commit_sequence {} \
              deleting_snapshots {deleting_snapshots} reclaimed_chunks {} \
-             metadata_blocks {metadata_blocks}",
+             metadata_blocks {metadata_blocks} low_water {}",
             chunk_size / 512,
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),
@@ -124,6 +124,7 @@ impl Pool {
             // Grows by one per metadata commit: what a benchmark divides by.
             st.store.info().seq,
             st.store.reclaimed_chunks(),
+            Self::low_water(&st),
         )?;
         for snap in st.store.snapshots() {
             let Ok(snap) = snap else { break };

@@ -78,10 +78,7 @@ impl Pool {
             Err(store::Error::NoSpace) => {
                 // COW full: the origin keeps its data, the write fails, the snapshots stay
                 // intact (see Documentation/admin-guide/device-mapper/shared-snapshot.rst).
-                if !st.cow_full {
-                    pr_err!("COW device full: failing origin writes that need a copy\n");
-                    st.cow_full = true;
-                }
+                Self::note_cow_full(st, "origin writes that need a copy");
                 bio.end(Err(ENOSPC));
             }
             Err(e) => {

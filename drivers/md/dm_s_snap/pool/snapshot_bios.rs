@@ -120,10 +120,7 @@ impl Pool {
                 }
             }
             Err(store::Error::NoSpace) => {
-                if !st.cow_full {
-                    pr_err!("COW device full: failing snapshot writes that need a chunk\n");
-                    st.cow_full = true;
-                }
+                Self::note_cow_full(st, "snapshot writes that need a chunk");
                 bio.end(Err(ENOSPC));
             }
             Err(e) => {
