@@ -54,6 +54,13 @@ man:
 		--date "$$(git log -1 --format=%cs -- tool/src 2>/dev/null)"
 	scripts/mkman.sh $(OUT)/man/dm-s-snap.7
 
+## rustdoc: the Rust documentation of the kernel crate, the new modules
+## included (the kernel's make rustdoc), into $(OUT)/rustdoc; fails on any
+## rustdoc warning; open out/rustdoc/kernel/index.html
+.PHONY: rustdoc
+rustdoc: kernel
+	scripts/rustdoc.sh
+
 setup:
 	scripts/setup.sh
 

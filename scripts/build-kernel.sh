@@ -86,7 +86,7 @@ for f in "${patched[@]}"; do
 	cmp -s "$work/$f" "$KTREE/$f" || cp "$work/$f" "$KTREE/$f"
 done
 
-MAKEFLAGS_KERNEL=(-C "$KTREE" -j"$(nproc)" LLVM=-19 RUSTC=/usr/bin/rustc BINDGEN="$BINDGEN")
+MAKEFLAGS_KERNEL=(-C "$KTREE" -j"$(nproc)" LLVM=-19 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc BINDGEN="$BINDGEN")
 
 # 4. Configure when the fragments changed.
 fragments=(s_snap.config)

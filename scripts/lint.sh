@@ -15,7 +15,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/env.sh
 . "$REPO/scripts/env.sh"
-KMAKE=(make -C "$KTREE" -s -j"$(nproc)" LLVM=-19 RUSTC=/usr/bin/rustc BINDGEN="$BINDGEN")
+KMAKE=(make -C "$KTREE" -s -j"$(nproc)" LLVM=-19 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc BINDGEN="$BINDGEN")
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 problems=0
@@ -48,6 +48,12 @@ done
 
 if grep -rnw --include='*.rs' unsafe "$REPO/drivers" | grep -v ':[0-9]*:\s*//'; then
 	problem "the driver uses unsafe code"
+fi
+
+# The kernel crate's Rust documentation builds without a rustdoc warning.
+if ! "$REPO/scripts/rustdoc.sh" >"$log" 2>&1; then
+	tail -n 20 "$log"
+	problem "rustdoc: make rustdoc warns or fails"
 fi
 
 # The documentation renders as dm-s-snap(7) without a single rst2man warning.

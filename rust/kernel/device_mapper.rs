@@ -125,6 +125,19 @@ pub struct CtrError {
 
 impl CtrError {
     /// Creates an error with a message shown in the kernel log.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{c_str, device_mapper::CtrError, prelude::*};
+    ///
+    /// let e = CtrError::new(EINVAL, c_str!("Invalid argument count"));
+    /// assert_eq!(e.error(), EINVAL);
+    /// assert_eq!(e.message().map(|m| m.as_bytes()), Some(&b"Invalid argument count"[..]));
+    /// // Without a message, device-mapper logs "Unknown error".
+    /// assert!(CtrError::from(ENOMEM).message().is_none());
+    /// assert_eq!(Error::from(e), EINVAL);
+    /// ```
     pub const fn new(error: Error, msg: &'static CStr) -> Self {
         Self {
             error,
@@ -232,6 +245,15 @@ impl StatusFlags {
 }
 
 /// The open mode of a table or device (C `blk_mode_t`).
+///
+/// # Examples
+///
+/// ```
+/// use kernel::device_mapper::Mode;
+///
+/// assert!(Mode::READ_WRITE.is_write());
+/// assert!(!Mode::READ.is_write());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mode(bindings::blk_mode_t);
 
@@ -1220,9 +1242,11 @@ impl<C: Send + Sync> TargetType<C> {
 /// the other callbacks while the target lives, and reads `tt->module` when the target is gone.
 /// So a registration that safe code could drop while the module is loaded could free the context
 /// under a running constructor. There is therefore no safe way to make one:
-/// [`Registration::register`] is `unsafe`, for the macro to call.
+/// [`Registration::register`] is `unsafe`, for the macro to call, and this does not compile
+/// (not compiled as a doc test: the kernel's doc-test runner cannot check that a test fails to
+/// compile):
 ///
-/// ```compile_fail
+/// ```ignore
 /// # use kernel::device_mapper::{
 /// #     ContextSlot, CtrError, DmBio, MapResult, Registration, Target, TargetCtx, TargetType,
 /// #     TargetOperations,
@@ -1839,9 +1863,10 @@ impl<T: TargetOperations> Adapter<T> {
 /// # }
 /// ```
 ///
-/// A type whose `Context` differs from that of the first type is refused:
+/// A type whose `Context` differs from that of the first type is refused at compile time (not
+/// compiled as a doc test: the kernel's doc-test runner cannot check compile errors):
 ///
-/// ```compile_fail
+/// ```ignore
 /// # mod module_dm_targets_mismatch {
 /// # use kernel::device_mapper::{CtrError, DmBio, MapResult, Target, TargetCtx, TargetOperations};
 /// # use kernel::{c_str, prelude::*, str::CStr};

@@ -76,6 +76,17 @@ impl Operation {
 }
 
 /// Operation flags of a bio (the upper bits of C `blk_opf_t`).
+///
+/// # Examples
+///
+/// ```
+/// use kernel::block::bio::Flags;
+///
+/// let fua = Flags::FUA;
+/// assert!(fua.contains(Flags::FUA));
+/// assert!(!fua.contains(Flags::PREFLUSH));
+/// assert_eq!(fua.as_raw(), kernel::bindings::REQ_FUA);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Flags(bindings::blk_opf_t);
 
@@ -338,6 +349,18 @@ impl fmt::Debug for Bio {
 }
 
 /// Converts a C `blk_status_t` into a [`Result`].
+///
+/// # Examples
+///
+/// ```
+/// use kernel::block::bio::{result_to_status, status_to_result};
+/// use kernel::prelude::*;
+///
+/// // The two conversions are inverse for the errors a block status can carry.
+/// assert_eq!(status_to_result(result_to_status(Ok(()))), Ok(()));
+/// assert_eq!(status_to_result(result_to_status(Err(EIO))), Err(EIO));
+/// assert_eq!(status_to_result(result_to_status(Err(ENOSPC))), Err(ENOSPC));
+/// ```
 pub fn status_to_result(status: bindings::blk_status_t) -> Result {
     if u32::from(status) == bindings::BLK_STS_OK {
         Ok(())

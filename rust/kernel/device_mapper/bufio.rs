@@ -129,7 +129,7 @@ unsafe extern "C" fn clear_aux<T>(b: *mut bindings::dm_buffer) {
 /// the buffer with a block, and `block_size` its block size. Its sector offset is 0: block `b`
 /// is sectors `b * block_size / 512` onwards of the device. `held` lists the blocks of all
 /// live [`Buffer`]s of the client, each once. Every buffer of the client that has been handed
-/// out as a [`Buffer`] since it was last loaded has [`AUX_LOADED`] set.
+/// out as a [`Buffer`] since it was last loaded has `AUX_LOADED` set.
 #[pin_data]
 pub struct Client {
     c: RawClient,

@@ -77,6 +77,16 @@ p=$(grep -c '^vmtest: PASS ' "$vmlog")
 f=$(grep -c '^vmtest: FAIL ' "$vmlog")
 passed=$((passed + p))
 failed=$((failed + f))
+# Each KUnit test case (the Rust doc tests) that the kunit-doctests boot ran
+# counts on its own, besides that VM test.
+klog="$OUT/logs/kunit-doctests.boot1.console.log"
+if grep -q '^vmtest: [A-Z]* kunit-doctests ' "$vmlog" && [ -f "$klog" ]; then
+	kp=$(grep -c '^kunit: PASS ' "$klog")
+	kf=$(grep -c '^kunit: FAIL ' "$klog")
+	echo "KUnit: $kp test cases passed, $kf failed"
+	passed=$((passed + kp))
+	failed=$((failed + kf))
+fi
 
 # The harness must fail a run whose guest test fails, and one whose guest
 # kernel warns.  Only when no test names were given (a full run).

@@ -21,6 +21,9 @@ test.  (The checking kernel under TCG on a busy host sometimes reports a
 KASAN wild-memory-access in the early interrupt path, before any module is
 loaded.)
 
+``kunit=1`` lets the kernel run its KUnit tests (the Rust doc tests) at boot;
+every other test boots with ``kunit.enable=0``.
+
 ``kill=MIN-MAX`` (seconds) cuts every boot but the last off: once the guest
 prints ``@@S-SNAP ARMED`` (its workload is running), the host kills QEMU with
 SIGKILL at a random moment in that window after it.  The moment is drawn from
@@ -79,7 +82,7 @@ def parse_size(text):
 def test_settings(name):
     """The test's '# vm:' settings, with defaults."""
     settings = {"disks": "1G,1G,1G", "boots": "1", "timeout": "300", "memory": "1024",
-                "kill": ""}
+                "kill": "", "kunit": "0"}
     script = GUEST_DIR / f"{name}.sh"
     if script.exists():
         for line in script.read_text().splitlines():
@@ -231,9 +234,10 @@ def run_test(args, name):
     kills = 0
     for number in range(1, boots + 1):
         kill_after = None
-        extra_cmdline = ""
+        # The kernel's KUnit tests run at boot only for a test that asks for them.
+        extra_cmdline = "" if settings["kunit"] == "1" else " kunit.enable=0"
         if kill:
-            extra_cmdline = f" loglevel=5 s_snap.seed={args.seed}"
+            extra_cmdline += f" loglevel=5 s_snap.seed={args.seed}"
             if number < boots:
                 kill_after = random.Random(f"{args.seed}:{name}:{number}").uniform(*kill)
                 if args.show:
