@@ -43,7 +43,8 @@ NAMES = {
 }
 SNAPSHOTTERS = ["s-snap", "s-snap-8k", "snapshot", "thin"]
 FIRST_WRITES = ["fw-qd1", "fw-qd16", "fw-fsync"]
-WORKLOADS = FIRST_WRITES + ["rewrite", "seq-1m", "origin-read", "snap-read", "fs-ext4"]
+WORKLOADS = FIRST_WRITES + ["rewrite", "seq-1m", "origin-read", "snap-read", "snap-fw",
+                            "fs-ext4"]
 WORKLOAD_TEXT = {
     "fw-qd1": "first writes, 4 KiB, queue depth 1",
     "fw-qd16": "first writes, 4 KiB, queue depth 16 (libaio)",
@@ -52,6 +53,8 @@ WORKLOAD_TEXT = {
     "seq-1m": "sequential 1 MiB writes (MB/s)",
     "origin-read": "random 4 KiB origin reads",
     "snap-read": "4 KiB reads of the newest snapshot, copied chunks",
+    "snap-fw": "first writes to the newest snapshot, whole 64 KiB chunks it shares with "
+               "the origin, queue depth 1 (linear: the same writes to the origin)",
     "fs-ext4": "ext4 on the origin: random 4 KiB file writes, fsync every 32, "
                "a snapshot every few seconds (MB/s)",
 }
