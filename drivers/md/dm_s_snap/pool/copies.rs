@@ -262,6 +262,19 @@ impl Pool {
                     st.held_snap.append(&mut p.snap_waiters);
                 }
                 Err(e) => {
+                    if failed == FailedWrite::Overwrite && state == COPY_OK {
+                        // The write was acknowledged and its exception cannot be recorded (the
+                        // store keeps the space a completion needs, so this is not for want of
+                        // space): fail the store rather than let the snapshot read its old
+                        // data without an error. A reload reopens it at its last commit, as
+                        // after a crash, which loses unflushed writes just the same.
+                        pr_err!(
+                            "written chunk {} of a snapshot cannot be recorded ({})\n",
+                            p.chunk,
+                            e
+                        );
+                        self.note_error(st, store::Error::Internal("unrecorded snapshot write"));
+                    }
                     self.note_error(st, e);
                     while let Some(bio) = p.origin_waiters.pop() {
                         bio.end(Err(bio_error(e)));

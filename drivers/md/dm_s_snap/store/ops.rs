@@ -660,7 +660,7 @@ impl<I: BlockIo> Store<I> {
             self.free_data(plan.to)?;
             return Err(Error::Invalid("two unshare plans for one snapshot chunk"));
         }
-        if let Err(err) = self.ensure(self.op_need(TREE_PRIVATE) + self.op_need(TREE_SHARED)) {
+        if let Err(err) = self.ensure(self.completion_need()) {
             self.free_data(plan.to)?;
             return Err(err);
         }

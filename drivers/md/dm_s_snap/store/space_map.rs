@@ -305,7 +305,15 @@ impl<I: BlockIo> Store<I> {
     /// blocks are (metadata occupies part of every partly free chunk).
     pub(crate) fn alloc_data(&mut self) -> Result<u64> {
         let g = self.g;
-        self.ensure(self.meta_reserve() + g.chunk_blocks)?;
+        // Besides the reserve, keep what the completions of the outstanding plans and of the
+        // plan this chunk is for may need: a completion then never fails for want of space
+        // (the target may have acknowledged the write that a completion records).
+        let completions = (self.outstanding + 1).saturating_mul(self.completion_need());
+        self.ensure(
+            self.meta_reserve()
+                .saturating_add(completions)
+                .saturating_add(g.chunk_blocks),
+        )?;
         let hint = self.sb.data_hint.saturating_mul(g.chunk_blocks);
         let first = self
             .find_group(g.chunk_blocks, hint)?

@@ -605,6 +605,12 @@ impl<I: BlockIo> Store<I> {
         16 + 8 * d
     }
 
+    /// Blocks the completion of one plan may allocate: a private exception inserted and a
+    /// shared one removed (an unshare), or a shared one inserted (an origin copy).
+    pub(crate) fn completion_need(&self) -> u64 {
+        self.op_need(TREE_PRIVATE) + self.op_need(TREE_SHARED)
+    }
+
     /// Blocks one btree insert or remove may allocate in `tree`.
     pub(crate) fn op_need(&self, tree: usize) -> u64 {
         let d = self.sb.roots.get(tree).map(|r| r.depth as u64).unwrap_or(0);

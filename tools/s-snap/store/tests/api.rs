@@ -333,3 +333,39 @@ fn full_store_can_still_delete_snapshots() {
     assert_eq!(usage_baseline(&after), usage_baseline(&baseline));
     assert_eq!(after.snapshots, 0);
 }
+
+#[test]
+fn outstanding_plans_complete_on_a_full_store() {
+    // The target may acknowledge a whole-chunk snapshot write before its plan
+    // completes, so a completion must never fail for want of space: every
+    // plan prepared until the store is full completes, however many are
+    // outstanding at once. Chunks in a scattered order, so that the
+    // completions split many leaves of the private tree in one transaction.
+    for (chunk_sectors, blocks) in [(8u32, 32768usize), (128, 4096)] {
+        let disk = MemDisk::new(blocks * BS);
+        let mut s = Store::open(Cache::new(disk, BS, 256), chunk_sectors).unwrap();
+        let snap = s.create_snapshot(1).unwrap();
+        s.commit().unwrap();
+        let origin_chunks = 1u64 << 20;
+        let mut plans = Vec::new();
+        for i in 0..origin_chunks {
+            // A bijection of 0..2^20 (odd multiplier), far apart in key order.
+            let chunk = i.wrapping_mul(0x9e37_79b1) & (origin_chunks - 1);
+            match s.snapshot_write_prepare(snap, chunk) {
+                Ok(SnapWritePlan::Unshare(p)) => plans.push(p),
+                Ok(SnapWritePlan::Direct(_)) => panic!("chunk {chunk} owned already"),
+                Err(Error::NoSpace) => break,
+                Err(e) => panic!("prepare {chunk}: {e}"),
+            }
+        }
+        assert!(plans.len() > 8, "only {} plans fit", plans.len());
+        let n = plans.len();
+        for (i, p) in plans.into_iter().enumerate() {
+            s.snapshot_write_complete(p)
+                .unwrap_or_else(|e| panic!("{chunk_sectors}: completion {i} of {n}: {e}"));
+        }
+        s.commit().unwrap();
+        assert_eq!(s.usage().private_exceptions, n as u64);
+        check_store(&s);
+    }
+}
