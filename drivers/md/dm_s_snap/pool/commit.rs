@@ -4,8 +4,8 @@
 //!
 //! The store cannot commit while copy plans are outstanding, so a commit is made as soon as
 //! bios wait for one (or the store changed) and no copy is in flight; while bios wait for a
-//! commit and copies are in flight, no new copy starts (the commit barrier), so that the
-//! commit comes. Every commit serves every bio that waits for it (group commit). There is no
+//! commit, no new copy (or whole-chunk snapshot write) starts (the commit barrier), so that
+//! the commit comes. Every commit serves every bio that waits for it (group commit). There is no
 //! periodic commit: nothing needs one, since every bio that needs durability waits for a
 //! commit of its own.
 
@@ -82,9 +82,13 @@ impl Committer {
 }
 
 impl Pool {
-    /// Whether no new copy may start: a commit is wanted, or a message handler quiesces.
+    /// Whether no new copy may start: bios wait for a commit, or a message handler quiesces.
+    ///
+    /// Also while no copy is in flight: the commit comes at the end of the worker's run, once
+    /// none is outstanding, and a copy started before it would put it off again (a stream of
+    /// writes that each start one would put it off for good).
     pub(super) fn barrier(st: &State) -> bool {
-        st.quiescing != 0 || (!st.pending.is_empty() && st.commits.waiting())
+        st.quiescing != 0 || st.commits.waiting()
     }
 
     /// Commits if bios wait for a commit or the store changed, once no copy is in flight; then

@@ -67,6 +67,8 @@ impl Pool {
             }
             Ok(OriginWrite::AfterCommit) => st.commits.after_commit_origin(bio),
             Ok(OriginWrite::Copy(plan)) => {
+                // A chunk was allocated: the COW device is not full (any more).
+                st.cow_full = false;
                 let len = self.copy_len(chunk);
                 let from = self.chunk_region(&self.origin, chunk, len);
                 let to = self.chunk_region(&self.cow, plan.cow(), len);

@@ -91,12 +91,21 @@ impl Pool {
             }
             return;
         }
+        // No new plan while a commit is wanted (or a handler quiesces), as for origin writes:
+        // a stream of unshares would keep plans outstanding, and the commit (which a flush or
+        // an origin write may wait for) would never come. Retried after the commit.
+        if Self::barrier(st) {
+            st.held_snap.push_back(bio);
+            return;
+        }
         match st.store.snapshot_write_prepare(snap, chunk) {
             Ok(SnapWritePlan::Direct(c)) => {
                 bio.remap(self.cow.bdev(), (c << self.chunk_shift) + offset);
                 self.issue_snap(st, bio);
             }
             Ok(SnapWritePlan::Unshare(plan)) => {
+                // A chunk was allocated: the COW device is not full (any more).
+                st.cow_full = false;
                 // A write of the whole chunk needs none of its current data.
                 let (bio, plan) = if self.overwrites_chunk(&bio, chunk) {
                     match self.start_overwrite(st, bio, plan) {
