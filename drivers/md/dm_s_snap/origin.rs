@@ -38,7 +38,7 @@ pub(crate) struct OriginTarget {
 /// The optional feature arguments after the chunk size.
 #[derive(Clone, Copy, Default)]
 struct Features {
-    /// `low_water <free chunks>`: a dm event when free space falls to this (0: none).
+    /// `low_water <free chunks>`: a dm event when free space falls to this.
     low_water: Option<u64>,
 }
 

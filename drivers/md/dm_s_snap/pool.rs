@@ -13,7 +13,9 @@
 //! - an origin write to a chunk that a snapshot still shares waits until the chunk was copied,
 //!   the exception completed and a commit finished;
 //! - a snapshot write to a chunk the snapshot does not own yet waits until the snapshot's
-//!   current data was copied into a chunk of its own;
+//!   current data was copied into a chunk of its own, unless it overwrites the whole chunk:
+//!   then it goes to the new chunk at once, and the chunk becomes the snapshot's once it
+//!   completed (see [`overwrites`]);
 //! - REQ_PREFLUSH and REQ_FUA bios are issued only after a commit;
 //! - an origin write, or a snapshot write that unshares, waits while snapshot reads of the
 //!   chunk are in flight, so that a read never sees data written after it was issued and never

@@ -28,8 +28,11 @@ impl Pool {
     pub(crate) fn bind_events(&self, table: Arc<TableEvents>, low_water: u64) {
         let mut st = self.state.lock();
         st.space_events.table = Some(table);
-        st.space_events.low_water = low_water;
-        st.space_events.below_low_water = false;
+        // A resume with the same mark does not raise its event again.
+        if st.space_events.low_water != low_water {
+            st.space_events.low_water = low_water;
+            st.space_events.below_low_water = false;
+        }
         self.check_low_water(&mut st);
     }
 
@@ -67,7 +70,7 @@ impl Pool {
     }
 
     /// An operation found the COW device full (`what` names what fails from now on): logged
-    /// and signalled once.
+    /// and signalled once, until a chunk could be allocated again.
     pub(super) fn note_cow_full(st: &mut State, what: &str) {
         if !st.cow_full {
             pr_err!("COW device full: failing {}\n", what);
