@@ -27,6 +27,10 @@ step() {
 
 step "setup"
 "$REPO/scripts/setup.sh" || { failed=$((failed + 1)); summary; }
+# The tree's name comes from the version of linux-source-6.12, which a fresh
+# machine only has now that setup installed it.
+# shellcheck source=scripts/env.sh
+. "$REPO/scripts/env.sh"
 step "kernel build"
 "$REPO/scripts/build-kernel.sh" >"$OUT/kernel-build.log" 2>&1 || { tail -n 30 "$OUT/kernel-build.log"; failed=$((failed + 1)); summary; }
 
@@ -45,7 +49,7 @@ fi
 if [ -z "$FLAVOR" ] && [ -f "$REPO/tools/s-snap/Cargo.toml" ]; then
 	step "userspace tests (cargo test --release in tools/s-snap)"
 	log="$OUT/cargo-test.log"
-	(cd "$REPO/tools/s-snap" && cargo test --release --workspace 2>&1) | tee "$log"
+	(cd "$REPO/tools/s-snap" && cargo test --release --workspace --no-fail-fast 2>&1) | tee "$log"
 	cargo_rc=${PIPESTATUS[0]}
 	read -r p f < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log" |
 		awk '{p += $1; f += $2} END {print p + 0, f + 0}')
