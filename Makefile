@@ -61,6 +61,19 @@ man:
 rustdoc: kernel
 	scripts/rustdoc.sh
 
+## patches: the kernel work as a patch series for Linux 6.12 (patches/series)
+## with a cover letter, into $(OUT)/patches, for git am
+.PHONY: patches patches-check
+patches: setup
+	python3 scripts/patches.py write
+
+## patches-check: apply that series to a fresh 6.12 tree, build the kernel and
+## run checkpatch.pl --strict at every patch, and replay the posting's
+## transcript on the result (a tree of its own: the first run builds a whole
+## kernel); ends with "N passed, N failed"
+patches-check: setup
+	python3 scripts/patches.py check
+
 setup:
 	scripts/setup.sh
 

@@ -79,7 +79,8 @@ for f in "${patched[@]}"; do
 	cp "$PRISTINE/$f" "$work/$f"
 done
 for p in "$REPO"/patches/*.patch; do
-	[ -e "$p" ] || continue
+	# A patch of the series that only adds new files has no diff here.
+	grep -q '^+++ ' "$p" || continue
 	patch -s -d "$work" -p1 --no-backup-if-mismatch <"$p" || die "patch $(basename "$p") does not apply to 6.12"
 done
 for f in "${patched[@]}"; do

@@ -7,6 +7,7 @@
 #   kernel crate, the driver and the samples: no warning allowed;
 # - checkpatch.pl on the C helpers this repository adds;
 # - no `unsafe` in the driver (it must use the safe kernel-crate API only);
+# - patches/series adds every kernel file of this repository;
 # - cargo fmt --check and cargo clippy -D warnings on the userspace crates.
 # Needs a built tree (scripts/build-kernel.sh). Prints "lint: PASS" or the
 # problems and "lint: FAIL", and exits accordingly.
@@ -49,6 +50,9 @@ done
 if grep -rnw --include='*.rs' unsafe "$REPO/drivers" | grep -v ':[0-9]*:\s*//'; then
 	problem "the driver uses unsafe code"
 fi
+
+# Every kernel file of this repository is in the patch series (make patches).
+python3 "$REPO/scripts/patches.py" lint || problem "patches/series does not cover the kernel files"
 
 # The kernel crate's Rust documentation builds without a rustdoc warning.
 if ! "$REPO/scripts/rustdoc.sh" >"$log" 2>&1; then

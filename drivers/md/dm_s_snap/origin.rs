@@ -5,7 +5,8 @@
 //!
 //! Maps the origin device one to one. Reads pass straight through, and so do writes to chunks
 //! that no snapshot shares any more; other writes and flushes go to the pool's worker, which
-//! preserves what the snapshots still share before the write reaches the origin. Snapshots are created and deleted with `dmsetup message`.
+//! preserves what the snapshots still share before the write reaches the origin. Snapshots are
+//! created and deleted with `dmsetup message`.
 
 use crate::pool::{DeleteError, OriginIo, Pool};
 use crate::store;

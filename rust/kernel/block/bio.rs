@@ -3,9 +3,9 @@
 //! Block I/O units (`struct bio`).
 //!
 //! A [`Bio`] describes one I/O to a contiguous range of sectors of a block device. This module
-//! gives bio-based drivers (for example device-mapper targets, see
-//! [`kernel::device_mapper`](crate::device_mapper)) what they need to look at a bio, to
-//! redirect it to another device and sector, and to complete or resubmit it:
+//! gives bio-based drivers (for example device-mapper targets, `kernel::device_mapper`) what
+//! they need to look at a bio, to redirect it to another device and sector, and to complete or
+//! resubmit it:
 //!
 //! - [`Bio`] is the borrowed view of a bio that a driver has been given access to. It is only
 //!   ever handed out by reference and is not [`Sync`]: whoever holds the reference is the one
