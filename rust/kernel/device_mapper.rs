@@ -599,6 +599,14 @@ impl<'a, T: TargetOperations> TargetCtx<'a, T> {
         self.set(|ti| ti.set_discards_supported(v));
     }
 
+    /// Asks device-mapper to split discards so that none crosses a multiple of the maximum
+    /// discard size (the `max_hw_discard_sectors` the target sets in
+    /// [`TargetOperations::io_hints`]): with that size set to its chunk size, a target sees every
+    /// discard within one chunk.
+    pub fn set_max_discard_granularity(&mut self, v: bool) {
+        self.set(|ti| ti.set_max_discard_granularity(v));
+    }
+
     /// Declares that flushes may bypass `map` and go straight to the devices reported by
     /// [`TargetOperations::iterate_devices`] (only for targets that pass flushes through).
     pub fn set_flush_bypasses_map(&mut self, v: bool) {

@@ -36,8 +36,8 @@ use pool::{OpenError, Pool};
 // Both target types share the `Registry` of pools: a snapshot target finds its pool there.
 kernel::module_dm_targets! {
     targets: [
-        { type: origin::OriginTarget, name: c_str!("s-snap-origin"), version: [1, 1, 0] },
-        { type: snapshot::SnapshotTarget, name: c_str!("s-snap"), version: [1, 0, 0] },
+        { type: origin::OriginTarget, name: c_str!("s-snap-origin"), version: [1, 2, 0] },
+        { type: snapshot::SnapshotTarget, name: c_str!("s-snap"), version: [1, 1, 0] },
     ],
     context: Registry::new(),
     name: "dm_s_snap",

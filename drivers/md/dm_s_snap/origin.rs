@@ -14,11 +14,12 @@ use crate::{parse_u32, parse_u64, Registry};
 use core::fmt::Write;
 use core::ops::ControlFlow;
 use kernel::{
+    block::bio::SECTOR_SHIFT,
     c_str,
     device_mapper::{
         events::TableEvents, CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult,
-        MapResult, StatusFlags, StatusType, StatusWriter, Target, TargetBio, TargetCtx,
-        TargetOperations,
+        MapResult, QueueLimits, StatusFlags, StatusType, StatusWriter, Target, TargetBio,
+        TargetCtx, TargetOperations,
     },
     prelude::*,
     str::CStr,
@@ -276,6 +277,9 @@ impl TargetOperations for OriginTarget {
         }
         t.set_max_io_len(chunk_sectors.into())
             .ctr_err(c_str!("Cannot set the chunk size as maximum I/O size"))?;
+        // Discards come one chunk at a time (io_hints sets the chunk as their maximum size).
+        t.set_num_discard_bios(1);
+        t.set_max_discard_granularity(true);
         t.set_num_flush_bios(1);
         let registry = t.context().clone();
         let pool = registry.attach_origin(&origin, &cow, chunk_sectors, store_error)?;
@@ -316,6 +320,18 @@ impl TargetOperations for OriginTarget {
             this.pool.origin_write_done();
         }
         EndIoResult::Done
+    }
+
+    fn io_hints(this: Pin<&Self>, _t: &Target, limits: &mut QueueLimits) {
+        // Discards pass down to the origin, within its own limits, one chunk at a time: the
+        // worker checks per chunk that no snapshot shares it.
+        let chunk_bytes = this.pool.chunk_sectors << SECTOR_SHIFT;
+        if limits.max_hw_discard_sectors() != 0 {
+            limits.set_max_hw_discard_sectors(
+                limits.max_hw_discard_sectors().min(this.pool.chunk_sectors),
+            );
+            limits.set_discard_granularity(limits.discard_granularity().max(chunk_bytes));
+        }
     }
 
     fn status(

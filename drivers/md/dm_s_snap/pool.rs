@@ -83,6 +83,17 @@ pub(crate) struct SnapIo {
     pub(crate) read_bucket: u16,
     /// `1 + slot` of [`Overwrites`] if the bio is a write that overwrites a whole chunk, or 0.
     pub(crate) overwrite_slot: u8,
+    /// `1 + bucket` of the direct-write counter this bio holds, or 0.
+    pub(crate) direct_write_bucket: u16,
+}
+
+/// Snapshot I/O in flight, per bucket of chunks.
+struct InFlight {
+    /// Reads: a chunk's data does not move or change under them.
+    reads: [AtomicU32; READ_BUCKETS],
+    /// Writes sent straight to a chunk the snapshot owns: a discard frees such a chunk only
+    /// once they have ended.
+    direct_writes: [AtomicU32; READ_BUCKETS],
 }
 
 /// Per-bio data of origin bios.
@@ -157,9 +168,9 @@ pub(crate) struct Pool {
     drained: CondVar,
     /// Origin writes issued to the origin device and not completed yet.
     writes_in_flight: AtomicU32,
-    /// Snapshot reads in flight per bucket of chunks.
-    reads_in_flight: [AtomicU32; READ_BUCKETS],
-    /// The worker has bios waiting for reads to drain.
+    /// Snapshot I/O in flight per bucket of chunks.
+    in_flight: InFlight,
+    /// The worker has bios waiting for reads (or direct writes) to drain.
     read_waiters: AtomicBool,
     #[pin]
     work: Work<Pool>,
@@ -254,7 +265,10 @@ impl Pool {
                 map_cache <- new_spinlock!(map_cache, "s_snap::Pool::map_cache"),
                 drained <- new_condvar!("s_snap::Pool::drained"),
                 writes_in_flight: AtomicU32::new(0),
-                reads_in_flight: [const { AtomicU32::new(0) }; READ_BUCKETS],
+                in_flight: InFlight {
+                    reads: [const { AtomicU32::new(0) }; READ_BUCKETS],
+                    direct_writes: [const { AtomicU32::new(0) }; READ_BUCKETS],
+                },
                 read_waiters: AtomicBool::new(false),
                 work <- new_work!("s_snap::Pool::work"),
             }),
@@ -318,7 +332,7 @@ impl Pool {
         let chunk = self.chunk_of(sector);
         let b = bucket(chunk);
         // Counted before the look-up: see `MapCache`.
-        self.reads_in_flight[b].fetch_add(1, Ordering::AcqRel);
+        self.in_flight.reads[b].fetch_add(1, Ordering::AcqRel);
         // CAST: `b < READ_BUCKETS`, which fits a `u16`.
         let read_bucket = b as u16 + 1;
         let cow = self.map_cache.lock().snapshot_chunk(snap.epoch(), chunk);
@@ -350,7 +364,7 @@ impl Pool {
         let Some(b) = (read_bucket as usize).checked_sub(1) else {
             return;
         };
-        if let Some(count) = self.reads_in_flight.get(b) {
+        if let Some(count) = self.in_flight.reads.get(b) {
             if count.fetch_sub(1, Ordering::AcqRel) == 1
                 && self.read_waiters.load(Ordering::Acquire)
             {
@@ -359,8 +373,26 @@ impl Pool {
         }
     }
 
+    /// Called from `end_io` of a snapshot write that holds a direct-write count.
+    pub(crate) fn snap_direct_write_done(self: &Arc<Self>, direct_write_bucket: u16) {
+        let Some(b) = (direct_write_bucket as usize).checked_sub(1) else {
+            return;
+        };
+        if let Some(count) = self.in_flight.direct_writes.get(b) {
+            if count.fetch_sub(1, Ordering::AcqRel) == 1
+                && self.read_waiters.load(Ordering::Acquire)
+            {
+                self.kick();
+            }
+        }
+    }
+
+    fn direct_writes_pending(&self, chunk: u64) -> bool {
+        self.in_flight.direct_writes[bucket(chunk)].load(Ordering::Acquire) != 0
+    }
+
     fn reads_pending(&self, chunk: u64) -> bool {
-        self.reads_in_flight[bucket(chunk)].load(Ordering::Acquire) != 0
+        self.in_flight.reads[bucket(chunk)].load(Ordering::Acquire) != 0
     }
 
     fn run_worker(self: &Arc<Self>) {

@@ -12,10 +12,11 @@ use crate::{parse_u32, Registry};
 use core::fmt::Write;
 use core::ops::ControlFlow;
 use kernel::{
+    block::bio::SECTOR_SHIFT,
     c_str,
     device_mapper::{
-        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult, StatusFlags,
-        StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
+        CtrError, CtrResultExt, DeviceIterator, DmBio, DmDev, EndIoResult, MapResult, QueueLimits,
+        StatusFlags, StatusType, StatusWriter, Target, TargetBio, TargetCtx, TargetOperations,
     },
     prelude::*,
     str::CStr,
@@ -70,6 +71,11 @@ impl TargetOperations for SnapshotTarget {
                 .ctr_err(c_str!("Cannot get the origin's COW device"))?;
             t.set_max_io_len(pool.chunk_sectors.into())
                 .ctr_err(c_str!("Cannot set the chunk size as maximum I/O size"))?;
+            // Discards come one chunk at a time (io_hints sets the chunk as their maximum
+            // size); they free the snapshot's own chunks and need no support below.
+            t.set_num_discard_bios(1);
+            t.set_discards_supported(true);
+            t.set_max_discard_granularity(true);
             t.set_num_flush_bios(1);
             let snap = pool.activate(id).map_err(|e| match e {
                 ActivateError::NoSuchSnapshot => {
@@ -132,6 +138,7 @@ impl TargetOperations for SnapshotTarget {
         let io = bio.per_io();
         this.pool.snap_read_done(io.read_bucket);
         this.pool.snap_write_done(io.overwrite_slot, status.is_ok());
+        this.pool.snap_direct_write_done(io.direct_write_bucket);
         EndIoResult::Done
     }
 
@@ -147,6 +154,12 @@ impl TargetOperations for SnapshotTarget {
             StatusType::Table => write!(out, "{} {}", this.origin.name(), this.snap.id()),
             StatusType::Ima => Ok(()),
         }
+    }
+
+    fn io_hints(this: Pin<&Self>, _t: &Target, limits: &mut QueueLimits) {
+        // A discard frees the snapshot's own copy of each chunk it covers entirely.
+        limits.set_max_hw_discard_sectors(this.pool.chunk_sectors);
+        limits.set_discard_granularity(this.pool.chunk_sectors << SECTOR_SHIFT);
     }
 
     fn postsuspend(this: Pin<&Self>, _t: &Target) {

@@ -4,9 +4,13 @@
 //! issuing it once its chunk is safe to write.
 
 use super::{bio_error, copies::PlanKind, OriginBio, Pool, State};
-use crate::store::{self, OriginWrite};
+use crate::store::{self, OriginDiscard, OriginWrite};
 use core::sync::atomic::Ordering;
-use kernel::{block::bio::BioList, prelude::*, sync::Arc};
+use kernel::{
+    block::bio::{BioList, Operation},
+    prelude::*,
+    sync::Arc,
+};
 
 impl Pool {
     pub(super) fn process_origin_list(
@@ -31,7 +35,8 @@ impl Pool {
             bio.end(Err(EIO));
             return;
         }
-        if !bio.has_data() {
+        let discard = bio.op() == Operation::Discard;
+        if !bio.has_data() && !discard {
             // An empty flush: issued to the origin after a commit.
             self.issue_origin(st, bio, committed);
             return;
@@ -54,6 +59,10 @@ impl Pool {
             if !self.reads_pending(chunk) {
                 self.kick();
             }
+            return;
+        }
+        if discard {
+            self.origin_discard(st, bio, chunk);
             return;
         }
         match st.store.origin_write_prepare(chunk) {
@@ -90,6 +99,26 @@ impl Pool {
         }
     }
 
+    /// Passes a discard of (part of) `chunk` down to the origin if no snapshot shares the
+    /// chunk, and drops it otherwise: the snapshots need the data, and discarded data is
+    /// undefined, so keeping it is correct. No copy is made for a discard.
+    fn origin_discard(&self, st: &mut State, bio: OriginBio, chunk: u64) {
+        if bio.end_sector() > (chunk + 1) << self.chunk_shift {
+            // Discards come one chunk at a time (`io_hints`); keep anything else.
+            bio.end(Ok(()));
+            return;
+        }
+        match st.store.origin_discard_prepare(chunk) {
+            Ok(OriginDiscard::Pass) => self.issue_origin(st, bio, false),
+            Ok(OriginDiscard::AfterCommit) => st.commits.after_commit_origin(bio),
+            Ok(OriginDiscard::Keep) => bio.end(Ok(())),
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
     /// Issues an origin bio whose chunk is safe to write. A bio that asks for durability
     /// (REQ_PREFLUSH, REQ_FUA) waits for a commit first, unless `committed` says that one
     /// finished since it arrived.
@@ -98,7 +127,8 @@ impl Pool {
             st.commits.after_commit_origin(bio);
             return;
         }
-        if bio.is_write() && bio.has_data() {
+        // Discards count as writes: a snapshot created next must not see one land.
+        if bio.is_write() && (bio.has_data() || bio.op() == Operation::Discard) {
             bio.per_io_mut().counted = true;
             self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
         }

@@ -6,7 +6,11 @@
 use super::{bio_error, bucket, copies::PlanKind, Pool, SnapBio, State};
 use crate::store::{self, Location, SnapWritePlan, SnapshotRef};
 use core::sync::atomic::Ordering;
-use kernel::{block::bio::BioList, prelude::*, sync::Arc};
+use kernel::{
+    block::bio::{BioList, Operation, Sector},
+    prelude::*,
+    sync::Arc,
+};
 
 impl Pool {
     pub(super) fn process_snap_list(self: &Arc<Self>, st: &mut State, mut list: BioList<SnapBio>) {
@@ -22,6 +26,14 @@ impl Pool {
         };
         if st.failed {
             bio.end(Err(EIO));
+            return;
+        }
+        if bio.op() == Operation::Discard {
+            let chunk = self.chunk_of(bio.sector());
+            match Self::pending_index(st, chunk) {
+                Some(i) => st.pending[i].snap_waiters.push_back(bio),
+                None => self.snap_discard(st, bio, snap, chunk),
+            }
             return;
         }
         if !bio.has_data() {
@@ -50,7 +62,7 @@ impl Pool {
         match st.store.snapshot_lookup(snap, chunk) {
             Ok(location) => {
                 let b = bucket(chunk);
-                self.reads_in_flight[b].fetch_add(1, Ordering::AcqRel);
+                self.in_flight.reads[b].fetch_add(1, Ordering::AcqRel);
                 // CAST: `b < READ_BUCKETS`, which fits a `u16`.
                 bio.per_io_mut().read_bucket = b as u16 + 1;
                 match location {
@@ -76,7 +88,13 @@ impl Pool {
 
     /// Writes to `chunk` of snapshot `snap`: in place if the snapshot owns a COW chunk for it,
     /// otherwise after the snapshot's current data was copied into a new chunk of its own.
-    fn snap_write(self: &Arc<Self>, st: &mut State, bio: SnapBio, snap: SnapshotRef, chunk: u64) {
+    fn snap_write(
+        self: &Arc<Self>,
+        st: &mut State,
+        mut bio: SnapBio,
+        snap: SnapshotRef,
+        chunk: u64,
+    ) {
         let offset = bio.sector() & self.chunk_mask();
         // The write may move the chunk: `map` must not send reads to the old place once the
         // reads in flight are known (see `MapCache`).
@@ -100,6 +118,12 @@ impl Pool {
         }
         match st.store.snapshot_write_prepare(snap, chunk) {
             Ok(SnapWritePlan::Direct(c)) => {
+                // A discard must not free the chunk (which may then be reused) while this write
+                // to it is in flight.
+                let b = bucket(chunk);
+                self.in_flight.direct_writes[b].fetch_add(1, Ordering::AcqRel);
+                // CAST: `b < READ_BUCKETS`, which fits a `u16`.
+                bio.per_io_mut().direct_write_bucket = b as u16 + 1;
                 bio.remap(self.cow.bdev(), (c << self.chunk_shift) + offset);
                 self.issue_snap(st, bio);
             }
@@ -131,6 +155,49 @@ impl Pool {
             Err(store::Error::NoSpace) => {
                 Self::note_cow_full(st, "snapshot writes that need a chunk");
                 bio.end(Err(ENOSPC));
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// Discards `chunk` of snapshot `snap`: a discard that covers the whole chunk frees the
+    /// snapshot's own copy of it. Nothing goes down: what the snapshot shares belongs to the
+    /// origin and the other snapshots too, and a discard of part of a chunk frees nothing
+    /// (discarded data is undefined, so keeping it is correct). Completed at once; like a
+    /// write, the discard is durable after the next commit.
+    fn snap_discard(self: &Arc<Self>, st: &mut State, bio: SnapBio, snap: SnapshotRef, chunk: u64) {
+        let start: Sector = chunk << self.chunk_shift;
+        if bio.sector() != start || bio.sectors() < self.copy_len(chunk) {
+            bio.end(Ok(()));
+            return;
+        }
+        // The chunk may be freed: `map` must not send reads to it any more, and the reads and
+        // writes in flight to it must end before it can be reused (see `MapCache`).
+        self.map_cache
+            .lock()
+            .forget_snapshot_chunk(snap.epoch(), chunk);
+        if self.reads_pending(chunk) || self.direct_writes_pending(chunk) {
+            self.read_waiters.store(true, Ordering::Release);
+            st.held_snap.push_back(bio);
+            if !self.reads_pending(chunk) && !self.direct_writes_pending(chunk) {
+                self.kick();
+            }
+            return;
+        }
+        if Self::barrier(st) {
+            st.held_snap.push_back(bio);
+            return;
+        }
+        match st.store.snapshot_discard(snap, chunk) {
+            Ok(freed) => {
+                if freed {
+                    // The chunk is free for reuse after a commit: make one.
+                    st.commits.mark_dirty();
+                }
+                bio.end(Ok(()))
             }
             Err(e) => {
                 self.note_error(st, e);

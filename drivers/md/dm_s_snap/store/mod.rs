@@ -54,8 +54,9 @@ pub use check::{MetaKind, Problem};
 pub use error::{Error, Result};
 pub use io::{BlockHandle, BlockIo};
 pub use ops::{
-    CopyPlan, Location, OriginWrite, PrivateException, PrivateExceptions, SharedException,
-    SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots, StoreInfo, UnsharePlan, Usage,
+    CopyPlan, Location, OriginDiscard, OriginWrite, PrivateException, PrivateExceptions,
+    SharedException, SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots, StoreInfo,
+    UnsharePlan, Usage,
 };
 pub use reclaim::Reclaim;
 pub use txn::Store;

@@ -94,6 +94,20 @@ pub enum OriginWrite {
     Copy(CopyPlan),
 }
 
+/// What a discard of an origin chunk may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginDiscard {
+    /// No snapshot needs the origin's data of the chunk, by committed metadata: the discard
+    /// may go down to the origin now.
+    Pass,
+    /// As [`OriginDiscard::Pass`], but by metadata of the running transaction: after the next
+    /// commit.
+    AfterCommit,
+    /// A snapshot still shares the origin's data of the chunk: the discard must not reach the
+    /// origin (discarded data is undefined, so dropping it is correct).
+    Keep,
+}
+
 /// Plan for a snapshot write to a chunk the snapshot does not own yet.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnsharePlan {
@@ -552,21 +566,40 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn origin_prepare_inner(&mut self, chunk: u64) -> Result<OriginWrite> {
+        Ok(match self.origin_chunk_needed(chunk)? {
+            OriginDiscard::Keep => {
+                let cow = self.alloc_data()?;
+                self.outstanding += 1;
+                OriginWrite::Copy(CopyPlan { chunk, cow })
+            }
+            OriginDiscard::AfterCommit => OriginWrite::AfterCommit,
+            OriginDiscard::Pass => OriginWrite::Proceed,
+        })
+    }
+
+    /// Whether a discard of origin `chunk` may reach the origin. It changes nothing: a chunk
+    /// that snapshots still share keeps its data (no copy is made for a discard).
+    pub fn origin_discard_prepare(&self, chunk: u64) -> Result<OriginDiscard> {
+        self.writable()?;
+        self.origin_chunk_needed(chunk)
+    }
+
+    /// Whether a snapshot still needs the origin's data of `chunk` (`Keep`), or whether the
+    /// data may change now (`Pass`) or once the running transaction is committed.
+    fn origin_chunk_needed(&self, chunk: u64) -> Result<OriginDiscard> {
         let (hi_prev, s_tx) = self.newest_shared(chunk)?.unwrap_or((0, 0));
         let mut wait = s_tx == self.cur && hi_prev != 0;
         if hi_prev < self.sb.last_epoch {
             let l = self.first_lacking(chunk, hi_prev + 1, self.sb.last_epoch)?;
             if l.found {
-                let cow = self.alloc_data()?;
-                self.outstanding += 1;
-                return Ok(OriginWrite::Copy(CopyPlan { chunk, cow }));
+                return Ok(OriginDiscard::Keep);
             }
             wait |= l.uncommitted || self.max_deleted_epoch > hi_prev;
         }
         Ok(if wait {
-            OriginWrite::AfterCommit
+            OriginDiscard::AfterCommit
         } else {
-            OriginWrite::Proceed
+            OriginDiscard::Pass
         })
     }
 
@@ -682,6 +715,33 @@ impl<I: BlockIo> Store<I> {
         self.writable()?;
         let r = self.free_data(plan.to);
         self.guard(r)
+    }
+
+    /// Discards snapshot `snap`'s own copy of `chunk` (a discard that covers the whole chunk):
+    /// its private exception is removed and its COW chunk freed (reusable after the commit, like
+    /// every free). The snapshot then reads what it shares for the chunk, a shared exception or
+    /// the origin, as discarded data is undefined. Returns whether there was a copy to discard;
+    /// a chunk the snapshot shares is left as it is.
+    pub fn snapshot_discard(&mut self, snap: SnapshotRef, chunk: u64) -> Result<bool> {
+        self.writable()?;
+        let r = self.snap_discard_inner(snap, chunk);
+        self.guard(r)
+    }
+
+    fn snap_discard_inner(&mut self, snap: SnapshotRef, chunk: u64) -> Result<bool> {
+        if self.snapshot_epoch(snap.id)? != Some(snap) {
+            return Err(Error::NotFound);
+        }
+        let key = private_key(snap.epoch, chunk);
+        let Some(v) = self.lookup(TREE_PRIVATE, key)? else {
+            return Ok(false);
+        };
+        let cow = self.exception_chunk(v)?;
+        self.ensure(self.op_need(TREE_PRIVATE))?;
+        self.remove(TREE_PRIVATE, key)?;
+        self.free_data(cow)?;
+        self.sb.private = self.sb.private.saturating_sub(1);
+        Ok(true)
     }
 
     /// Number of chunks of snapshot `id` that are exceptions (its view

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use s_snap_store::userspace::{Cache, FileDisk, MemDisk};
-use s_snap_store::{min_chunks, BlockIo, Error, Location, OriginWrite, SnapWritePlan, Store};
+use s_snap_store::{
+    min_chunks, BlockIo, Error, Location, OriginDiscard, OriginWrite, SnapWritePlan, Store,
+};
 
 fn open(disk: MemDisk) -> Store<Cache<MemDisk>> {
     Store::open(Cache::new(disk, BS, 32), CS).unwrap()
@@ -368,4 +370,92 @@ fn outstanding_plans_complete_on_a_full_store() {
         assert_eq!(s.usage().private_exceptions, n as u64);
         check_store(&s);
     }
+}
+
+#[test]
+fn discard_frees_only_a_snapshots_own_chunks() {
+    let mut s = open(MemDisk::new(256 * BS));
+    let a = s.create_snapshot(1).unwrap();
+    let b = s.create_snapshot(2).unwrap();
+    // Chunk 3: a copy both snapshots share, made by an origin write.
+    let OriginWrite::Copy(p) = s.origin_write_prepare(3).unwrap() else {
+        panic!("copy expected");
+    };
+    let shared = p.cow();
+    s.origin_write_complete(p).unwrap();
+    // Chunk 5: snapshot 1's own copy.
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 5).unwrap() else {
+        panic!("unshare expected");
+    };
+    s.snapshot_write_complete(u).unwrap();
+    s.commit().unwrap();
+    let before = s.usage();
+    // What a snapshot shares (a shared exception, the origin) stays.
+    assert!(!s.snapshot_discard(a, 3).unwrap());
+    assert!(!s.snapshot_discard(b, 5).unwrap());
+    assert!(!s.snapshot_discard(a, 7).unwrap());
+    assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(shared));
+    assert_eq!(s.snapshot_lookup(b, 3).unwrap(), Location::Cow(shared));
+    assert_eq!(s.usage().data_chunks, before.data_chunks);
+    // Its own chunk is freed, and it reads what it shares again.
+    assert!(s.snapshot_discard(a, 5).unwrap());
+    assert!(!s.snapshot_discard(a, 5).unwrap());
+    assert_eq!(s.snapshot_lookup(a, 5).unwrap(), Location::Origin);
+    let after = s.usage();
+    assert_eq!(after.data_chunks, before.data_chunks - 1);
+    assert_eq!(after.private_exceptions, before.private_exceptions - 1);
+    s.commit().unwrap();
+    check_store(&s);
+    // Durable: after a reopen, snapshot 1 shares chunk 5 with the origin
+    // again, so an origin write copies it first.
+    let mut s = open(MemDisk::from_vec(s.into_io().into_disk().to_vec()));
+    let a = s.snapshot_epoch(1).unwrap().unwrap();
+    assert_eq!(s.snapshot_lookup(a, 5).unwrap(), Location::Origin);
+    assert_eq!(s.usage().data_chunks, before.data_chunks - 1);
+    assert!(matches!(
+        s.origin_write_prepare(5).unwrap(),
+        OriginWrite::Copy(_)
+    ));
+    // A deleted snapshot has nothing to discard.
+    let b = s.snapshot_epoch(2).unwrap().unwrap();
+    s.delete_snapshot(2).unwrap();
+    assert_eq!(s.snapshot_discard(b, 3).err(), Some(Error::NotFound));
+}
+
+#[test]
+fn origin_discard_reaches_the_origin_only_where_no_snapshot_shares_it() {
+    let mut s = open(MemDisk::new(256 * BS));
+    assert_eq!(s.origin_discard_prepare(4).unwrap(), OriginDiscard::Pass);
+    let a = s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    // The snapshot shares every origin chunk; a discard changes nothing.
+    let before = s.usage();
+    assert_eq!(s.origin_discard_prepare(4).unwrap(), OriginDiscard::Keep);
+    assert_eq!(s.usage(), before);
+    // Copied by an origin write: passed once that is committed.
+    let OriginWrite::Copy(p) = s.origin_write_prepare(4).unwrap() else {
+        panic!("copy expected");
+    };
+    s.origin_write_complete(p).unwrap();
+    assert_eq!(
+        s.origin_discard_prepare(4).unwrap(),
+        OriginDiscard::AfterCommit
+    );
+    // The snapshot's own copy: the same.
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 6).unwrap() else {
+        panic!("unshare expected");
+    };
+    s.snapshot_write_complete(u).unwrap();
+    assert_eq!(
+        s.origin_discard_prepare(6).unwrap(),
+        OriginDiscard::AfterCommit
+    );
+    s.commit().unwrap();
+    assert_eq!(s.origin_discard_prepare(4).unwrap(), OriginDiscard::Pass);
+    assert_eq!(s.origin_discard_prepare(6).unwrap(), OriginDiscard::Pass);
+    // A second snapshot shares chunk 6 with the origin again.
+    s.create_snapshot(2).unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.origin_discard_prepare(6).unwrap(), OriginDiscard::Keep);
+    check_store(&s);
 }
