@@ -13,6 +13,7 @@ enum Op {
     OriginWrite(u64, usize),
     SnapWrite(u16, u64, usize),
     SnapRead(u16, u64),
+    SnapDiscard(u16, u64),
     Commit,
     Reopen,
     Crash,
@@ -27,6 +28,7 @@ fn op_strategy(max_id: u32, chunks: u64) -> impl Strategy<Value = Op> {
         12 => (0..chunks, 0..2usize).prop_map(|(c, s)| Op::OriginWrite(c, s)),
         6 => (any::<u16>(), 0..chunks, 0..2usize).prop_map(|(i, c, s)| Op::SnapWrite(i, c, s)),
         4 => (any::<u16>(), 0..chunks).prop_map(|(i, c)| Op::SnapRead(i, c)),
+        2 => (any::<u16>(), 0..chunks).prop_map(|(i, c)| Op::SnapDiscard(i, c)),
         2 => Just(Op::Commit),
         1 => Just(Op::Reopen),
         2 => (1..8u64).prop_map(Op::Reclaim),
@@ -102,6 +104,11 @@ fn run_with(
                     h.snap_read(id, c);
                 }
             }
+            Op::SnapDiscard(i, c) => {
+                if let Some(id) = pick(&h, i) {
+                    h.snap_discard(id, c);
+                }
+            }
             Op::Commit => h.commit(),
             Op::Reopen => h.reopen(),
             Op::Crash => h.crash(),
@@ -111,11 +118,12 @@ fn run_with(
     h.commit();
     if std::env::var("SSNAP_STATS").is_ok() {
         eprintln!(
-            "ops {} snaps {} copies {} unshares {} nospace {} usage {:?}",
+            "ops {} snaps {} copies {} unshares {} discards {} nospace {} usage {:?}",
             ops.len(),
             h.snaps.len(),
             h.copies,
             h.unshares,
+            h.discards,
             h.nospace,
             h.s().usage()
         );

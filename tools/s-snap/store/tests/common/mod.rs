@@ -46,6 +46,7 @@ pub struct Harness<D: Disk> {
     pub nospace: u64,
     pub copies: u64,
     pub unshares: u64,
+    pub discards: u64,
 }
 
 fn no_pos<D>(_: &D) -> usize {
@@ -105,6 +106,7 @@ impl<D: Disk> Harness<D> {
             nospace: 0,
             copies: 0,
             unshares: 0,
+            discards: 0,
         };
         h.user_origin = h.origin.clone();
         h.open_disk(disk);
@@ -327,11 +329,25 @@ impl<D: Disk> Harness<D> {
 
     pub fn snap_read(&self, id: u32, chunk: u64) {
         if let Some(m) = self.snaps.get(&id) {
-            assert_eq!(
-                self.view(id, chunk),
-                m[chunk as usize],
-                "snapshot {id} chunk {chunk}"
-            );
+            assert_same(self.view(id, chunk), m[chunk as usize], id, chunk);
+        }
+    }
+
+    /// Discards `chunk` of snapshot `id`: if the snapshot owned it, its data
+    /// is undefined until written again.
+    pub fn snap_discard(&mut self, id: u32, chunk: u64) {
+        let Some(snap) = self.s().snapshot_epoch(id).unwrap() else {
+            return;
+        };
+        let private_before = self.s().usage().private_exceptions;
+        match self.sm().snapshot_discard(snap, chunk) {
+            Ok(true) => {
+                assert_eq!(self.s().usage().private_exceptions, private_before - 1);
+                self.snaps.get_mut(&id).unwrap()[chunk as usize] = [UNDEFINED; 2];
+                self.discards += 1;
+            }
+            Ok(false) => assert_eq!(self.s().usage().private_exceptions, private_before),
+            Err(e) => panic!("snapshot discard: {e:?}"),
         }
     }
 
@@ -385,7 +401,7 @@ impl<D: Disk> Harness<D> {
         assert_eq!(ids, want, "snapshot ids");
         for (id, m) in &self.snaps {
             for c in 0..m.len() as u64 {
-                assert_eq!(self.view(*id, c), m[c as usize], "snapshot {id} chunk {c}");
+                assert_same(self.view(*id, c), m[c as usize], *id, c);
             }
         }
         assert_eq!(self.s().usage().snapshots, self.snaps.len() as u64);
@@ -394,6 +410,22 @@ impl<D: Disk> Harness<D> {
     pub fn check(&self) {
         check_store(self.s());
     }
+}
+
+/// A slot of a snapshot's model whose data a discard made undefined: any
+/// data is right for it.
+pub const UNDEFINED: u64 = u64::MAX;
+
+/// Asserts that snapshot `id` reads `want` in `chunk`, but for undefined slots.
+pub fn assert_same(got: Data, want: Data, id: u32, chunk: u64) {
+    let got = [0, 1].map(|i| {
+        if want[i] == UNDEFINED {
+            UNDEFINED
+        } else {
+            got[i]
+        }
+    });
+    assert_eq!(got, want, "snapshot {id} chunk {chunk}");
 }
 
 /// The store holds at most this many block handles at once (the kernel's
