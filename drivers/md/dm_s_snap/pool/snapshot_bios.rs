@@ -88,27 +88,16 @@ impl Pool {
 
     /// Writes to `chunk` of snapshot `snap`: in place if the snapshot owns a COW chunk for it,
     /// otherwise after the snapshot's current data was copied into a new chunk of its own.
-    fn snap_write(
-        self: &Arc<Self>,
-        st: &mut State,
-        mut bio: SnapBio,
-        snap: SnapshotRef,
-        chunk: u64,
-    ) {
+    fn snap_write(self: &Arc<Self>, st: &mut State, bio: SnapBio, snap: SnapshotRef, chunk: u64) {
         let offset = bio.sector() & self.chunk_mask();
         // The write may move the chunk: `map` must not send reads to the old place once the
         // reads in flight are known (see `MapCache`).
         self.map_cache
             .lock()
             .forget_snapshot_chunk(snap.epoch(), chunk);
-        if self.reads_pending(chunk) {
-            self.read_waiters.store(true, Ordering::Release);
-            st.held_snap.push_back(bio);
-            if !self.reads_pending(chunk) {
-                self.kick();
-            }
+        let Some(mut bio) = self.hold_while(st, bio, |pool| pool.reads_pending(chunk)) else {
             return;
-        }
+        };
         // No new plan while a commit is wanted (or a handler quiesces), as for origin writes:
         // a stream of unshares would keep plans outstanding, and the commit (which a flush or
         // an origin write may wait for) would never come. Retried after the commit.
@@ -179,14 +168,10 @@ impl Pool {
         self.map_cache
             .lock()
             .forget_snapshot_chunk(snap.epoch(), chunk);
-        if self.reads_pending(chunk) || self.direct_writes_pending(chunk) {
-            self.read_waiters.store(true, Ordering::Release);
-            st.held_snap.push_back(bio);
-            if !self.reads_pending(chunk) && !self.direct_writes_pending(chunk) {
-                self.kick();
-            }
+        let busy = |pool: &Self| pool.reads_pending(chunk) || pool.direct_writes_pending(chunk);
+        let Some(bio) = self.hold_while(st, bio, busy) else {
             return;
-        }
+        };
         if Self::barrier(st) {
             st.held_snap.push_back(bio);
             return;
@@ -204,6 +189,26 @@ impl Pool {
                 bio.end(Err(bio_error(e)));
             }
         }
+    }
+
+    /// Holds `bio` (retried later) while `busy` says that I/O to its chunk is in flight, or
+    /// gives it back. The end of the last such I/O wakes the worker.
+    fn hold_while(
+        self: &Arc<Self>,
+        st: &mut State,
+        bio: SnapBio,
+        busy: impl Fn(&Self) -> bool,
+    ) -> Option<SnapBio> {
+        if !busy(self) {
+            return Some(bio);
+        }
+        self.read_waiters.store(true, Ordering::Release);
+        st.held_snap.push_back(bio);
+        // The last one may have ended before the flag was seen.
+        if !busy(self) {
+            self.kick();
+        }
+        None
     }
 
     /// Issues a snapshot bio, after a commit if it asks for durability.
