@@ -325,11 +325,12 @@ impl TargetOperations for OriginTarget {
     fn io_hints(this: Pin<&Self>, _t: &Target, limits: &mut QueueLimits) {
         // Discards pass down to the origin, within its own limits, one chunk at a time: the
         // worker checks per chunk that no snapshot shares it.
+        // The maximum is a power of two (device-mapper splits at multiples of it), so that
+        // no discard crosses a chunk boundary.
         let chunk_bytes = this.pool.chunk_sectors << SECTOR_SHIFT;
-        if limits.max_hw_discard_sectors() != 0 {
-            limits.set_max_hw_discard_sectors(
-                limits.max_hw_discard_sectors().min(this.pool.chunk_sectors),
-            );
+        let max = limits.max_hw_discard_sectors().min(this.pool.chunk_sectors);
+        if max != 0 {
+            limits.set_max_hw_discard_sectors(1 << max.ilog2());
             limits.set_discard_granularity(limits.discard_granularity().max(chunk_bytes));
         }
     }

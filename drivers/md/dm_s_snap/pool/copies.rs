@@ -9,7 +9,7 @@ use super::{bio_error, OriginBio, Pool, SnapBio, State};
 use crate::store::{self, SnapshotRef};
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{
-    block::bio::{BioList, Sector},
+    block::bio::{BioList, Operation, Sector},
     device_mapper::{kcopyd::Region, DmDev},
     new_condvar, new_spinlock,
     prelude::*,
@@ -299,8 +299,9 @@ impl Pool {
         snap_waiters: &mut BioList<SnapBio>,
         failed: FailedWrite,
     ) {
+        // A discard never needed a copy: it is retried.
         while let Some(bio) = origin_waiters.pop() {
-            if failed == FailedWrite::OriginCopy {
+            if failed == FailedWrite::OriginCopy && bio.op() != Operation::Discard {
                 bio.end(Err(EIO));
             } else {
                 st.held_origin.push_back(bio);
@@ -308,7 +309,9 @@ impl Pool {
         }
         while let Some(bio) = snap_waiters.pop() {
             let needed_it = match (failed, bio.per_io().snap) {
-                (FailedWrite::Unshare(failed), Some(snap)) => bio.is_write() && failed == snap,
+                (FailedWrite::Unshare(failed), Some(snap)) => {
+                    bio.is_write() && bio.op() != Operation::Discard && failed == snap
+                }
                 _ => false,
             };
             if needed_it {

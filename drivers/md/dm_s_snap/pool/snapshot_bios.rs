@@ -153,8 +153,9 @@ impl Pool {
     }
 
     /// Discards `chunk` of snapshot `snap`: a discard that covers the whole chunk frees the
-    /// snapshot's own copy of it. Nothing goes down: what the snapshot shares belongs to the
-    /// origin and the other snapshots too, and a discard of part of a chunk frees nothing
+    /// snapshot's own copy of it where the store keeps a copy from the snapshot's own time
+    /// (see `Store::snapshot_discard`). Nothing goes down: what the snapshot shares belongs to
+    /// the origin and the other snapshots too, and a discard of part of a chunk frees nothing
     /// (discarded data is undefined, so keeping it is correct). Completed at once; like a
     /// write, the discard is durable after the next commit.
     fn snap_discard(self: &Arc<Self>, st: &mut State, bio: SnapBio, snap: SnapshotRef, chunk: u64) {
@@ -184,6 +185,9 @@ impl Pool {
                 }
                 bio.end(Ok(()))
             }
+            // Not even the B+tree update fits beside what outstanding completions may need: the
+            // discard frees nothing, which is correct for a discard.
+            Err(store::Error::NoSpace) => bio.end(Ok(())),
             Err(e) => {
                 self.note_error(st, e);
                 bio.end(Err(bio_error(e)));

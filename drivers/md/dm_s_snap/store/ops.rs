@@ -717,11 +717,15 @@ impl<I: BlockIo> Store<I> {
         self.guard(r)
     }
 
-    /// Discards snapshot `snap`'s own copy of `chunk` (a discard that covers the whole chunk):
-    /// its private exception is removed and its COW chunk freed (reusable after the commit, like
-    /// every free). The snapshot then reads what it shares for the chunk, a shared exception or
-    /// the origin, as discarded data is undefined. Returns whether there was a copy to discard;
-    /// a chunk the snapshot shares is left as it is.
+    /// Discards snapshot `snap`'s own copy of `chunk` (a discard that covers the whole chunk)
+    /// where a copy of the chunk from the snapshot's own time is kept for other snapshots: the
+    /// private exception is removed and its COW chunk freed (reusable after the commit, like
+    /// every free), and the snapshot reads that shared copy again. Without one the snapshot
+    /// would read the origin, whose data may be newer than the snapshot, and origin writes
+    /// would not preserve it for the snapshot (they take snapshots up to the newest copy's
+    /// range as preserved): the copy stays. Returns whether a copy was freed; a chunk the
+    /// snapshot shares is left as it is. `NoSpace` if the B+tree update would take space that
+    /// the completions of outstanding plans may need (nothing changed then).
     pub fn snapshot_discard(&mut self, snap: SnapshotRef, chunk: u64) -> Result<bool> {
         self.writable()?;
         let r = self.snap_discard_inner(snap, chunk);
@@ -736,8 +740,11 @@ impl<I: BlockIo> Store<I> {
         let Some(v) = self.lookup(TREE_PRIVATE, key)? else {
             return Ok(false);
         };
+        if self.covering_shared(chunk, snap.epoch)?.is_none() {
+            return Ok(false);
+        }
         let cow = self.exception_chunk(v)?;
-        self.ensure(self.op_need(TREE_PRIVATE))?;
+        self.ensure_beside_completions(self.op_need(TREE_PRIVATE))?;
         self.remove(TREE_PRIVATE, key)?;
         self.free_data(cow)?;
         self.sb.private = self.sb.private.saturating_sub(1);

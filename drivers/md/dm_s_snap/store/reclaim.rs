@@ -154,7 +154,7 @@ impl<I: BlockIo> Store<I> {
         if hi64(k) != e {
             return Ok(false);
         }
-        self.ensure(self.op_need(TREE_PRIVATE))?;
+        self.ensure_beside_completions(self.op_need(TREE_PRIVATE))?;
         if self.remove(TREE_PRIVATE, k)?.is_none() {
             return Err(Error::Corrupt {
                 what: "btree: found key cannot be removed",
@@ -193,7 +193,7 @@ impl<I: BlockIo> Store<I> {
                     }
                     self.reclaim_cursor = k;
                     if !self.first_lacking(hi64(k), hi64(v), lo64(k))?.found {
-                        self.ensure(self.op_need(TREE_SHARED))?;
+                        self.ensure_beside_completions(self.op_need(TREE_SHARED))?;
                         if self.remove(TREE_SHARED, k)?.is_none() {
                             return Err(Error::Corrupt {
                                 what: "btree: found key cannot be removed",
@@ -230,7 +230,7 @@ impl<I: BlockIo> Store<I> {
     /// entry goes only if it still names `e`: a new snapshot may have taken
     /// the id meanwhile.
     fn remove_table_entries(&mut self, e: u64) -> Result<()> {
-        self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
+        self.ensure_beside_completions(2 * self.op_need(TREE_SNAPS) + 2)?;
         let idv = self.remove(TREE_SNAPS, e as u128)?.ok_or(Error::Corrupt {
             what: "snapshot table: deleting snapshot vanished",
             block: 0,

@@ -611,6 +611,13 @@ impl<I: BlockIo> Store<I> {
         self.op_need(TREE_PRIVATE) + self.op_need(TREE_SHARED)
     }
 
+    /// Fails with `NoSpace` unless `n` blocks can be allocated beside what the completions of
+    /// the outstanding plans may need: work that is not a completion (a discard, a reclaim step)
+    /// must not take the space an acknowledged write's completion relies on.
+    pub(crate) fn ensure_beside_completions(&self, n: u64) -> Result<()> {
+        self.ensure(n.saturating_add(self.outstanding.saturating_mul(self.completion_need())))
+    }
+
     /// Blocks one btree insert or remove may allocate in `tree`.
     pub(crate) fn op_need(&self, tree: usize) -> u64 {
         let d = self.sb.roots.get(tree).map(|r| r.depth as u64).unwrap_or(0);

@@ -373,53 +373,63 @@ fn outstanding_plans_complete_on_a_full_store() {
 }
 
 #[test]
-fn discard_frees_only_a_snapshots_own_chunks() {
+fn discard_frees_a_snapshots_own_chunk_where_a_copy_of_its_time_is_kept() {
     let mut s = open(MemDisk::new(256 * BS));
     let a = s.create_snapshot(1).unwrap();
     let b = s.create_snapshot(2).unwrap();
-    // Chunk 3: a copy both snapshots share, made by an origin write.
+    // Chunk 3: a copy both snapshots share, made by an origin write; then
+    // snapshot 1 writes it and owns a chunk (snapshot 2 keeps the copy).
     let OriginWrite::Copy(p) = s.origin_write_prepare(3).unwrap() else {
         panic!("copy expected");
     };
     let shared = p.cow();
     s.origin_write_complete(p).unwrap();
-    // Chunk 5: snapshot 1's own copy.
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 3).unwrap() else {
+        panic!("unshare expected");
+    };
+    let own3 = u.to();
+    s.snapshot_write_complete(u).unwrap();
+    // Chunk 5: snapshot 1's own copy, made from the origin: no other copy.
     let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 5).unwrap() else {
         panic!("unshare expected");
     };
+    let own5 = u.to();
     s.snapshot_write_complete(u).unwrap();
     s.commit().unwrap();
     let before = s.usage();
-    // What a snapshot shares (a shared exception, the origin) stays.
-    assert!(!s.snapshot_discard(a, 3).unwrap());
-    assert!(!s.snapshot_discard(b, 5).unwrap());
+    // What a snapshot shares stays; so does an own chunk whose data would
+    // otherwise come from the origin (which may be newer than the snapshot).
+    assert!(!s.snapshot_discard(b, 3).unwrap());
     assert!(!s.snapshot_discard(a, 7).unwrap());
+    assert!(!s.snapshot_discard(a, 5).unwrap());
+    assert_eq!(s.snapshot_lookup(a, 5).unwrap(), Location::Cow(own5));
+    assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(own3));
+    assert_eq!(s.usage(), before);
+    // Chunk 3: freed, and snapshot 1 reads the copy of its own time again.
+    assert!(s.snapshot_discard(a, 3).unwrap());
+    assert!(!s.snapshot_discard(a, 3).unwrap());
     assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(shared));
     assert_eq!(s.snapshot_lookup(b, 3).unwrap(), Location::Cow(shared));
-    assert_eq!(s.usage().data_chunks, before.data_chunks);
-    // Its own chunk is freed, and it reads what it shares again.
-    assert!(s.snapshot_discard(a, 5).unwrap());
-    assert!(!s.snapshot_discard(a, 5).unwrap());
-    assert_eq!(s.snapshot_lookup(a, 5).unwrap(), Location::Origin);
     let after = s.usage();
     assert_eq!(after.data_chunks, before.data_chunks - 1);
     assert_eq!(after.private_exceptions, before.private_exceptions - 1);
     s.commit().unwrap();
     check_store(&s);
-    // Durable: after a reopen, snapshot 1 shares chunk 5 with the origin
-    // again, so an origin write copies it first.
+    // Durable, and origin writes need no copy for it (the copy stays).
     let mut s = open(MemDisk::from_vec(s.into_io().into_disk().to_vec()));
     let a = s.snapshot_epoch(1).unwrap().unwrap();
-    assert_eq!(s.snapshot_lookup(a, 5).unwrap(), Location::Origin);
+    assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(shared));
     assert_eq!(s.usage().data_chunks, before.data_chunks - 1);
-    assert!(matches!(
-        s.origin_write_prepare(5).unwrap(),
-        OriginWrite::Copy(_)
-    ));
-    // A deleted snapshot has nothing to discard.
-    let b = s.snapshot_epoch(2).unwrap().unwrap();
+    assert_eq!(s.origin_write_prepare(3).unwrap(), OriginWrite::Proceed);
+    // Deleting snapshot 2 keeps the copy snapshot 1 now reads.
     s.delete_snapshot(2).unwrap();
-    assert_eq!(s.snapshot_discard(b, 3).err(), Some(Error::NotFound));
+    s.finish_reclaim().unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(shared));
+    check_store(&s);
+    // A deleted snapshot has nothing to discard.
+    s.delete_snapshot(1).unwrap();
+    assert_eq!(s.snapshot_discard(a, 3).err(), Some(Error::NotFound));
 }
 
 #[test]
@@ -457,5 +467,110 @@ fn origin_discard_reaches_the_origin_only_where_no_snapshot_shares_it() {
     s.create_snapshot(2).unwrap();
     s.commit().unwrap();
     assert_eq!(s.origin_discard_prepare(6).unwrap(), OriginDiscard::Keep);
+    check_store(&s);
+}
+
+#[test]
+fn discards_leave_the_space_outstanding_completions_need() {
+    // Snapshot 1 owns chunks all over its private tree, each also kept as
+    // a copy of its time for snapshot 2 (committed); plans of snapshot 2
+    // then fill the store; discarding snapshot 1's chunks rewrites B+tree
+    // nodes, and the chunks they free come back only after a commit. The
+    // discards must not take the space the outstanding completions rely on
+    // (a completion may record an acknowledged write).
+    let mut s = Store::open(Cache::new(MemDisk::new(65536 * BS), BS, 256), 8).unwrap();
+    let one = s.create_snapshot(1).unwrap();
+    let two = s.create_snapshot(2).unwrap();
+    let scatter = |i: u64| i.wrapping_mul(0x9e37_79b1) & ((1 << 20) - 1);
+    let owned: Vec<u64> = (0..20000).map(scatter).collect();
+    for &c in &owned {
+        let OriginWrite::Copy(p) = s.origin_write_prepare(c).unwrap() else {
+            panic!("copy expected");
+        };
+        s.origin_write_complete(p).unwrap();
+    }
+    s.commit().unwrap();
+    for &c in &owned {
+        let SnapWritePlan::Unshare(p) = s.snapshot_write_prepare(one, c).unwrap() else {
+            panic!("unshare expected");
+        };
+        s.snapshot_write_complete(p).unwrap();
+    }
+    s.commit().unwrap();
+    let mut plans = Vec::new();
+    for i in 20000.. {
+        match s.snapshot_write_prepare(two, scatter(i)) {
+            Ok(SnapWritePlan::Unshare(p)) => plans.push(p),
+            Ok(SnapWritePlan::Direct(_)) => panic!("owned already"),
+            Err(Error::NoSpace) => break,
+            Err(e) => panic!("prepare: {e}"),
+        }
+    }
+    let (mut freed, mut refused) = (0, 0);
+    for &c in &owned {
+        match s.snapshot_discard(one, c) {
+            Ok(true) => freed += 1,
+            Ok(false) => panic!("chunk {c} was owned, with a copy kept"),
+            Err(Error::NoSpace) => refused += 1,
+            Err(e) => panic!("discard {c}: {e}"),
+        }
+    }
+    let n = plans.len();
+    for (i, p) in plans.into_iter().enumerate() {
+        s.snapshot_write_complete(p)
+            .unwrap_or_else(|e| panic!("completion {i} of {n} after {freed} discards: {e}"));
+    }
+    assert!(
+        refused > 0,
+        "no discard was refused ({freed} freed): discards may take the space kept for completions"
+    );
+    s.commit().unwrap();
+    check_store(&s);
+    assert_eq!(s.usage().private_exceptions, 20000 - freed + n as u64);
+}
+
+#[test]
+fn discard_never_lets_a_snapshot_read_newer_origin_data() {
+    // Snapshot 1's copy of chunk 4 was freed when it wrote the chunk (no
+    // other snapshot of its range needed it), and the origin has been
+    // written since: freeing its own chunk would make it read the origin,
+    // and origin writes would not preserve it (its epoch is below the
+    // newest copy's range).
+    let mut s = open(MemDisk::new(256 * BS));
+    let a = s.create_snapshot(1).unwrap();
+    let OriginWrite::Copy(p) = s.origin_write_prepare(4).unwrap() else {
+        panic!("copy expected");
+    };
+    s.origin_write_complete(p).unwrap();
+    s.create_snapshot(2).unwrap();
+    s.commit().unwrap();
+    let OriginWrite::Copy(p) = s.origin_write_prepare(4).unwrap() else {
+        panic!("copy expected");
+    };
+    s.origin_write_complete(p).unwrap();
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 4).unwrap() else {
+        panic!("unshare expected");
+    };
+    let own = u.to();
+    s.snapshot_write_complete(u).unwrap();
+    // Chunk 6: written by both snapshots first, then by the origin (no
+    // copy needed: every snapshot owned the chunk).
+    let mut own6 = 0;
+    for id in [1, 2] {
+        let snap = s.snapshot_epoch(id).unwrap().unwrap();
+        let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(snap, 6).unwrap() else {
+            panic!("unshare expected");
+        };
+        if id == 1 {
+            own6 = u.to();
+        }
+        s.snapshot_write_complete(u).unwrap();
+    }
+    s.commit().unwrap();
+    assert_eq!(s.origin_write_prepare(6).unwrap(), OriginWrite::Proceed);
+    for (chunk, own) in [(4, own), (6, own6)] {
+        assert!(!s.snapshot_discard(a, chunk).unwrap(), "chunk {chunk}");
+        assert_eq!(s.snapshot_lookup(a, chunk).unwrap(), Location::Cow(own));
+    }
     check_store(&s);
 }

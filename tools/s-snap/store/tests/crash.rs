@@ -104,7 +104,7 @@ fn verify(s: &Store<Cache<MemDisk>>, model: &BTreeMap<u32, Vec<Data>>, origin: &
                 Location::Origin => origin[c as usize],
                 Location::Cow(x) => read_chunk(s, x),
             };
-            assert_same(got, m[c as usize], *id, c);
+            assert_eq!(got, m[c as usize], "{ctx}: snapshot {id} chunk {c}");
         }
     }
     check_store(s);

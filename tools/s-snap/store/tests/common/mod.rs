@@ -47,6 +47,8 @@ pub struct Harness<D: Disk> {
     pub copies: u64,
     pub unshares: u64,
     pub discards: u64,
+    /// The origin as each snapshot epoch was created with (epochs are never reused).
+    pub born: BTreeMap<u64, Vec<Data>>,
 }
 
 fn no_pos<D>(_: &D) -> usize {
@@ -107,6 +109,7 @@ impl<D: Disk> Harness<D> {
             copies: 0,
             unshares: 0,
             discards: 0,
+            born: BTreeMap::new(),
         };
         h.user_origin = h.origin.clone();
         h.open_disk(disk);
@@ -189,6 +192,7 @@ impl<D: Disk> Harness<D> {
                 assert!(!self.snaps.contains_key(&id));
                 let v = self.origin.clone();
                 assert_eq!(v, self.user_origin);
+                self.born.insert(s.epoch(), v.clone());
                 self.snaps.insert(id, v);
                 true
             }
@@ -329,12 +333,16 @@ impl<D: Disk> Harness<D> {
 
     pub fn snap_read(&self, id: u32, chunk: u64) {
         if let Some(m) = self.snaps.get(&id) {
-            assert_same(self.view(id, chunk), m[chunk as usize], id, chunk);
+            assert_eq!(
+                self.view(id, chunk),
+                m[chunk as usize],
+                "snapshot {id} chunk {chunk}"
+            );
         }
     }
 
-    /// Discards `chunk` of snapshot `id`: if the snapshot owned it, its data
-    /// is undefined until written again.
+    /// Discards `chunk` of snapshot `id`: if the store frees the snapshot's
+    /// own chunk, the snapshot reads the chunk as it was when it was created.
     pub fn snap_discard(&mut self, id: u32, chunk: u64) {
         let Some(snap) = self.s().snapshot_epoch(id).unwrap() else {
             return;
@@ -343,7 +351,8 @@ impl<D: Disk> Harness<D> {
         match self.sm().snapshot_discard(snap, chunk) {
             Ok(true) => {
                 assert_eq!(self.s().usage().private_exceptions, private_before - 1);
-                self.snaps.get_mut(&id).unwrap()[chunk as usize] = [UNDEFINED; 2];
+                let born = self.born[&snap.epoch()][chunk as usize];
+                self.snaps.get_mut(&id).unwrap()[chunk as usize] = born;
                 self.discards += 1;
             }
             Ok(false) => assert_eq!(self.s().usage().private_exceptions, private_before),
@@ -401,7 +410,7 @@ impl<D: Disk> Harness<D> {
         assert_eq!(ids, want, "snapshot ids");
         for (id, m) in &self.snaps {
             for c in 0..m.len() as u64 {
-                assert_same(self.view(*id, c), m[c as usize], *id, c);
+                assert_eq!(self.view(*id, c), m[c as usize], "snapshot {id} chunk {c}");
             }
         }
         assert_eq!(self.s().usage().snapshots, self.snaps.len() as u64);
@@ -410,22 +419,6 @@ impl<D: Disk> Harness<D> {
     pub fn check(&self) {
         check_store(self.s());
     }
-}
-
-/// A slot of a snapshot's model whose data a discard made undefined: any
-/// data is right for it.
-pub const UNDEFINED: u64 = u64::MAX;
-
-/// Asserts that snapshot `id` reads `want` in `chunk`, but for undefined slots.
-pub fn assert_same(got: Data, want: Data, id: u32, chunk: u64) {
-    let got = [0, 1].map(|i| {
-        if want[i] == UNDEFINED {
-            UNDEFINED
-        } else {
-            got[i]
-        }
-    });
-    assert_eq!(got, want, "snapshot {id} chunk {chunk}");
 }
 
 /// The store holds at most this many block handles at once (the kernel's
