@@ -4,7 +4,8 @@
 # the last chunk has 6 sectors with every chunk size, 8, 16 and 1024
 # sectors, as with the posting's 268430022-sector origin). Origin writes and snapshot writes to the last
 # chunk copy only the sectors that exist, the store keeps working, and the
-# origin and every snapshot read what they must, also after a reload.
+# origin and every snapshot read what they must, also after a reload. A
+# discard of the whole last chunk of a snapshot frees it like any chunk.
 . /tests/lib
 sectors=$(blockdev --getsz /dev/vda)
 [ "$sectors" = 131078 ] || fail "origin has $sectors sectors, want 131078"
@@ -83,6 +84,21 @@ for chunk in 8 16 1024; do
 		expect_last "/dev/mapper/$1" "/tmp/$2"
 	done
 	echo "ok: last chunks persist across a reload (chunk $chunk)"
+
+	# A discard of snapshot 1's last chunk (its 6 sectors are all of it)
+	# frees it: snapshot 2 keeps the copy of their time, which snapshot 1
+	# reads again. Snapshot 3's own last chunk has no such copy and stays.
+	private=$(usage_field private_exceptions)
+	blkdiscard -o $((last * 512)) -l 3072 /dev/mapper/snap1 || fail "discard snap1's last chunk"
+	blkdiscard -o $((last * 512)) -l 3072 /dev/mapper/snap3 || fail "discard snap3's last chunk"
+	[ "$(usage_field private_exceptions)" = $((private - 1)) ] ||
+		fail "discards of the last chunks: $private private exceptions, then $(msg usage)"
+	for check in "work v1" "snap1 v0" "snap2 v0" "snap3 s3"; do
+		set -- $check
+		expect_last "/dev/mapper/$1" "/tmp/$2"
+	done
+	store_ok
+	echo "ok: a discard of the partial last chunk (chunk $chunk)"
 	for d in snap1 snap2 snap3 work; do
 		dmsetup remove "$d" || fail "remove $d"
 	done
