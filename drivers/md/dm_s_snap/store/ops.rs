@@ -238,6 +238,8 @@ pub struct StoreInfo {
 /// Result of looking for a live snapshot that lacks a private exception.
 pub(crate) struct Lacking {
     pub(crate) found: bool,
+    /// The epoch of the first snapshot found lacking one (if `found`).
+    pub(crate) first: u64,
     /// A private exception that made a snapshot not lack a copy is in a
     /// leaf written by the running transaction.
     uncommitted: bool,
@@ -439,6 +441,7 @@ impl<I: BlockIo> Store<I> {
     pub(crate) fn first_lacking(&self, chunk: u64, lo: u64, hi: u64) -> Result<Lacking> {
         let mut r = Lacking {
             found: false,
+            first: 0,
             uncommitted: false,
         };
         let mut from = lo;
@@ -465,6 +468,7 @@ impl<I: BlockIo> Store<I> {
                 match self.lookup_tx(TREE_PRIVATE, private_key(e, chunk))? {
                     None => {
                         r.found = true;
+                        r.first = e;
                         return Ok(r);
                     }
                     Some((_, tx)) => {
@@ -616,15 +620,31 @@ impl<I: BlockIo> Store<I> {
         let c = plan.chunk;
         let hi_prev = self.newest_shared(c)?.map(|x| x.0).unwrap_or(0);
         let last = self.sb.last_epoch;
-        if hi_prev < last && self.first_lacking(c, hi_prev + 1, last)?.found {
+        let lacking = if hi_prev < last {
+            self.first_lacking(c, hi_prev + 1, last)?
+        } else {
+            Lacking {
+                found: false,
+                first: 0,
+                uncommitted: false,
+            }
+        };
+        if lacking.found {
             if let Err(e) = self.ensure(self.op_need(TREE_SHARED)) {
                 self.free_data(plan.cow)?;
                 return Err(e);
             }
+            // The range starts at the first snapshot that lacks its own copy, not at
+            // `hi_prev + 1`: the snapshots between have private exceptions, and the origin may
+            // have been written since they were created without a copy for them, so this copy
+            // is not their data. Every snapshot in the range is newer than the first lacking
+            // one, which lacked a copy since its creation (privates are only ever removed
+            // where a shared exception covers the snapshot), so no origin write reached the
+            // chunk since: the copy is each one's data, which `snapshot_discard` relies on.
             self.insert(
                 TREE_SHARED,
                 shared_key(c, last),
-                shared_val(hi_prev + 1, plan.cow),
+                shared_val(lacking.first, plan.cow),
             )?;
             self.sb.shared = self.sb.shared.saturating_add(1);
             Ok(())
