@@ -45,6 +45,8 @@ mod check;
 mod error;
 mod format;
 mod io;
+#[cfg(any(CONFIG_DM_S_SNAP_KUNIT_TEST, feature = "model-test"))]
+pub mod model_test;
 mod ops;
 mod reclaim;
 mod space_map;

@@ -709,3 +709,24 @@ impl<D: Disk> Cache<D> {
         Ok(())
     }
 }
+
+/// The cache as a device of the store's model test: tags in the first
+/// bytes of data chunks, a crash loses the dirty blocks not written yet.
+#[cfg(feature = "model-test")]
+impl<D: Disk> crate::model_test::TestDevice for Cache<D> {
+    fn write_tag(&self, chunk: u64, tag: u64) -> Result<(), Error> {
+        self.write_data(chunk, 0, &tag.to_le_bytes())
+            .map_err(|_| Error::Io("data chunk write"))
+    }
+
+    fn read_tag(&self, chunk: u64) -> Result<u64, Error> {
+        let mut b = [0u8; 8];
+        self.read_data(chunk, 0, &mut b)
+            .map_err(|_| Error::Io("data chunk read"))?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn crash(&self) {
+        self.drop_all();
+    }
+}
