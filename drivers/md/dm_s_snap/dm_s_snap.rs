@@ -30,6 +30,8 @@ mod origin;
 mod pool;
 mod snapshot;
 pub mod store;
+#[cfg(CONFIG_DM_S_SNAP_KUNIT_TEST)]
+mod store_kunit;
 
 use pool::{OpenError, Pool};
 
