@@ -8,6 +8,8 @@
 # - checkpatch.pl on the C helpers this repository adds;
 # - no `unsafe` in the driver (it must use the safe kernel-crate API only);
 # - patches/series adds every kernel file of this repository;
+# - bindgen's layouts of the C structs the Rust abstractions read agree with
+#   the C compiler's (scripts/check_layouts.py);
 # - cargo fmt --check and cargo clippy -D warnings on the userspace crates.
 # Needs a built tree (scripts/build-kernel.sh). Prints "lint: PASS" or the
 # problems and "lint: FAIL", and exits accordingly.
@@ -53,6 +55,7 @@ fi
 
 # Every kernel file of this repository is in the patch series (make patches).
 python3 "$REPO/scripts/patches.py" lint || problem "patches/series does not cover the kernel files"
+python3 "$REPO/scripts/check_layouts.py" "$KTREE" || problem "bindgen's struct layouts differ from the compiler's"
 
 # The kernel crate's Rust documentation builds without a rustdoc warning.
 if ! "$REPO/scripts/rustdoc.sh" >"$log" 2>&1; then
