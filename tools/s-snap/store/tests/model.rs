@@ -170,6 +170,18 @@ proptest! {
         run(&ops, cs, 2048, 300, 32);
     }
 
+    /// Few chunks and snapshots: the same chunk is written by the origin and
+    /// the snapshots, discarded and copied again many times over. (The wide
+    /// cases above rarely repeat a chunk: they missed a copy whose range
+    /// covered a snapshot it was not the data of, which this case finds.)
+    #[test]
+    fn model_few_chunks(
+        ops in prop::collection::vec(op_strategy(6, 6), 1..1500),
+        cs in chunk_sectors(),
+    ) {
+        run(&ops, cs, 2048, 6, 32);
+    }
+
     /// Small device: NoSpace happens; tiny cache: constant early write-back.
     #[test]
     fn model_small_device(
