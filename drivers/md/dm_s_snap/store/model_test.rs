@@ -112,15 +112,23 @@ impl fmt::Display for Failure {
 
 type Outcome<T> = core::result::Result<T, Failure>;
 
-/// xorshift64: the test needs a repeatable sequence, not a good one.
-struct Rng(u64);
+/// xorshift64, the generator of the store's tests: they need repeatable
+/// sequences, not good ones. The state must not be 0.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next value.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+
+    /// A value below `n` (not 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
     }
 }
 

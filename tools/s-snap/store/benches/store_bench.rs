@@ -24,15 +24,7 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use s_snap_store::model_test::Rng;
 
 fn main() {
     let exceptions = env("S_SNAP_BENCH_EXCEPTIONS", 1_000_000);

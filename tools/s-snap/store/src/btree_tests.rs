@@ -12,15 +12,7 @@ fn store(chunks: usize, cache: usize) -> Store<Cache<MemDisk>> {
     Store::open(io, 8).expect("format")
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use crate::model_test::Rng;
 
 fn check_clean(s: &Store<Cache<MemDisk>>) {
     let mut scratch = vec![0u8; s.check_scratch_len()];

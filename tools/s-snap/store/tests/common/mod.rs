@@ -437,22 +437,6 @@ pub fn check_store<D: Disk>(s: &Store<Cache<D>>) {
     assert!(probs.is_empty(), "check found problems: {probs:?}");
 }
 
-/// A small deterministic generator (xorshift64) for test inputs.
-#[allow(dead_code)]
-pub struct Rng(pub u64);
-
-#[allow(dead_code)]
-impl Rng {
-    /// The next value.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A value below `n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The store tests' generator (xorshift64), shared with the model test.
+#[allow(unused_imports)]
+pub use s_snap_store::model_test::Rng;
