@@ -32,7 +32,9 @@ kernel::kunit_test_suite!(
         #[slow]
         model_64k_chunks_with_crashes,
         #[slow]
-        model_smallest_devices
+        model_smallest_devices,
+        #[slow]
+        model_drop_when_full
     ]
 );
 
@@ -61,11 +63,33 @@ fn model_smallest_devices() -> Result<(), CaseError> {
             seed: 3,
             ops: 2000,
             crashes: true,
+            drop_when_full: false,
         };
         let chunks = min_chunks(chunk_sectors) + 2;
         let summary = model_test::run(MemDevice::new(chunk_sectors, chunks)?, params)?;
         if summary.no_space == 0 {
             return Err(CaseError::Expected("a smallest device to run out of space"));
+        }
+    }
+    Ok(())
+}
+
+/// The `drop` COW-full policy on devices that fill: every drop is checked against the model.
+fn model_drop_when_full() -> Result<(), CaseError> {
+    for (chunk_sectors, extra) in [(8, 40), (16, 24), (128, 24)] {
+        for seed in 1..=4 {
+            let params = Params {
+                chunk_sectors,
+                seed: seed * 0x9e37_79b9,
+                ops: 2000,
+                crashes: true,
+                drop_when_full: true,
+            };
+            let chunks = min_chunks(chunk_sectors) + extra;
+            let summary = model_test::run(MemDevice::new(chunk_sectors, chunks)?, params)?;
+            if summary.dropped == 0 || summary.copies == 0 {
+                return Err(CaseError::Expected("a full device to drop snapshots"));
+            }
         }
     }
     Ok(())
@@ -78,6 +102,7 @@ fn run_seeds(chunk_sectors: u32, chunks: u64, crashes: bool) -> Result<(), CaseE
             seed: seed * 0x9e37_79b9,
             ops: OPS,
             crashes,
+            drop_when_full: false,
         };
         let summary = model_test::run(MemDevice::new(chunk_sectors, chunks)?, params)?;
         if summary.copies == 0 || summary.reads == 0 || (summary.crashes > 0) != crashes {

@@ -5,7 +5,7 @@
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::BlockIo;
-use super::ops::{hi64, lo64, private_key, DELETING, ID_SPACE};
+use super::ops::{hi64, lo64, private_key, DELETING, DROPPED, ID_SPACE, SNAPSHOT_FLAGS};
 use super::txn::Store;
 use core::fmt;
 
@@ -58,6 +58,7 @@ struct Counts {
     private: u64,
     live: u64,
     deleting: u64,
+    dropped: u64,
 }
 
 /// Per-tree state while walking leaves in key order.
@@ -155,6 +156,9 @@ impl<I: BlockIo> Store<I> {
         }
         if n.live != sb.snapshots {
             ck.bad("snapshot counter differs", None, Some(n.live));
+        }
+        if n.dropped != sb.dropped {
+            ck.bad("dropped snapshot counter differs", None, Some(n.dropped));
         }
         // The superblock names one of the deleted snapshots whose space is
         // being reclaimed, if there is any.
@@ -463,15 +467,18 @@ impl<I: BlockIo> Store<I> {
                     if e == 0 || e > sb.last_epoch {
                         ck.bad("snapshot epoch out of range", None, Some(e));
                     }
-                    if flag > 1 || id > u32::MAX as u64 {
+                    if flag > 2 || id > u32::MAX as u64 {
                         ck.bad("snapshot table: bad epoch entry", None, Some(e));
                     }
                     let back = self.lookup(TREE_SNAPS, ID_SPACE | id as u128)?;
-                    let matches = if flag == 1 {
+                    let matches = if v & DELETING != 0 {
                         n.deleting += 1;
                         // A newer snapshot may have taken the id of one
                         // that waits for the reclaim.
                         back.is_some_and(|b| b == DELETING | e as u128 || lo64(b) > e)
+                    } else if v & DROPPED != 0 {
+                        n.dropped += 1;
+                        back == Some(DROPPED | e as u128)
                     } else {
                         n.live += 1;
                         back == Some(e as u128)
@@ -486,7 +493,7 @@ impl<I: BlockIo> Store<I> {
                     }
                     let e = lo64(v);
                     let back = self.lookup(TREE_SNAPS, e as u128)?;
-                    if back != Some((v & DELETING) | id as u128) {
+                    if hi64(v) > 2 || back != Some((v & SNAPSHOT_FLAGS) | id as u128) {
                         ck.bad("snapshot table: epoch index does not match", None, Some(id));
                     }
                 }
@@ -565,9 +572,12 @@ impl<I: BlockIo> Store<I> {
             }
             let end = SB_BLOCK_SIZE + 4;
             ok &= h
+                .get(end..SB_DROPPED)
+                .is_some_and(|r| r.iter().all(|&x| x == 0));
+            let end = SB_DROPPED + 8;
+            ok &= h
                 .get(end..SB_SELECTOR)
                 .is_some_and(|r| r.iter().all(|&x| x == 0));
-            ok &= rd32(&h, SB_FLAGS)? == 0;
             if !ok {
                 ck.bad(
                     "superblock: reserved bytes not zero",

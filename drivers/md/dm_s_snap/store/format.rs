@@ -49,8 +49,17 @@ pub(crate) const SB_SHARED: usize = 88;
 pub(crate) const SB_PRIVATE: usize = 96;
 pub(crate) const SB_SNAPSHOTS: usize = 104;
 pub(crate) const SB_NR_BITMAPS: usize = 112;
-/// Feature flags (u32): a store with any set is refused by this version.
+/// Feature flags (u32): a store with a flag this version does not know is
+/// refused.
 pub(crate) const SB_FLAGS: usize = 116;
+/// Feature flag: when a copy for an origin write finds no space, the snapshots that need it
+/// are dropped and the write goes on (the `drop` COW-full policy).
+pub(crate) const SB_FLAG_DROP_WHEN_FULL: u32 = 1 << 0;
+/// Feature flag: the snapshot table holds dropped snapshots (entries carrying `DROPPED`),
+/// which a module without the policy would take for live ones.
+pub(crate) const SB_FLAG_DROPPED: u32 = 1 << 1;
+/// The feature flags this version knows.
+pub(crate) const SB_KNOWN_FLAGS: u32 = SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED;
 pub(crate) const SB_DELETING_EPOCH: usize = 120;
 pub(crate) const SB_ROOTS: usize = 128;
 /// Each root record: u64 block, u8 depth, 7 bytes zero.
@@ -60,6 +69,8 @@ pub(crate) const SB_DATA_HINT: usize = 176;
 /// The metadata block size in bytes, [`BLOCK_SIZE`] (u32; zero up to the
 /// selector bits after it).
 pub(crate) const SB_BLOCK_SIZE: usize = 184;
+/// Dropped snapshots (u64): listed, unreadable, their space kept until they are deleted.
+pub(crate) const SB_DROPPED: usize = 192;
 /// First byte of the bitmap slot selector bits.
 pub(crate) const SB_SELECTOR: usize = 256;
 
@@ -544,6 +555,10 @@ pub(crate) struct SbState {
     pub(crate) shared: u64,
     pub(crate) private: u64,
     pub(crate) snapshots: u64,
+    /// Dropped snapshots (see [`SB_DROPPED`]).
+    pub(crate) dropped: u64,
+    /// The COW-full policy is `drop` ([`SB_FLAG_DROP_WHEN_FULL`]).
+    pub(crate) drop_when_full: bool,
     pub(crate) deleting_epoch: u64,
     pub(crate) roots: [Root; NR_TREES],
 }
@@ -572,6 +587,8 @@ impl SbState {
             shared: rd64(b, SB_SHARED)?,
             private: rd64(b, SB_PRIVATE)?,
             snapshots: rd64(b, SB_SNAPSHOTS)?,
+            dropped: rd64(b, SB_DROPPED)?,
+            drop_when_full: rd32(b, SB_FLAGS)? & SB_FLAG_DROP_WHEN_FULL != 0,
             deleting_epoch: rd64(b, SB_DELETING_EPOCH)?,
             roots,
         })
@@ -596,7 +613,14 @@ impl SbState {
         wr64(b, SB_PRIVATE, self.private)?;
         wr64(b, SB_SNAPSHOTS, self.snapshots)?;
         wr32(b, SB_NR_BITMAPS, self.nr_bitmaps)?;
-        wr32(b, SB_FLAGS, 0)?;
+        let mut flags = 0;
+        if self.drop_when_full {
+            flags |= SB_FLAG_DROP_WHEN_FULL;
+        }
+        if self.dropped != 0 {
+            flags |= SB_FLAG_DROPPED;
+        }
+        wr32(b, SB_FLAGS, flags)?;
         wr64(b, SB_DELETING_EPOCH, self.deleting_epoch)?;
         for (t, r) in self.roots.iter().enumerate() {
             let off = SB_ROOTS + t * SB_ROOT_SIZE;
@@ -607,6 +631,9 @@ impl SbState {
         wr64(b, SB_DATA_HINT, self.data_hint)?;
         wr32(b, SB_BLOCK_SIZE, BLOCK_SIZE as u32)?;
         let end = SB_BLOCK_SIZE + 4;
+        zero_bytes(b, end, SB_DROPPED - end)?;
+        wr64(b, SB_DROPPED, self.dropped)?;
+        let end = SB_DROPPED + 8;
         zero_bytes(b, end, SB_SELECTOR - end)?;
         Ok(())
     }

@@ -56,9 +56,9 @@ pub use check::{MetaKind, Problem};
 pub use error::{Error, Result};
 pub use io::{BlockHandle, BlockIo};
 pub use ops::{
-    CopyPlan, Location, OriginDiscard, OriginWrite, PrivateException, PrivateExceptions,
-    SharedException, SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots, StoreInfo,
-    UnsharePlan, Usage,
+    CopyPlan, CowFullPolicy, Location, OriginDiscard, OriginWrite, PrivateException,
+    PrivateExceptions, SharedException, SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots,
+    StoreInfo, UnsharePlan, Usage,
 };
 pub use reclaim::Reclaim;
 pub use txn::Store;

@@ -22,8 +22,8 @@
 //! find nothing, and deleting every snapshot must give all space back.
 
 use super::{
-    BlockIo, Error, Location, OriginDiscard, OriginWrite, Reclaim, SnapWritePlan, SnapshotRef,
-    Store,
+    BlockIo, CowFullPolicy, Error, Location, OriginDiscard, OriginWrite, Reclaim, SnapWritePlan,
+    SnapshotRef, Store,
 };
 use core::fmt;
 
@@ -60,6 +60,9 @@ pub struct Params {
     /// Crash and reopen at random points (writes to chunks a snapshot owns
     /// are then left out: they are not transactional).
     pub crashes: bool,
+    /// The `drop` COW-full policy: an origin write whose copy finds no space drops the
+    /// snapshots that need it, which the model checks, and never fails.
+    pub drop_when_full: bool,
 }
 
 /// What a run did, for the log.
@@ -75,6 +78,8 @@ pub struct Summary {
     pub crashes: u64,
     /// Operations refused for lack of space.
     pub no_space: u64,
+    /// Snapshots dropped for origin writes (the `drop` policy).
+    pub dropped: u64,
     /// Snapshot chunks read and compared with the model.
     pub reads: u64,
 }
@@ -145,6 +150,8 @@ struct SnapModel {
     data: [Tag; ORIGIN_CHUNKS],
     /// The origin when it was created (what a discarded chunk reads).
     born: [Tag; ORIGIN_CHUNKS],
+    /// Dropped for an origin write: unreadable, listed until deleted.
+    dropped: bool,
 }
 
 /// The model: what the devices must hold.
@@ -159,13 +166,19 @@ struct Model {
 }
 
 impl Model {
+    /// Live snapshots.
     fn snapshot_count(&self) -> u64 {
-        self.snaps.iter().flatten().count() as u64
+        self.snaps.iter().flatten().filter(|s| !s.dropped).count() as u64
     }
 
-    /// The `i`-th live snapshot's slot (modulo their number), if any.
+    /// Dropped snapshots.
+    fn dropped_count(&self) -> u64 {
+        self.snaps.iter().flatten().filter(|s| s.dropped).count() as u64
+    }
+
+    /// The `i`-th snapshot's slot, live or dropped (modulo their number), if any.
     fn pick(&self, i: u64) -> Option<usize> {
-        let n = self.snapshot_count();
+        let n = self.snaps.iter().flatten().count() as u64;
         if n == 0 {
             return None;
         }
@@ -269,6 +282,16 @@ impl<D: TestDevice> Run<D> {
                 }
                 false
             }
+            Err(Error::NoSpace) if self.p.drop_when_full => {
+                if !self.drop_for(chunk)? {
+                    return Ok(());
+                }
+                match self.s()?.origin_write_prepare(chunk as u64) {
+                    Ok(OriginWrite::AfterCommit) => false,
+                    Ok(_) => return Err(self.fail("write after a drop not AfterCommit", 0, 0, 0)),
+                    Err(e) => return Err(self.error("origin_write_prepare after a drop", e)),
+                }
+            }
             Err(Error::NoSpace) => {
                 self.sum.no_space += 1;
                 return Ok(());
@@ -284,8 +307,92 @@ impl<D: TestDevice> Run<D> {
         Ok(())
     }
 
-    fn snapshot_write(&mut self, slot: usize, chunk: usize) -> Outcome<()> {
+    /// Drops the snapshots that need a copy of `chunk`: exactly the live ones that read it
+    /// from the origin. False if not even that fitted (the write fails then).
+    fn drop_for(&mut self, chunk: usize) -> Outcome<bool> {
+        let mut needing = [false; MAX_SNAPSHOTS];
+        for (slot, need) in needing.iter_mut().enumerate() {
+            let Some(m) = self.model.snaps[slot].filter(|m| !m.dropped) else {
+                continue;
+            };
+            let snap = self.snapshot_ref(m.id)?;
+            match self.s()?.snapshot_lookup(snap, chunk as u64) {
+                Ok(l) => *need = l == Location::Origin,
+                Err(e) => return Err(self.error("snapshot_lookup", e)),
+            }
+        }
+        let mut gone = [None; MAX_SNAPSHOTS];
+        let mut n = 0;
+        let r = self.s()?.drop_snapshots_needing(chunk as u64, &mut |s| {
+            if let Some(g) = gone.get_mut(n) {
+                *g = Some(s.id());
+            }
+            n += 1;
+        });
+        if n > MAX_SNAPSHOTS {
+            return Err(self.fail("more snapshots dropped than exist", n as u64, 0, 0));
+        }
+        for id in gone.iter().flatten() {
+            let slot = self
+                .model
+                .snaps
+                .iter()
+                .position(|s| s.is_some_and(|m| m.id == *id && !m.dropped));
+            match slot {
+                Some(slot) if needing[slot] => {
+                    needing[slot] = false;
+                    if let Some(m) = self.model.snaps[slot].as_mut() {
+                        m.dropped = true;
+                    }
+                    self.sum.dropped += 1;
+                }
+                _ => {
+                    return Err(self.fail(
+                        "dropped a snapshot that needed no copy",
+                        (*id).into(),
+                        0,
+                        0,
+                    ))
+                }
+            }
+        }
+        match r {
+            Ok(k) if k != n as u64 => Err(self.fail("drop count", 0, n as u64, k)),
+            Ok(_) => match needing.iter().position(|&x| x) {
+                Some(slot) => Err(self.fail(
+                    "a snapshot needing the copy was kept",
+                    slot as u64,
+                    chunk as u64,
+                    0,
+                )),
+                None => Ok(true),
+            },
+            Err(Error::NoSpace) => {
+                self.sum.no_space += 1;
+                Ok(false)
+            }
+            Err(e) => Err(self.error("drop_snapshots_needing", e)),
+        }
+    }
+
+    /// A live snapshot's model, or `None` for an empty slot or a dropped snapshot, which the
+    /// store must know as dropped.
+    fn live(&mut self, slot: usize) -> Outcome<Option<SnapModel>> {
         let Some(m) = self.model.snaps[slot] else {
+            return Ok(None);
+        };
+        if !m.dropped {
+            return Ok(Some(m));
+        }
+        let s = self.s()?;
+        match (s.snapshot_epoch(m.id), s.snapshot_dropped(m.id)) {
+            (Ok(None), Ok(true)) => Ok(None),
+            _ => Err(self.fail("dropped snapshot not listed as dropped", m.id.into(), 0, 0)),
+        }
+    }
+
+    fn snapshot_write(&mut self, slot: usize, chunk: usize) -> Outcome<()> {
+        let Some(m) = self.live(slot)? else {
             return Ok(());
         };
         let snap = self.snapshot_ref(m.id)?;
@@ -343,7 +450,7 @@ impl<D: TestDevice> Run<D> {
     }
 
     fn snapshot_read(&mut self, slot: usize, chunk: usize) -> Outcome<()> {
-        let Some(m) = self.model.snaps[slot] else {
+        let Some(m) = self.live(slot)? else {
             return Ok(());
         };
         let got = self.view(m.id, chunk)?;
@@ -377,6 +484,7 @@ impl<D: TestDevice> Run<D> {
                     epoch: r.epoch(),
                     data: self.model.origin,
                     born: self.model.origin,
+                    dropped: false,
                 });
             }
             Err(Error::Exists) => {
@@ -403,7 +511,7 @@ impl<D: TestDevice> Run<D> {
     }
 
     fn discard(&mut self, slot: usize, chunk: usize) -> Outcome<()> {
-        let Some(m) = self.model.snaps[slot] else {
+        let Some(m) = self.live(slot)? else {
             return Ok(());
         };
         let snap = self.snapshot_ref(m.id)?;
@@ -431,7 +539,7 @@ impl<D: TestDevice> Run<D> {
             Ok(OriginDiscard::Keep) => Ok(()),
             Ok(OriginDiscard::Pass | OriginDiscard::AfterCommit) => {
                 for slot in 0..MAX_SNAPSHOTS {
-                    let Some(m) = self.model.snaps[slot] else {
+                    let Some(m) = self.live(slot)? else {
                         continue;
                     };
                     let snap = self.snapshot_ref(m.id)?;
@@ -526,6 +634,15 @@ impl<D: TestDevice> Run<D> {
         let usage = self.s()?.usage();
         if usage.snapshots != live {
             return Err(self.fail("snapshot count", 0, live, usage.snapshots));
+        }
+        let dropped = self.model.dropped_count();
+        if usage.dropped_snapshots != dropped {
+            return Err(self.fail(
+                "dropped snapshot count",
+                0,
+                dropped,
+                usage.dropped_snapshots,
+            ));
         }
         for slot in 0..MAX_SNAPSHOTS {
             for chunk in 0..ORIGIN_CHUNKS {
@@ -648,6 +765,12 @@ pub fn run<D: TestDevice>(dev: D, p: Params) -> Result<Summary, Failure> {
         sum: Summary::default(),
     };
     run.open(dev)?;
+    if p.drop_when_full {
+        if let Err(e) = run.s()?.set_cow_full_policy(CowFullPolicy::Drop) {
+            return Err(run.error("set_cow_full_policy", e));
+        }
+        run.commit()?;
+    }
     while run.step < p.ops {
         run.one_op()?;
         run.step += 1;

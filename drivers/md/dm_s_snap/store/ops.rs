@@ -10,6 +10,11 @@ use super::txn::Store;
 
 /// Flag in snapshot table values: the snapshot is being deleted.
 pub(crate) const DELETING: u128 = 1 << 64;
+/// Flag in snapshot table values: the snapshot was dropped because the COW device was full.
+/// Origin writes no longer preserve its data; what it holds stays until it is deleted.
+pub(crate) const DROPPED: u128 = 1 << 65;
+/// Every flag of snapshot table values: an entry with none is a live snapshot.
+pub(crate) const SNAPSHOT_FLAGS: u128 = DELETING | DROPPED;
 /// Snapshot table key space of the id index.
 pub(crate) const ID_SPACE: u128 = 1 << 64;
 const LOW: u128 = u64::MAX as u128;
@@ -170,6 +175,18 @@ pub struct Usage {
     pub snapshots: u64,
     /// Deleted snapshots whose space is not reclaimed yet.
     pub deleting_snapshots: u64,
+    /// Snapshots dropped because the COW device was full, not deleted yet.
+    pub dropped_snapshots: u64,
+}
+
+/// What happens when a copy an origin write needs finds the COW device full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CowFullPolicy {
+    /// The origin write fails with `ENOSPC`; every snapshot stays intact.
+    Error,
+    /// The snapshots that need the copy are dropped and the origin write goes on
+    /// (see [`Store::drop_snapshots_needing`]).
+    Drop,
 }
 
 /// A shared exception: origin chunk `chunk` as it was before being
@@ -278,9 +295,11 @@ impl<I: BlockIo> Entries<'_, I> {
     }
 }
 
-/// Iterator over live snapshots in ascending id order.
+/// Iterator over live (or dropped) snapshots in ascending id order.
 pub struct Snapshots<'a, I: BlockIo> {
     entries: Entries<'a, I>,
+    /// The flags of the entries listed: none for live snapshots, [`DROPPED`] for dropped ones.
+    flags: u128,
 }
 
 impl<I: BlockIo> Iterator for Snapshots<'_, I> {
@@ -297,7 +316,7 @@ impl<I: BlockIo> Iterator for Snapshots<'_, I> {
                 self.entries.stop();
                 return None;
             }
-            if v & DELETING != 0 {
+            if v & SNAPSHOT_FLAGS != self.flags {
                 continue;
             }
             let Ok(id) = u32::try_from(lo64(k)) else {
@@ -359,15 +378,31 @@ impl<I: BlockIo> Store<I> {
     /// The epoch of live snapshot `id`, if any.
     pub fn snapshot_epoch(&self, id: u32) -> Result<Option<SnapshotRef>> {
         match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
-            Some(v) if v & DELETING == 0 => Ok(Some(SnapshotRef { id, epoch: lo64(v) })),
+            Some(v) if v & SNAPSHOT_FLAGS == 0 => Ok(Some(SnapshotRef { id, epoch: lo64(v) })),
             _ => Ok(None),
         }
+    }
+
+    /// Whether snapshot `id` was dropped (and not deleted yet).
+    pub fn snapshot_dropped(&self, id: u32) -> Result<bool> {
+        Ok(self
+            .lookup(TREE_SNAPS, ID_SPACE | id as u128)?
+            .is_some_and(|v| v & SNAPSHOT_FLAGS == DROPPED))
     }
 
     /// Live snapshots in ascending id order.
     pub fn snapshots(&self) -> Snapshots<'_, I> {
         Snapshots {
             entries: self.entries(TREE_SNAPS, Some(ID_SPACE)),
+            flags: 0,
+        }
+    }
+
+    /// Dropped snapshots (see [`Store::drop_snapshots_needing`]) in ascending id order.
+    pub fn dropped_snapshots(&self) -> Snapshots<'_, I> {
+        Snapshots {
+            entries: self.entries(TREE_SNAPS, Some(ID_SPACE)),
+            flags: DROPPED,
         }
     }
 
@@ -403,7 +438,28 @@ impl<I: BlockIo> Store<I> {
             private_exceptions: s.private,
             snapshots: s.snapshots,
             deleting_snapshots: self.deleting,
+            dropped_snapshots: s.dropped,
         }
+    }
+
+    /// The COW-full policy kept in the superblock.
+    pub fn cow_full_policy(&self) -> CowFullPolicy {
+        if self.sb.drop_when_full {
+            CowFullPolicy::Drop
+        } else {
+            CowFullPolicy::Error
+        }
+    }
+
+    /// Sets the COW-full policy; it is kept from the next commit on.
+    pub fn set_cow_full_policy(&mut self, policy: CowFullPolicy) -> Result<()> {
+        self.writable()?;
+        let drop_when_full = policy == CowFullPolicy::Drop;
+        if self.sb.drop_when_full != drop_when_full {
+            self.sb.drop_when_full = drop_when_full;
+            self.dirty = true;
+        }
+        Ok(())
     }
 
     /// Superblock facts of the current state.
@@ -436,9 +492,18 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Is there a live snapshot with epoch in `lo..=hi` that has no private
-    /// exception for `chunk`? Stops at the first one.
-    pub(crate) fn first_lacking(&self, chunk: u64, lo: u64, hi: u64) -> Result<Lacking> {
+    /// Is there a snapshot with epoch in `lo..=hi` that has no private exception for `chunk`,
+    /// among those whose table entry carries none of the flags in `skip`? Stops at the first
+    /// one. Origin writes skip deleted and dropped snapshots ([`SNAPSHOT_FLAGS`]); the removal
+    /// of shared exceptions skips only deleted ones ([`DELETING`]), so that a dropped
+    /// snapshot's data stays where it is until the snapshot is deleted.
+    pub(crate) fn first_lacking(
+        &self,
+        chunk: u64,
+        lo: u64,
+        hi: u64,
+        skip: u128,
+    ) -> Result<Lacking> {
         let mut r = Lacking {
             found: false,
             first: 0,
@@ -464,7 +529,7 @@ impl<I: BlockIo> Store<I> {
                 break;
             }
             let e = lo64(k);
-            if v & DELETING == 0 {
+            if v & skip == 0 {
                 match self.lookup_tx(TREE_PRIVATE, private_key(e, chunk))? {
                     None => {
                         r.found = true;
@@ -588,13 +653,73 @@ impl<I: BlockIo> Store<I> {
         self.origin_chunk_needed(chunk)
     }
 
+    /// Drops every live snapshot that needs a copy of origin `chunk` before it is written (those
+    /// the copy of [`Store::origin_write_prepare`] would be for), calling `dropped` for each,
+    /// and returns how many were dropped. For the [`CowFullPolicy::Drop`] policy, when that copy
+    /// finds no space.
+    ///
+    /// One copy serves all of them, so dropping only some would not make the write possible;
+    /// the snapshots that already hold their own data of the chunk are kept. A dropped
+    /// snapshot can no longer be read ([`Store::snapshot_epoch`] does not find it), its id
+    /// stays taken and its space stays in use until it is deleted, as a snapshot that
+    /// dm-snapshot invalidates keeps its COW device. Until the next commit an origin write of
+    /// the chunk gets [`OriginWrite::AfterCommit`]: a crash before then must find the snapshots
+    /// still intact.
+    ///
+    /// Errors: [`Error::NoSpace`] if not even the snapshot table can be updated (beside what the
+    /// completions of outstanding plans may need); the snapshots dropped before stay dropped.
+    pub fn drop_snapshots_needing(
+        &mut self,
+        chunk: u64,
+        dropped: &mut dyn FnMut(SnapshotRef),
+    ) -> Result<u64> {
+        self.writable()?;
+        let r = self.drop_inner(chunk, dropped);
+        self.guard(r)
+    }
+
+    fn drop_inner(&mut self, chunk: u64, dropped: &mut dyn FnMut(SnapshotRef)) -> Result<u64> {
+        let hi_prev = self.newest_shared(chunk)?.map(|x| x.0).unwrap_or(0);
+        let last = self.sb.last_epoch;
+        let mut from = hi_prev.saturating_add(1);
+        let mut n = 0;
+        while from <= last {
+            let lacking = self.first_lacking(chunk, from, last, SNAPSHOT_FLAGS)?;
+            if !lacking.found {
+                break;
+            }
+            let e = lacking.first;
+            let idv = self
+                .lookup(TREE_SNAPS, e as u128)?
+                .ok_or(Error::Internal("lacking snapshot vanished"))?;
+            let id = u32::try_from(lo64(idv)).map_err(|_| Error::Corrupt {
+                what: "snapshot table: id out of range",
+                block: 0,
+            })?;
+            self.ensure_beside_completions(2 * self.op_need(TREE_SNAPS) + 2)?;
+            self.insert(TREE_SNAPS, e as u128, DROPPED | id as u128)?;
+            self.insert(TREE_SNAPS, ID_SPACE | id as u128, DROPPED | e as u128)?;
+            self.sb.snapshots = self.sb.snapshots.saturating_sub(1);
+            self.sb.dropped = self.sb.dropped.saturating_add(1);
+            // Origin writes wait for the commit that makes the drop durable.
+            self.max_deleted_epoch = self.max_deleted_epoch.max(e);
+            dropped(SnapshotRef { id, epoch: e });
+            n += 1;
+            from = match e.checked_add(1) {
+                Some(x) => x,
+                None => break,
+            };
+        }
+        Ok(n)
+    }
+
     /// Whether a snapshot still needs the origin's data of `chunk` (`Keep`), or whether the
     /// data may change now (`Pass`) or once the running transaction is committed.
     fn origin_chunk_needed(&self, chunk: u64) -> Result<OriginDiscard> {
         let (hi_prev, s_tx) = self.newest_shared(chunk)?.unwrap_or((0, 0));
         let mut wait = s_tx == self.cur && hi_prev != 0;
         if hi_prev < self.sb.last_epoch {
-            let l = self.first_lacking(chunk, hi_prev + 1, self.sb.last_epoch)?;
+            let l = self.first_lacking(chunk, hi_prev + 1, self.sb.last_epoch, SNAPSHOT_FLAGS)?;
             if l.found {
                 return Ok(OriginDiscard::Keep);
             }
@@ -621,7 +746,7 @@ impl<I: BlockIo> Store<I> {
         let hi_prev = self.newest_shared(c)?.map(|x| x.0).unwrap_or(0);
         let last = self.sb.last_epoch;
         let lacking = if hi_prev < last {
-            self.first_lacking(c, hi_prev + 1, last)?
+            self.first_lacking(c, hi_prev + 1, last, SNAPSHOT_FLAGS)?
         } else {
             Lacking {
                 found: false,
@@ -720,7 +845,7 @@ impl<I: BlockIo> Store<I> {
         self.insert(TREE_PRIVATE, private_key(e, c), plan.to as u128)?;
         self.sb.private = self.sb.private.saturating_add(1);
         if let Some((k, v)) = self.covering_shared(c, e)? {
-            if !self.first_lacking(c, hi64(v), lo64(k))?.found {
+            if !self.first_lacking(c, hi64(v), lo64(k), DELETING)?.found {
                 self.remove(TREE_SHARED, k)?;
                 self.free_data(lo64(v))?;
                 self.sb.shared = self.sb.shared.saturating_sub(1);
@@ -771,11 +896,13 @@ impl<I: BlockIo> Store<I> {
         Ok(true)
     }
 
-    /// Number of chunks of snapshot `id` that are exceptions (its view
+    /// Number of chunks of snapshot `id` (live or dropped) that are exceptions (its view
     /// differs from the origin's current data). Scans all exceptions.
     pub fn snapshot_usage(&self, id: u32) -> Result<u64> {
-        let snap = self.snapshot_epoch(id)?.ok_or(Error::NotFound)?;
-        let e = snap.epoch;
+        let e = match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
+            Some(v) if v & DELETING == 0 => lo64(v),
+            _ => return Err(Error::NotFound),
+        };
         let mut n = 0u64;
         let mut it = PrivateExceptions {
             entries: self.entries(TREE_PRIVATE, Some(private_key(e, 0))),

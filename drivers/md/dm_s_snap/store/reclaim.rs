@@ -30,7 +30,7 @@ use super::btree::ScanEnd;
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::BlockIo;
-use super::ops::{hi64, lo64, private_key, DELETING, ID_SPACE};
+use super::ops::{hi64, lo64, private_key, DELETING, DROPPED, ID_SPACE};
 use super::txn::Store;
 
 /// What [`Store::reclaim`] achieved.
@@ -47,8 +47,9 @@ pub enum Reclaim {
 }
 
 impl<I: BlockIo> Store<I> {
-    /// Deletes snapshot `id`: from the next commit on it is gone, and its
-    /// id may be used again. Its space is reclaimed by [`Store::reclaim`].
+    /// Deletes snapshot `id`, live or dropped: from the next commit on it is
+    /// gone, and its id may be used again. Its space is reclaimed by
+    /// [`Store::reclaim`].
     ///
     /// Errors: [`Error::NotFound`]; [`Error::NoSpace`] if not even the
     /// snapshot table can be updated. The snapshot then still exists.
@@ -63,11 +64,16 @@ impl<I: BlockIo> Store<I> {
             Some(v) if v & DELETING == 0 => v,
             _ => return Err(Error::NotFound),
         };
+        let was_dropped = v & DROPPED != 0;
         let e = lo64(v);
         self.ensure(2 * self.op_need(TREE_SNAPS) + 2)?;
         self.insert(TREE_SNAPS, ID_SPACE | id as u128, DELETING | e as u128)?;
         self.insert(TREE_SNAPS, e as u128, DELETING | id as u128)?;
-        self.sb.snapshots = self.sb.snapshots.saturating_sub(1);
+        if was_dropped {
+            self.sb.dropped = self.sb.dropped.saturating_sub(1);
+        } else {
+            self.sb.snapshots = self.sb.snapshots.saturating_sub(1);
+        }
         self.deleting = self.deleting.saturating_add(1);
         self.max_deleted_epoch = self.max_deleted_epoch.max(e);
         if self.sb.deleting_epoch == 0 {
@@ -192,7 +198,10 @@ impl<I: BlockIo> Store<I> {
                         });
                     }
                     self.reclaim_cursor = k;
-                    if !self.first_lacking(hi64(k), hi64(v), lo64(k))?.found {
+                    if !self
+                        .first_lacking(hi64(k), hi64(v), lo64(k), DELETING)?
+                        .found
+                    {
                         self.ensure_beside_completions(self.op_need(TREE_SHARED))?;
                         if self.remove(TREE_SHARED, k)?.is_none() {
                             return Err(Error::Corrupt {
@@ -273,11 +282,12 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// The most look-ups a walk of the epoch half of the snapshot table
-    /// makes: one per entry (the live snapshots and the deleted ones not
-    /// reclaimed yet) and one past the last.
+    /// makes: one per entry (the live snapshots, the dropped ones and the
+    /// deleted ones not reclaimed yet) and one past the last.
     pub(crate) fn table_len_bound(&self) -> u64 {
         self.sb
             .snapshots
+            .saturating_add(self.sb.dropped)
             .saturating_add(self.deleting)
             .saturating_add(1)
     }

@@ -219,11 +219,17 @@ impl<I: BlockIo> Store<I> {
         }
         // Feature flags: a later version sets one for each structure an
         // older module must not ignore (see "Room for later versions" in
-        // the documentation); this version knows none.
-        if rd32(b, SB_FLAGS)? != 0 {
+        // the documentation).
+        let flags = rd32(b, SB_FLAGS)?;
+        if flags & !SB_KNOWN_FLAGS != 0 {
             return Err(Error::Unsupported("superblock feature flags"));
         }
         let st = SbState::decode(b)?;
+        if (flags & SB_FLAG_DROPPED != 0) != (st.dropped != 0) {
+            return Err(bad(
+                "superblock: dropped-snapshot flag and counter disagree",
+            ));
+        }
         if st.seq == 0 {
             return Err(bad("superblock: sequence number 0 (unfinished)"));
         }
@@ -406,6 +412,8 @@ impl<I: BlockIo> Store<I> {
             shared: 0,
             private: 0,
             snapshots: 0,
+            dropped: 0,
+            drop_when_full: false,
             deleting_epoch: 0,
             roots,
         };

@@ -31,6 +31,7 @@ fn kernel_cases_pass_in_userspace() {
                 seed: seed * 0x9e37_79b9,
                 ops: 3000,
                 crashes,
+                drop_when_full: false,
             };
             let s = model_test::run(device(mem(cs, chunks), cs, 8), p)
                 .unwrap_or_else(|f| panic!("chunk {cs} seed {seed}: {f}"));
@@ -50,6 +51,7 @@ fn smallest_device() {
             seed: 3,
             ops: 2000,
             crashes: true,
+            drop_when_full: false,
         };
         let s = model_test::run(device(mem(cs, chunks), cs, 4), p)
             .unwrap_or_else(|f| panic!("chunk {cs}: {f}"));
@@ -95,6 +97,7 @@ fn fails_on_a_device_that_loses_writes() {
         seed: 5,
         ops: 3000,
         crashes: false,
+        drop_when_full: false,
     };
     let f = model_test::run(device(disk, 8, 8), p).expect_err("lost writes went unnoticed");
     assert!(f.step < 3000 || f.step == u32::MAX, "{f}");
@@ -108,9 +111,41 @@ fn refuses_what_it_cannot_test() {
         seed: 0,
         ops: 10,
         crashes: false,
+        drop_when_full: false,
     };
     assert!(model_test::run(device(mem(8, 64), 8, 8), p).is_err());
     let p = Params { seed: 1, ..p };
     let big = (MAX_DEVICE_BLOCKS + 1) * META_BLOCK_SIZE as u64 / 4096;
     assert!(model_test::run(device(mem(8, big), 8, 8), p).is_err());
+}
+
+/// The `drop` policy on small devices: origin writes that find no space drop exactly the
+/// snapshots that need their copy (checked by the model at each drop), through crashes.
+#[test]
+fn drop_policy_on_small_devices() {
+    for (cs, extra) in [
+        (8u32, 40),
+        (8, 56),
+        (16, 24),
+        (16, 40),
+        (128, 24),
+        (128, 40),
+    ] {
+        for seed in 1..=4u64 {
+            let chunks = min_chunks(cs) + extra;
+            let p = Params {
+                chunk_sectors: cs,
+                seed: seed * 0x9e37_79b9,
+                ops: 2000,
+                crashes: true,
+                drop_when_full: true,
+            };
+            let s = model_test::run(device(mem(cs, chunks), cs, 4), p)
+                .unwrap_or_else(|f| panic!("chunk {cs} +{extra} seed {seed}: {f}"));
+            assert!(
+                s.dropped > 0 && s.copies > 0,
+                "chunk {cs} +{extra} seed {seed}: {s:?}"
+            );
+        }
+    }
 }

@@ -3,8 +3,10 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use s_snap_store::userspace::{Cache, Disk};
-use s_snap_store::{BlockIo, Error, Location, OriginWrite, Reclaim, SnapWritePlan, Store, Usage};
-use std::collections::BTreeMap;
+use s_snap_store::{
+    BlockIo, CowFullPolicy, Error, Location, OriginWrite, Reclaim, SnapWritePlan, Store, Usage,
+};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Chunk size used by the tests: 8 sectors = 4 KiB.
 pub const CS: u32 = 8;
@@ -49,6 +51,12 @@ pub struct Harness<D: Disk> {
     pub discards: u64,
     /// The origin as each snapshot epoch was created with (epochs are never reused).
     pub born: BTreeMap<u64, Vec<Data>>,
+    /// Snapshots dropped by the `drop` COW-full policy and not deleted.
+    pub dropped: BTreeSet<u32>,
+    /// The dropped snapshots as of each commit, by txid.
+    pub dropped_at: BTreeMap<u64, BTreeSet<u32>>,
+    /// Snapshots dropped so far (deleted ones included).
+    pub drops: u64,
 }
 
 fn no_pos<D>(_: &D) -> usize {
@@ -110,13 +118,24 @@ impl<D: Disk> Harness<D> {
             unshares: 0,
             discards: 0,
             born: BTreeMap::new(),
+            dropped: BTreeSet::new(),
+            dropped_at: BTreeMap::new(),
+            drops: 0,
         };
         h.user_origin = h.origin.clone();
         h.open_disk(disk);
         let txid = h.s().info().committed_txid;
         h.commits
             .push((txid, 0, (h.pos)(h.s().io().disk()), BTreeMap::new()));
+        h.dropped_at.insert(txid, BTreeSet::new());
         h
+    }
+
+    /// Sets the store's COW-full policy and commits it.
+    pub fn set_policy(&mut self, policy: CowFullPolicy) {
+        self.sm().set_cow_full_policy(policy).expect("set policy");
+        self.commit();
+        assert_eq!(self.s().cow_full_policy(), policy);
     }
 
     pub fn open_disk(&mut self, disk: D) {
@@ -197,7 +216,7 @@ impl<D: Disk> Harness<D> {
                 true
             }
             Err(Error::Exists) => {
-                assert!(self.snaps.contains_key(&id));
+                assert!(self.snaps.contains_key(&id) || self.dropped.contains(&id));
                 false
             }
             Err(Error::NoSpace) => {
@@ -216,11 +235,14 @@ impl<D: Disk> Harness<D> {
         assert_eq!(self.s().info().committed_txid, before, "delete committed");
         match r {
             Ok(()) => {
-                assert!(self.snaps.remove(&id).is_some(), "deleted unknown {id}");
+                assert!(
+                    self.snaps.remove(&id).is_some() || self.dropped.remove(&id),
+                    "deleted unknown {id}"
+                );
                 true
             }
             Err(Error::NotFound) => {
-                assert!(!self.snaps.contains_key(&id));
+                assert!(!self.snaps.contains_key(&id) && !self.dropped.contains(&id));
                 false
             }
             Err(Error::NoSpace) => {
@@ -285,6 +307,19 @@ impl<D: Disk> Harness<D> {
                     Err(e) => panic!("origin complete: {e:?}"),
                 }
             }
+            Err(Error::NoSpace) if self.s().cow_full_policy() == CowFullPolicy::Drop => {
+                if !self.drop_for(chunk) {
+                    return;
+                }
+                // Every snapshot that needed the copy is gone: the write waits for the commit
+                // that makes that durable.
+                assert_eq!(
+                    self.sm().origin_write_prepare(chunk),
+                    Ok(OriginWrite::AfterCommit),
+                    "origin write after dropping snapshots"
+                );
+                self.pending.push((chunk, slot, v));
+            }
             Err(Error::NoSpace) => {
                 self.nospace += 1;
                 return;
@@ -331,6 +366,53 @@ impl<D: Disk> Harness<D> {
         self.snaps.get_mut(&id).unwrap()[chunk as usize][slot] = v;
     }
 
+    /// Drops the snapshots that need a copy of `chunk` (the `drop` policy found no space):
+    /// exactly those whose data of the chunk is still the origin's. False if not even that
+    /// fitted.
+    fn drop_for(&mut self, chunk: u64) -> bool {
+        // The snapshots that read the chunk from the origin need the copy.
+        let needing: BTreeSet<u32> = self
+            .snaps
+            .keys()
+            .copied()
+            .filter(|&id| {
+                let snap = self.s().snapshot_epoch(id).unwrap().unwrap();
+                self.s().snapshot_lookup(snap, chunk).unwrap() == Location::Origin
+            })
+            .collect();
+        let mut gone = vec![];
+        let r = self
+            .sm()
+            .drop_snapshots_needing(chunk, &mut |s| gone.push(s.id()));
+        for id in &gone {
+            let m = self.snaps.remove(id).expect("dropped an unknown snapshot");
+            assert_eq!(
+                m[chunk as usize], self.origin[chunk as usize],
+                "dropped snapshot {id} did not need the copy"
+            );
+            assert!(self.dropped.insert(*id));
+            self.drops += 1;
+        }
+        if r.is_ok() {
+            assert_eq!(gone.iter().copied().collect::<BTreeSet<_>>(), needing);
+        }
+        // The survivors keep their own data of the chunk.
+        for (id, m) in &self.snaps {
+            assert_eq!(self.view(*id, chunk), m[chunk as usize], "survivor {id}");
+        }
+        match r {
+            Ok(n) => {
+                assert_eq!(n, gone.len() as u64);
+                true
+            }
+            Err(Error::NoSpace) => {
+                self.nospace += 1;
+                false
+            }
+            Err(e) => panic!("drop: {e:?}"),
+        }
+    }
+
     pub fn snap_read(&self, id: u32, chunk: u64) {
         if let Some(m) = self.snaps.get(&id) {
             assert_eq!(
@@ -372,6 +454,7 @@ impl<D: Disk> Harness<D> {
         if self.commits.last().map(|c| c.0) != Some(txid) {
             self.commits.push((txid, before, after, self.snaps.clone()));
         }
+        self.dropped_at.insert(txid, self.dropped.clone());
     }
 
     /// Clean close and open again.
@@ -399,6 +482,7 @@ impl<D: Disk> Harness<D> {
             "reopened at another commit"
         );
         self.snaps = last.3.clone();
+        self.dropped = self.dropped_at[&last.0].clone();
         self.pending.clear();
         self.user_origin = self.origin.clone();
     }
@@ -414,6 +498,20 @@ impl<D: Disk> Harness<D> {
             }
         }
         assert_eq!(self.s().usage().snapshots, self.snaps.len() as u64);
+        let dropped: BTreeSet<u32> = self
+            .s()
+            .dropped_snapshots()
+            .map(|s| s.unwrap().id())
+            .collect();
+        assert_eq!(dropped, self.dropped, "dropped snapshot ids");
+        assert_eq!(
+            self.s().usage().dropped_snapshots,
+            self.dropped.len() as u64
+        );
+        for id in &self.dropped {
+            assert_eq!(self.s().snapshot_epoch(*id).unwrap(), None);
+            assert!(self.s().snapshot_dropped(*id).unwrap());
+        }
     }
 
     pub fn check(&self) {
