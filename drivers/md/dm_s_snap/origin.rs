@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The `s-snap-origin` target: `<origin dev> <COW dev> S <chunk size> [<#feature args>
-//! <feature arg>...]`; the feature arguments are `low_water <free chunks>`.
+//! <feature arg>...]`; the feature arguments are `low_water <free chunks>` and
+//! `cow_full_policy <error|drop>`.
 //!
 //! Maps the origin device one to one. Reads pass straight through, and so do writes to chunks
 //! that no snapshot shares any more; other writes and flushes go to the pool's worker, which
@@ -9,7 +10,7 @@
 //! created and deleted with `dmsetup message`.
 
 use crate::pool::{DeleteError, OriginIo, Pool};
-use crate::store;
+use crate::store::{self, CowFullPolicy};
 use crate::{parse_u32, parse_u64, Registry};
 use core::fmt::Write;
 use core::ops::ControlFlow;
@@ -42,6 +43,25 @@ pub(crate) struct OriginTarget {
 struct Features {
     /// `low_water <free chunks>`: a dm event when free space falls to this.
     low_water: Option<u64>,
+    /// `cow_full_policy <error|drop>`: set on the COW device when the table becomes live.
+    cow_full_policy: Option<CowFullPolicy>,
+}
+
+/// The word of a COW-full policy in tables and messages.
+fn policy_name(policy: CowFullPolicy) -> &'static str {
+    match policy {
+        CowFullPolicy::Error => "error",
+        CowFullPolicy::Drop => "drop",
+    }
+}
+
+/// A COW-full policy from its word.
+fn parse_policy(word: &[u8]) -> Option<CowFullPolicy> {
+    match word {
+        b"error" => Some(CowFullPolicy::Error),
+        b"drop" => Some(CowFullPolicy::Drop),
+        _ => None,
+    }
 }
 
 impl Features {
@@ -85,10 +105,29 @@ impl Features {
                     }
                     rest = tail;
                 }
+                b"cow_full_policy" => {
+                    let Some((word, tail)) = tail.split_first() else {
+                        return Err(CtrError::new(
+                            EINVAL,
+                            c_str!("Feature cow_full_policy needs error or drop"),
+                        ));
+                    };
+                    let policy = parse_policy(word.as_bytes()).ok_or(CtrError::new(
+                        EINVAL,
+                        c_str!("Invalid cow_full_policy: error or drop"),
+                    ))?;
+                    if features.cow_full_policy.replace(policy).is_some() {
+                        return Err(CtrError::new(
+                            EINVAL,
+                            c_str!("Feature cow_full_policy given twice"),
+                        ));
+                    }
+                    rest = tail;
+                }
                 _ => {
                     return Err(CtrError::new(
                         EINVAL,
-                        c_str!("Unknown feature argument (expected: low_water <free chunks>)"),
+                        c_str!("Unknown feature argument (expected: low_water <free chunks> | cow_full_policy <error|drop>)"),
                     ))
                 }
             }
@@ -98,10 +137,19 @@ impl Features {
 
     /// Writes the feature arguments back as the table line has them (nothing if none).
     fn write(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
-        match self.low_water {
-            Some(chunks) => write!(out, " 2 low_water {chunks}"),
-            None => Ok(()),
+        let count =
+            2 * (u8::from(self.low_water.is_some()) + u8::from(self.cow_full_policy.is_some()));
+        if count == 0 {
+            return Ok(());
         }
+        write!(out, " {count}")?;
+        if let Some(chunks) = self.low_water {
+            write!(out, " low_water {chunks}")?;
+        }
+        if let Some(policy) = self.cow_full_policy {
+            write!(out, " cow_full_policy {}", policy_name(policy))?;
+        }
+        Ok(())
     }
 }
 
@@ -205,9 +253,27 @@ impl OriginTarget {
                 }
             }
             ["usage"] => self.pool.write_usage(reply).map_err(|_| ENOSPC),
+            ["cow_full_policy", word] => {
+                let Some(policy) = parse_policy(word.as_bytes()) else {
+                    pr_err!(
+                        "{}: invalid COW-full policy '{:.*}' (expected: error | drop)\n",
+                        dev,
+                        MAX_ECHO,
+                        word
+                    );
+                    return Err(EINVAL);
+                };
+                self.pool.set_cow_full_policy(policy).map_err(|e| {
+                    pr_err!("{}: COW-full policy not set ({})\n", dev, e);
+                    match e {
+                        store::Error::NoSpace => ENOSPC,
+                        _ => EIO,
+                    }
+                })
+            }
             _ => {
                 pr_err!(
-                    "{}: unknown message (expected: snapshot create <id> | snapshot delete <id> | usage)\n",
+                    "{}: unknown message (expected: snapshot create <id> | snapshot delete <id> | usage | cow_full_policy <error|drop>)\n",
                     dev
                 );
                 Err(EINVAL)
@@ -376,6 +442,16 @@ impl TargetOperations for OriginTarget {
         // This table is live now: the pool's events go to it.
         this.pool
             .bind_events(this.events.clone(), this.features.low_water.unwrap_or(0));
+        if let Some(policy) = this.features.cow_full_policy {
+            if let Err(e) = this.pool.set_cow_full_policy(policy) {
+                pr_err!(
+                    "{}: COW-full policy {} not set ({})\n",
+                    this.origin.name(),
+                    policy_name(policy),
+                    e
+                );
+            }
+        }
         this.pool.resume();
     }
 

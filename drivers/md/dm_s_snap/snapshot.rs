@@ -81,6 +81,10 @@ impl TargetOperations for SnapshotTarget {
                 ActivateError::NoSuchSnapshot => {
                     CtrError::new(ENOENT, c_str!("No snapshot with this id exists"))
                 }
+                ActivateError::Dropped => CtrError::new(
+                    EIO,
+                    c_str!("The snapshot was dropped when the COW device was full: delete it"),
+                ),
                 ActivateError::AlreadyActive => CtrError::new(
                     EBUSY,
                     c_str!("The snapshot already has an active s-snap device"),

@@ -4,7 +4,7 @@
 //! list and the `usage` reply, and the `s-snap` devices' use of their snapshots.
 
 use super::{Pool, State};
-use crate::store::{self, SnapshotRef, Usage};
+use crate::store::{self, CowFullPolicy, SnapshotRef, Usage};
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use kernel::{device_mapper::StatusWriter, prelude::*, sync::Arc};
@@ -77,7 +77,26 @@ impl Pool {
         })
     }
 
-    /// Writes the origin's status: `: no snapshot`, or the count and the ids.
+    /// `cow_full_policy <error|drop>`, or the feature argument of a table that becomes live:
+    /// sets the policy kept on the COW device, and commits it.
+    pub(crate) fn set_cow_full_policy(
+        self: &Arc<Self>,
+        policy: CowFullPolicy,
+    ) -> Result<(), store::Error> {
+        if self.state.lock().store.cow_full_policy() == policy {
+            return Ok(());
+        }
+        self.quiesced(|st| {
+            let r = st.store.set_cow_full_policy(policy);
+            if let Err(e) = r {
+                self.note_error(st, e);
+            }
+            r
+        })
+    }
+
+    /// Writes the origin's status: `: no snapshot`, or the count and the ids (of live
+    /// snapshots; dropped ones are listed by `usage`).
     pub(crate) fn write_snapshot_list(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
         let st = self.state.lock();
         let count = st.store.usage().snapshots;
@@ -107,8 +126,13 @@ impl Pool {
             private_exceptions,
             snapshots,
             deleting_snapshots,
+            dropped_snapshots,
             metadata_blocks,
         } = st.store.usage();
+        let policy = match st.store.cow_full_policy() {
+            CowFullPolicy::Error => "error",
+            CowFullPolicy::Drop => "drop",
+        };
         writeln!(
             out,
             "chunk_sectors {} total_chunks {total_chunks} used_chunks {} data_chunks {data_chunks} \
@@ -116,7 +140,8 @@ impl Pool {
              shared_exceptions {shared_exceptions} private_exceptions {private_exceptions} \
              snapshots {snapshots} cow_full {} failed {} commit_sequence {} \
              deleting_snapshots {deleting_snapshots} reclaimed_chunks {} \
-             metadata_blocks {metadata_blocks} low_water {}",
+             metadata_blocks {metadata_blocks} low_water {} cow_full_policy {policy} \
+             dropped_snapshots {dropped_snapshots}",
             chunk_size / 512,
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),
@@ -136,6 +161,16 @@ impl Pool {
                 u8::from(st.active.contains(&snap.id()))
             )?;
         }
+        for snap in st.store.dropped_snapshots() {
+            let Ok(snap) = snap else { break };
+            let chunks = st.store.snapshot_usage(snap.id()).unwrap_or(0);
+            writeln!(
+                out,
+                "snapshot {} chunks {chunks} active {} dropped 1",
+                snap.id(),
+                u8::from(st.active.contains(&snap.id()))
+            )?;
+        }
         Ok(())
     }
 
@@ -144,6 +179,9 @@ impl Pool {
         let mut st = self.state.lock();
         let snap = match st.store.snapshot_epoch(id) {
             Ok(Some(snap)) => snap,
+            Ok(None) if st.store.snapshot_dropped(id).unwrap_or(false) => {
+                return Err(ActivateError::Dropped)
+            }
             Ok(None) => return Err(ActivateError::NoSuchSnapshot),
             Err(e) => return Err(ActivateError::Store(e)),
         };
@@ -182,6 +220,8 @@ impl From<store::Error> for DeleteError {
 /// Why an `s-snap` ctr could not use a snapshot.
 pub(crate) enum ActivateError {
     NoSuchSnapshot,
+    /// Dropped because the COW device was full (the `drop` policy).
+    Dropped,
     AlreadyActive,
     NoMemory,
     Store(store::Error),

@@ -4,7 +4,7 @@
 //! issuing it once its chunk is safe to write.
 
 use super::{bio_error, copies::PlanKind, OriginBio, Pool, State};
-use crate::store::{self, OriginDiscard, OriginWrite};
+use crate::store::{self, CowFullPolicy, OriginDiscard, OriginWrite};
 use core::sync::atomic::Ordering;
 use kernel::{
     block::bio::{BioList, Operation},
@@ -86,6 +86,15 @@ impl Pool {
                     Err(e) => bio.end(Err(e)),
                 }
             }
+            Err(store::Error::NoSpace) if st.store.cow_full_policy() == CowFullPolicy::Drop => {
+                if self.drop_snapshots_for(st, chunk) {
+                    // Nothing needs the copy now: the write waits for the commit of the drop.
+                    self.process_origin(st, bio, committed);
+                } else {
+                    Self::note_cow_full(st, "origin writes that need a copy");
+                    bio.end(Err(ENOSPC));
+                }
+            }
             Err(store::Error::NoSpace) => {
                 // COW full: the origin keeps its data, the write fails, the snapshots stay
                 // intact (see Documentation/admin-guide/device-mapper/shared-snapshot.rst).
@@ -95,6 +104,37 @@ impl Pool {
             Err(e) => {
                 self.note_error(st, e);
                 bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// The `drop` COW-full policy: drops the snapshots that need a copy of `chunk`, which found
+    /// no space, so that the origin write goes on. Each is logged, and one event is raised;
+    /// their `s-snap` devices fail I/O from now on (see `process_snap`). False if nothing was
+    /// dropped (not even the snapshot table could be updated): the write fails then.
+    fn drop_snapshots_for(&self, st: &mut State, chunk: u64) -> bool {
+        let cow = self.cow.name();
+        let result = st.store.drop_snapshots_needing(chunk, &mut |snap| {
+            pr_err!(
+                "{}: COW device full: dropped snapshot {} to copy origin chunk {} (delete it to get its space back)\n",
+                cow,
+                snap.id(),
+                chunk
+            );
+        });
+        match result {
+            Ok(0) => false,
+            Ok(_) => {
+                // `map` must not send reads of a dropped snapshot anywhere any more.
+                self.map_cache.lock().clear();
+                st.commits.mark_dirty();
+                Self::raise_event(st);
+                true
+            }
+            Err(store::Error::NoSpace) => false,
+            Err(e) => {
+                self.note_error(st, e);
+                false
             }
         }
     }

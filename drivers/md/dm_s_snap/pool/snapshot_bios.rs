@@ -24,7 +24,7 @@ impl Pool {
             bio.end(Err(EIO));
             return;
         };
-        if st.failed {
+        if st.failed || Self::snapshot_dropped(st, snap) {
             bio.end(Err(EIO));
             return;
         }
@@ -53,6 +53,13 @@ impl Pool {
         } else {
             self.snap_read(st, bio, snap, chunk);
         }
+    }
+
+    /// Whether `snap` was dropped (the `drop` COW-full policy): its device fails all I/O.
+    fn snapshot_dropped(st: &State, snap: SnapshotRef) -> bool {
+        // Only a store that dropped snapshots pays for the look-up.
+        st.store.usage().dropped_snapshots != 0
+            && !matches!(st.store.snapshot_epoch(snap.id()), Ok(Some(s)) if s == snap)
     }
 
     /// Sends a read of snapshot `snap` to where the snapshot's data of `chunk` is, holding a
