@@ -70,7 +70,7 @@ pub(crate) const SB_DATA_HINT: usize = 176;
 /// selector bits after it).
 pub(crate) const SB_BLOCK_SIZE: usize = 184;
 /// Dropped snapshots (u64): listed, unreadable, their space kept until they are deleted.
-pub(crate) const SB_DROPPED: usize = 192;
+pub(crate) const SB_DROPPED: usize = 248;
 /// First byte of the bitmap slot selector bits.
 pub(crate) const SB_SELECTOR: usize = 256;
 

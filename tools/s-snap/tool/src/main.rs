@@ -10,7 +10,7 @@
 use anyhow::Context;
 use clap::Parser;
 use s_snap_store::userspace::{Cache, FileDisk};
-use s_snap_store::{Error as StoreError, Store, META_BLOCK_SIZE};
+use s_snap_store::{CowFullPolicy, Error as StoreError, Store, META_BLOCK_SIZE};
 use s_snap_tool::{Cli, Cmd};
 use serde::Serialize;
 use std::io::Write;
@@ -104,6 +104,8 @@ struct JsonSnapshot {
     id: u32,
     epoch: u64,
     exceptions: u64,
+    /// Dropped by the `drop` COW-full policy (unreadable until deleted).
+    dropped: bool,
 }
 
 #[derive(Serialize)]
@@ -159,6 +161,8 @@ struct JsonUsage {
     private_exceptions: u64,
     snapshots: u64,
     deleting_snapshots: u64,
+    dropped_snapshots: u64,
+    cow_full_policy: &'static str,
 }
 
 #[derive(Serialize)]
@@ -186,6 +190,16 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
             id: s.id(),
             epoch: s.epoch(),
             exceptions: store.snapshot_usage(s.id())?,
+            dropped: false,
+        });
+    }
+    for s in store.dropped_snapshots() {
+        let s = s?;
+        snapshots.push(JsonSnapshot {
+            id: s.id(),
+            epoch: s.epoch(),
+            exceptions: store.snapshot_usage(s.id())?,
+            dropped: true,
         });
     }
     let (shared, private) = if exceptions {
@@ -242,6 +256,11 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
             private_exceptions: u.private_exceptions,
             snapshots: u.snapshots,
             deleting_snapshots: u.deleting_snapshots,
+            dropped_snapshots: u.dropped_snapshots,
+            cow_full_policy: match store.cow_full_policy() {
+                CowFullPolicy::Error => "error",
+                CowFullPolicy::Drop => "drop",
+            },
         },
         snapshots,
         shared_exceptions: shared,
@@ -296,12 +315,17 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  shared exc.      {}", u.shared_exceptions)?;
     writeln!(out, "  private exc.     {}", u.private_exceptions)?;
     writeln!(out, "  being deleted    {}", u.deleting_snapshots)?;
+    writeln!(out, "  dropped          {}", u.dropped_snapshots)?;
+    writeln!(out, "  COW-full policy  {}", u.cow_full_policy)?;
     writeln!(out, "snapshots: {}", d.snapshots.len())?;
     for sn in &d.snapshots {
         writeln!(
             out,
-            "  id {:<10} epoch {:<10} exceptions {}",
-            sn.id, sn.epoch, sn.exceptions
+            "  id {:<10} epoch {:<10} exceptions {}{}",
+            sn.id,
+            sn.epoch,
+            sn.exceptions,
+            if sn.dropped { " dropped" } else { "" }
         )?;
     }
     if let Some(sh) = &d.shared_exceptions {
