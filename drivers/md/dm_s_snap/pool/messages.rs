@@ -151,25 +151,21 @@ impl Pool {
             st.store.reclaimed_chunks(),
             Self::low_water(&st),
         )?;
-        for snap in st.store.snapshots() {
-            let Ok(snap) = snap else { break };
-            let chunks = st.store.snapshot_usage(snap.id()).unwrap_or(0);
-            writeln!(
-                out,
-                "snapshot {} chunks {chunks} active {}",
-                snap.id(),
-                u8::from(st.active.contains(&snap.id()))
-            )?;
-        }
-        for snap in st.store.dropped_snapshots() {
-            let Ok(snap) = snap else { break };
-            let chunks = st.store.snapshot_usage(snap.id()).unwrap_or(0);
-            writeln!(
-                out,
-                "snapshot {} chunks {chunks} active {} dropped 1",
-                snap.id(),
-                u8::from(st.active.contains(&snap.id()))
-            )?;
+        // Live snapshots, then the dropped ones, marked.
+        for (list, mark) in [
+            (st.store.snapshots(), ""),
+            (st.store.dropped_snapshots(), " dropped 1"),
+        ] {
+            for snap in list {
+                let Ok(snap) = snap else { break };
+                let chunks = st.store.snapshot_usage(snap.id()).unwrap_or(0);
+                writeln!(
+                    out,
+                    "snapshot {} chunks {chunks} active {}{mark}",
+                    snap.id(),
+                    u8::from(st.active.contains(&snap.id()))
+                )?;
+            }
         }
         Ok(())
     }

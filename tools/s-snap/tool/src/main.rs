@@ -184,23 +184,19 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
         depth: r.1,
     };
     let mut snapshots = vec![];
-    for s in store.snapshots() {
-        let s = s?;
-        snapshots.push(JsonSnapshot {
-            id: s.id(),
-            epoch: s.epoch(),
-            exceptions: store.snapshot_usage(s.id())?,
-            dropped: false,
-        });
-    }
-    for s in store.dropped_snapshots() {
-        let s = s?;
-        snapshots.push(JsonSnapshot {
-            id: s.id(),
-            epoch: s.epoch(),
-            exceptions: store.snapshot_usage(s.id())?,
-            dropped: true,
-        });
+    for (list, dropped) in [
+        (store.snapshots(), false),
+        (store.dropped_snapshots(), true),
+    ] {
+        for s in list {
+            let s = s?;
+            snapshots.push(JsonSnapshot {
+                id: s.id(),
+                epoch: s.epoch(),
+                exceptions: store.snapshot_usage(s.id())?,
+                dropped,
+            });
+        }
     }
     let (shared, private) = if exceptions {
         let mut sh = vec![];

@@ -13,25 +13,16 @@ n=$(blockdev --getsz /dev/vda)
 base="0 $n s-snap-origin /dev/vda /dev/vdb S 128"
 mib() { echo $(($1 * 1024 * 1024)); }
 
-events() {
-	dmsetup info -c --noheadings -o events work | tr -d ' '
-}
-
 # Bad feature arguments and messages: refused with a log line.
-bad() {
-	dmesg -c >/dev/null
-	expect_fail "feature arguments '$1'" dmsetup create work --table "$base $1"
-	expect_log "$2"
-}
-bad "1 cow_full_policy" "Feature cow_full_policy needs error or drop"
-bad "2 cow_full_policy sometimes" "Invalid cow_full_policy"
-bad "2 cow_full_policy DROP" "Invalid cow_full_policy"
-bad "4 cow_full_policy drop cow_full_policy error" "Feature cow_full_policy given twice"
-bad "3 cow_full_policy drop low_water" "Feature low_water needs"
+bad_features "1 cow_full_policy" "Feature cow_full_policy needs error or drop"
+bad_features "2 cow_full_policy sometimes" "Invalid cow_full_policy"
+bad_features "2 cow_full_policy DROP" "Invalid cow_full_policy"
+bad_features "4 cow_full_policy drop cow_full_policy error" "Feature cow_full_policy given twice"
+bad_features "3 cow_full_policy drop low_water" "Feature low_water needs"
 dmsetup info work >/dev/null 2>&1 && fail "a refused table left a device"
 
 echo "$base" | dmsetup create work || fail "load"
-[ "$(msg usage | head -n 1 | tr ' ' '\n' | grep -A1 -x cow_full_policy | tail -n 1)" = error ] ||
+[ "$(usage_field cow_full_policy)" = error ] ||
 	fail "default policy: $(msg usage)"
 dmesg -c >/dev/null
 expect_fail "policy 'sometimes'" msg cow_full_policy sometimes
@@ -41,8 +32,7 @@ msg cow_full_policy drop || fail "set the drop policy"
 # Kept on the COW device: a table without feature arguments keeps it.
 dmsetup remove work
 echo "$base" | dmsetup create work || fail "reload"
-policy() { msg usage | head -n 1 | tr ' ' '\n' | grep -A1 -x cow_full_policy | tail -n 1; }
-[ "$(policy)" = drop ] || fail "policy not kept: $(msg usage)"
+[ "$(usage_field cow_full_policy)" = drop ] || fail "policy not kept: $(msg usage)"
 [ "$(dmsetup table work | wc -w)" = 7 ] || fail "table: $(dmsetup table work)"
 
 # Snapshot 1 gets copies of the first 12 MiB; snapshot 2 then shares all of it
@@ -108,7 +98,7 @@ dd if=/dev/zero of=/dev/vdb bs=1M count=1 oflag=direct 2>/dev/null
 echo "$base 2 cow_full_policy drop" | dmsetup create work || fail "load with the feature"
 [ "$(dmsetup table work | cut -d' ' -f8-)" = "2 cow_full_policy drop" ] ||
 	fail "table does not give the feature back: $(dmsetup table work)"
-[ "$(policy)" = drop ] || fail "feature not applied: $(msg usage)"
+[ "$(usage_field cow_full_policy)" = drop ] || fail "feature not applied: $(msg usage)"
 mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/mapper/work || fail "mkfs"
 mkdir -p /mnt/o
 mount /dev/mapper/work /mnt/o || fail "mount"

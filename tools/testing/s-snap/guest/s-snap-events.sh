@@ -13,25 +13,17 @@ cow_sectors=$(blockdev --getsz /dev/vdb)
 echo "0 $cow_sectors linear /dev/vdb 0" | dmsetup create cowdev || fail "cowdev"
 base="0 $n s-snap-origin /dev/vda /dev/mapper/cowdev S 128"
 
-events() {
-	dmsetup info -c --noheadings -o events work | tr -d ' '
-}
 
 # Bad feature arguments: each refused, nothing created.
-bad() {
-	dmesg -c >/dev/null
-	expect_fail "feature arguments '$1'" dmsetup create work --table "$base $1"
-	expect_log "$2"
-}
-bad "1 low_water" "Feature low_water needs a number of free chunks"
-bad "2 low_water 0" "Invalid low_water"
-bad "2 low_water x" "Invalid low_water"
-bad "2 low_water +5" "Invalid low_water"
-bad "2 low_water 99999999999999999999999" "Invalid low_water"
-bad "3 low_water 5" "Invalid feature argument count"
-bad "x" "Invalid feature argument count"
-bad "2 high_water 5" "Unknown feature argument"
-bad "4 low_water 5 low_water 6" "Feature low_water given twice"
+bad_features "1 low_water" "Feature low_water needs a number of free chunks"
+bad_features "2 low_water 0" "Invalid low_water"
+bad_features "2 low_water x" "Invalid low_water"
+bad_features "2 low_water +5" "Invalid low_water"
+bad_features "2 low_water 99999999999999999999999" "Invalid low_water"
+bad_features "3 low_water 5" "Invalid feature argument count"
+bad_features "x" "Invalid feature argument count"
+bad_features "2 high_water 5" "Unknown feature argument"
+bad_features "4 low_water 5 low_water 6" "Feature low_water given twice"
 dmsetup info work >/dev/null 2>&1 && fail "a refused table left a device"
 
 # The posting's table line still has no feature arguments and no mark.
