@@ -6,7 +6,9 @@ load_origin
 expect_fail "unknown message" msg snapshot rename 1
 expect_fail "empty snapshot message" msg snapshot
 expect_fail "unknown word" msg frobnicate
-expect_log "unknown message (expected: snapshot create <id> | snapshot delete <id> | usage)"
+expect_fail "policy message without a value" msg cow_full_policy
+expect_fail "policy message with two values" msg cow_full_policy drop error
+expect_log "unknown message (expected: snapshot create <id> | snapshot delete <id> | usage | cow_full_policy <error|drop>)"
 for id in x -1 1.5 4294967296 ""; do
 	expect_fail "id '$id'" msg snapshot create "$id"
 done
