@@ -113,6 +113,10 @@ impl<I: BlockIo> Store<I> {
         for nr in 0..self.g.fixed_end {
             mark(scratch, nr);
         }
+        for i in self.g.fixed_bitmaps..self.g.nr_bitmaps {
+            mark(scratch, self.g.bitmap_slot(i, 0));
+            mark(scratch, self.g.bitmap_slot(i, 1));
+        }
         let mut n = Counts::default();
         // Metadata blocks released in the running transaction.
         let mut gb = self.garbage_head;
@@ -141,11 +145,12 @@ impl<I: BlockIo> Store<I> {
                 Some(n.data),
             );
         }
-        if self.g.fixed_end + n.nodes != sb.meta_blocks {
+        let fixed = self.g.fixed_end + 2 * self.g.grown_bitmaps();
+        if fixed + n.nodes != sb.meta_blocks {
             ck.bad(
                 "metadata block counter differs from the btree nodes",
                 None,
-                Some(self.g.fixed_end + n.nodes),
+                Some(fixed + n.nodes),
             );
         }
         if n.shared != sb.shared {
@@ -572,7 +577,10 @@ impl<I: BlockIo> Store<I> {
             }
             let end = SB_BLOCK_SIZE + 4;
             ok &= h
-                .get(end..SB_DROPPED)
+                .get(end..SB_FIXED_BITMAPS)
+                .is_some_and(|r| r.iter().all(|&x| x == 0));
+            ok &= h
+                .get(SB_FIXED_BITMAPS + 4..SB_DROPPED)
                 .is_some_and(|r| r.iter().all(|&x| x == 0));
             let end = SB_DROPPED + 8;
             ok &= h

@@ -58,8 +58,11 @@ pub(crate) const SB_FLAG_DROP_WHEN_FULL: u32 = 1 << 0;
 /// Feature flag: the snapshot table holds dropped snapshots (entries carrying `DROPPED`),
 /// which a module without the policy would take for live ones.
 pub(crate) const SB_FLAG_DROPPED: u32 = 1 << 1;
+/// Feature flag: the store was grown, and the bitmap blocks from [`SB_FIXED_BITMAPS`] on have
+/// their slots in the space they cover (see [`Geometry::bitmap_slot`]).
+pub(crate) const SB_FLAG_GROWN: u32 = 1 << 2;
 /// The feature flags this version knows.
-pub(crate) const SB_KNOWN_FLAGS: u32 = SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED;
+pub(crate) const SB_KNOWN_FLAGS: u32 = SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED | SB_FLAG_GROWN;
 pub(crate) const SB_DELETING_EPOCH: usize = 120;
 pub(crate) const SB_ROOTS: usize = 128;
 /// Each root record: u64 block, u8 depth, 7 bytes zero.
@@ -69,6 +72,8 @@ pub(crate) const SB_DATA_HINT: usize = 176;
 /// The metadata block size in bytes, [`BLOCK_SIZE`] (u32; zero up to the
 /// selector bits after it).
 pub(crate) const SB_BLOCK_SIZE: usize = 184;
+/// Bitmap blocks whose slots are in the fixed area (u32), for a grown store; 0 when all are.
+pub(crate) const SB_FIXED_BITMAPS: usize = 240;
 /// Dropped snapshots (u64): listed, unreadable, their space kept until they are deleted.
 pub(crate) const SB_DROPPED: usize = 248;
 /// First byte of the bitmap slot selector bits.
@@ -435,6 +440,8 @@ pub(crate) struct Geometry {
     pub(crate) nr_blocks: u64,
     /// Number of logical bitmap blocks.
     pub(crate) nr_bitmaps: u64,
+    /// Bitmap blocks whose slots are in the fixed area: all but those added by growth.
+    pub(crate) fixed_bitmaps: u64,
     /// Blocks covered by one bitmap block.
     pub(crate) bits_per_bitmap: u64,
     /// First block after the fixed area (superblocks and bitmap slots).
@@ -502,20 +509,57 @@ impl Geometry {
             nr_chunks,
             nr_blocks,
             nr_bitmaps,
+            fixed_bitmaps: nr_bitmaps,
             bits_per_bitmap: BITS_PER_BITMAP,
             fixed_end,
         })
     }
 
+    /// The geometry of a store formatted with `fixed_bitmaps` bitmap blocks and grown to
+    /// `nr_chunks` chunks: the fixed area stays as it was, and each bitmap block added by
+    /// growth keeps its two slots in the first two blocks it covers.
+    pub(crate) fn grown(
+        chunk_sectors: u32,
+        nr_chunks: u64,
+        fixed_bitmaps: u64,
+    ) -> Result<Geometry> {
+        let mut g = Self::new(chunk_sectors, nr_chunks)?;
+        if fixed_bitmaps == 0 || fixed_bitmaps > g.nr_bitmaps {
+            return Err(Error::Invalid("bitmap blocks of the fixed area"));
+        }
+        g.fixed_bitmaps = fixed_bitmaps;
+        g.fixed_end = 2 + 2 * fixed_bitmaps;
+        // Each added bitmap block covers at least the chunk that holds its slots and one more.
+        let last_first = (g.nr_bitmaps - 1) * g.bits_per_bitmap;
+        if g.nr_bitmaps > fixed_bitmaps && g.nr_blocks < last_first + 2 * g.chunk_blocks.max(2) {
+            return Err(Error::Invalid(
+                "grown size ends in the slots of a bitmap block",
+            ));
+        }
+        Ok(g)
+    }
+
+    /// Bitmap blocks added by growth.
+    pub(crate) fn grown_bitmaps(&self) -> u64 {
+        self.nr_bitmaps - self.fixed_bitmaps
+    }
+
+    /// True if block `nr` is a slot of a bitmap block added by growth.
+    pub(crate) fn grown_slot(&self, nr: u64) -> bool {
+        nr / self.bits_per_bitmap >= self.fixed_bitmaps && nr % self.bits_per_bitmap < 2
+    }
+
     /// True if block `nr` may be a btree node.
     pub(crate) fn in_data_area(&self, nr: u64) -> bool {
-        nr >= self.fixed_end && nr < self.nr_blocks
+        nr >= self.fixed_end && nr < self.nr_blocks && !self.grown_slot(nr)
     }
 
     /// True if chunk `c` may hold data: inside the store and clear of the
-    /// fixed area.
+    /// fixed area and of the slots of bitmap blocks added by growth (a
+    /// bitmap block covers whole chunks, so its first chunk holds them).
     pub(crate) fn chunk_in_data_area(&self, c: u64) -> bool {
-        c < self.nr_chunks && c * self.chunk_blocks >= self.fixed_end
+        let first = c * self.chunk_blocks;
+        c < self.nr_chunks && first >= self.fixed_end && !self.grown_slot(first)
     }
 
     /// First block of chunk `c`.
@@ -523,9 +567,14 @@ impl Geometry {
         c * self.chunk_blocks
     }
 
-    /// Physical block of slot `s` of bitmap block `i`.
+    /// Physical block of slot `s` of bitmap block `i`: in the fixed area, or for a bitmap
+    /// block added by growth, the first two blocks it covers.
     pub(crate) fn bitmap_slot(&self, i: u64, s: u8) -> u64 {
-        2 + 2 * i + (s as u64 & 1)
+        if i < self.fixed_bitmaps {
+            2 + 2 * i + (s as u64 & 1)
+        } else {
+            i * self.bits_per_bitmap + (s as u64 & 1)
+        }
     }
 }
 
@@ -542,6 +591,9 @@ pub(crate) struct SbState {
     pub(crate) chunk_sectors: u32,
     pub(crate) nr_chunks: u64,
     pub(crate) nr_bitmaps: u32,
+    /// Bitmap blocks whose slots are in the fixed area ([`SB_FIXED_BITMAPS`]; `nr_bitmaps`
+    /// for a store never grown).
+    pub(crate) fixed_bitmaps: u32,
     pub(crate) seq: u64,
     pub(crate) committed_txid: u64,
     pub(crate) reserved_txid: u64,
@@ -576,6 +628,10 @@ impl SbState {
             chunk_sectors: rd32(b, SB_CHUNK_SECTORS)?,
             nr_chunks: rd64(b, SB_NR_CHUNKS)?,
             nr_bitmaps: rd32(b, SB_NR_BITMAPS)?,
+            fixed_bitmaps: match rd32(b, SB_FIXED_BITMAPS)? {
+                0 => rd32(b, SB_NR_BITMAPS)?,
+                n => n,
+            },
             seq: rd64(b, SB_SEQ)?,
             committed_txid: rd64(b, OFF_TXID)?,
             reserved_txid: rd64(b, SB_RESERVED_TXID)?,
@@ -620,6 +676,10 @@ impl SbState {
         if self.dropped != 0 {
             flags |= SB_FLAG_DROPPED;
         }
+        let grown = self.fixed_bitmaps != self.nr_bitmaps;
+        if grown {
+            flags |= SB_FLAG_GROWN;
+        }
         wr32(b, SB_FLAGS, flags)?;
         wr64(b, SB_DELETING_EPOCH, self.deleting_epoch)?;
         for (t, r) in self.roots.iter().enumerate() {
@@ -631,7 +691,13 @@ impl SbState {
         wr64(b, SB_DATA_HINT, self.data_hint)?;
         wr32(b, SB_BLOCK_SIZE, BLOCK_SIZE as u32)?;
         let end = SB_BLOCK_SIZE + 4;
-        zero_bytes(b, end, SB_DROPPED - end)?;
+        zero_bytes(b, end, SB_FIXED_BITMAPS - end)?;
+        wr32(
+            b,
+            SB_FIXED_BITMAPS,
+            if grown { self.fixed_bitmaps } else { 0 },
+        )?;
+        zero_bytes(b, SB_FIXED_BITMAPS + 4, SB_DROPPED - SB_FIXED_BITMAPS - 4)?;
         wr64(b, SB_DROPPED, self.dropped)?;
         let end = SB_DROPPED + 8;
         zero_bytes(b, end, SB_SELECTOR - end)?;

@@ -44,6 +44,7 @@ mod btree;
 mod check;
 mod error;
 mod format;
+mod grow;
 mod io;
 #[cfg(any(CONFIG_DM_S_SNAP_KUNIT_TEST, feature = "model-test"))]
 pub mod model_test;

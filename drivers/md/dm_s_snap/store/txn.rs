@@ -230,6 +230,11 @@ impl<I: BlockIo> Store<I> {
                 "superblock: dropped-snapshot flag and counter disagree",
             ));
         }
+        if (flags & SB_FLAG_GROWN != 0) != (rd32(b, SB_FIXED_BITMAPS)? != 0) {
+            return Err(bad(
+                "superblock: grown flag and fixed bitmap count disagree",
+            ));
+        }
         if st.seq == 0 {
             return Err(bad("superblock: sequence number 0 (unfinished)"));
         }
@@ -296,9 +301,10 @@ impl<I: BlockIo> Store<I> {
         if io.nr_blocks() / k < st.nr_chunks {
             return Err(Error::DeviceTooSmall);
         }
-        let g = match Geometry::new(st.chunk_sectors, st.nr_chunks) {
+        let g = match Geometry::grown(st.chunk_sectors, st.nr_chunks, st.fixed_bitmaps.into()) {
             Ok(g) => g,
             Err(Error::DeviceTooSmall) => return Err(bad("superblock: chunk count too small")),
+            Err(Error::Invalid(_)) => return Err(bad("superblock: bitmap counts do not fit")),
             Err(e) => return Err(e),
         };
         if g.nr_chunks != st.nr_chunks || g.nr_bitmaps != st.nr_bitmaps as u64 {
@@ -323,7 +329,9 @@ impl<I: BlockIo> Store<I> {
             .checked_mul(g.chunk_blocks)
             .and_then(|d| d.checked_add(st.meta_blocks))
             .ok_or(bad("superblock: usage counters overflow"))?;
-        if used > g.nr_blocks || st.meta_blocks < g.fixed_end + NR_TREES as u64 {
+        if used > g.nr_blocks
+            || st.meta_blocks < g.fixed_end + 2 * g.grown_bitmaps() + NR_TREES as u64
+        {
             return Err(bad("superblock: usage counters out of range"));
         }
         if st.shared > st.nr_chunks || st.private > st.nr_chunks {
@@ -401,6 +409,7 @@ impl<I: BlockIo> Store<I> {
             chunk_sectors,
             nr_chunks: g.nr_chunks,
             nr_bitmaps: u32::try_from(g.nr_bitmaps).map_err(|_| Error::Internal("bitmaps"))?,
+            fixed_bitmaps: u32::try_from(g.nr_bitmaps).map_err(|_| Error::Internal("bitmaps"))?,
             seq: 1,
             committed_txid: txid,
             reserved_txid: txid,

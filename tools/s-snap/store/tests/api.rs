@@ -122,6 +122,16 @@ fn version_1_store_is_refused_and_not_written() {
     );
 }
 
+/// Sets the feature flags of both superblocks of a store image (and their checksums).
+fn set_feature_flags(img: &mut [u8], flags: u32) {
+    for slot in 0..2 {
+        let b = &mut img[slot * 4096..(slot + 1) * 4096];
+        b[116..120].copy_from_slice(&flags.to_le_bytes());
+        let crc = crc32c::crc32c(&b[4..]);
+        b[..4].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 /// A store with a feature flag set (a structure of a later version that
 /// this one must not ignore) is refused, read-only and read-write.
 #[test]
@@ -130,17 +140,31 @@ fn unknown_feature_flags_are_refused() {
     s.create_snapshot(1).unwrap();
     s.commit().unwrap();
     let mut img = s.into_io().into_disk().to_vec();
-    for slot in 0..2 {
-        let b = &mut img[slot * 4096..(slot + 1) * 4096];
-        b[116..120].copy_from_slice(&4u32.to_le_bytes());
-        let crc = crc32c::crc32c(&b[4..]);
-        b[..4].copy_from_slice(&crc.to_le_bytes());
-    }
+    // Bits 0 to 2 are this version's (drop policy, dropped snapshots, grown).
+    set_feature_flags(&mut img, 8);
     let flags = Some(Error::Unsupported("superblock feature flags"));
     let io = Cache::new(MemDisk::from_vec(img.clone()), BS, 8);
     assert_eq!(Store::open_existing(io).err(), flags);
     let io = Cache::new(MemDisk::from_vec(img), BS, 8);
     assert_eq!(Store::open(io, CS).err(), flags);
+}
+
+/// A known feature flag without the superblock field it goes with (dropped snapshots without
+/// a count, grown without a fixed bitmap count) is corruption, not a store to open.
+#[test]
+fn known_feature_flags_must_match_their_fields() {
+    for flag in [2u32, 4] {
+        let mut s = open(MemDisk::new(256 * BS));
+        s.create_snapshot(1).unwrap();
+        s.commit().unwrap();
+        let mut img = s.into_io().into_disk().to_vec();
+        set_feature_flags(&mut img, flag);
+        let io = Cache::new(MemDisk::from_vec(img), BS, 8);
+        assert!(
+            matches!(Store::open_existing(io).err(), Some(Error::Corrupt { .. })),
+            "flag {flag}"
+        );
+    }
 }
 
 #[test]
