@@ -43,7 +43,8 @@ const SHADOWS: usize = 2;
 /// client's block size.
 pub(crate) struct CowIo {
     client: Pin<KBox<bufio::Client>>,
-    nr_blocks: u64,
+    /// The device's size in metadata blocks, as of creation or [`CowIo::update_size`].
+    nr_blocks: Cell<u64>,
     block_size: usize,
     /// Spare shadow blocks. A [`Cell`] suffices: the store is used by one thread at a time
     /// (it is behind the pool's mutex), and `CowIo` is `Send` but not `Sync`.
@@ -68,10 +69,16 @@ impl CowIo {
         // INVARIANT: The shadows are `block_size` bytes long.
         Ok(Self {
             client,
-            nr_blocks,
+            nr_blocks: Cell::new(nr_blocks),
             block_size,
             shadows,
         })
+    }
+
+    /// Takes the size of `cow` again (it may have grown since; see `Store::grow`).
+    pub(crate) fn update_size(&self, cow: &DmDev) {
+        const BLOCK_SECTORS: Sector = (store::META_BLOCK_SIZE / 512) as Sector;
+        self.nr_blocks.set(cow.nr_sectors() / BLOCK_SECTORS);
     }
 
     /// Takes a shadow block from the pool, or allocates one if the pool is empty (which the
@@ -229,7 +236,7 @@ impl BlockIo for CowIo {
     }
 
     fn nr_blocks(&self) -> u64 {
-        self.nr_blocks
+        self.nr_blocks.get()
     }
 
     fn read(&self, nr: u64) -> Result<CowBlock<'_>, store::Error> {

@@ -162,7 +162,10 @@ fn store_error(e: store::Error) -> CtrError {
             EINVAL,
             c_str!("COW device holds data that is not an exception store: refusing to use it"),
         ),
-        store::Error::DeviceTooSmall => (EINVAL, c_str!("COW device is too small")),
+        store::Error::DeviceTooSmall => (
+            EINVAL,
+            c_str!("COW device is smaller than the exception store needs (a store never shrinks)"),
+        ),
         store::Error::InvalidChunkSize => (
             EINVAL,
             c_str!("Invalid chunk size: a power of two from 8 to 1024 sectors"),
@@ -442,6 +445,8 @@ impl TargetOperations for OriginTarget {
         // This table is live now: the pool's events go to it.
         this.pool
             .bind_events(this.events.clone(), this.features.low_water.unwrap_or(0));
+        // A COW device that grew since the store was opened (or formatted) is used now.
+        this.pool.grow_into_cow_device();
         if let Some(policy) = this.features.cow_full_policy {
             if let Err(e) = this.pool.set_cow_full_policy(policy) {
                 pr_err!(

@@ -29,12 +29,13 @@
 //! The worker's parts live in files of their own: [`copies`] (chunk copies and their
 //! completion), [`overwrites`] (snapshot writes that need no copy), [`origin_bios`] and
 //! [`snapshot_bios`] (what each bio needs), [`space_events`] (dm events about space and
-//! failures), [`commit`] (when
+//! failures), [`growth`] (a COW device that grew), [`commit`] (when
 //! to commit and what a commit releases), [`reclaim`] (deleted snapshots' space), [`messages`]
 //! (messages and status) and [`lifecycle`] (teardown and reopening a failed store).
 
 mod commit;
 mod copies;
+mod growth;
 mod lifecycle;
 mod messages;
 mod origin_bios;
@@ -213,19 +214,9 @@ impl Pool {
         chunk_sectors: u32,
     ) -> Result<Arc<Self>, OpenError> {
         let io = CowIo::new(cow)?;
+        // A COW device grown since the format is grown into when the origin table becomes live
+        // (`Pool::grow_into_cow_device`).
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
-        // A COW device grown after the format, or larger than the format can manage (2^30
-        // blocks of 4 KiB), is used only up to the store's size: say so, since nothing else does.
-        let managed = store.usage().total_chunks;
-        let present = cow.nr_sectors() / Sector::from(chunk_sectors.max(1));
-        if present > managed {
-            pr_info!(
-                "{}: the exception store uses {} of the COW device's {} chunks\n",
-                cow.name(),
-                managed,
-                present
-            );
-        }
         let mut map_cache = MapCache::new()?;
         map_cache.set_no_snapshots(store.usage().snapshots == 0);
         let kcopyd = kcopyd::Client::new(&crate::THIS_MODULE)?;

@@ -5,4 +5,4 @@
 modprobe dm_s_snap || fail "modprobe"
 n=$(blockdev --getsz /dev/vda)
 expect_fail "16 KiB COW" dmsetup create work --table "0 $n s-snap-origin /dev/vda /dev/vdb S 16"
-expect_log "COW device is too small"
+expect_log "COW device is smaller than the exception store needs"

@@ -93,6 +93,24 @@ enum Cmd {
     Record(RecordArgs),
     /// Rebuild the crash states the log holds and check each against the model.
     ReplayCheck(ReplayArgs),
+    /// Any log of one device, no model: list its flush/FUA points, or write the state a power
+    /// cut after its first entries leaves onto a device that holds the logged device's initial
+    /// content (for tests whose check is a shell script).
+    Replay(ReplayPrefixArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayPrefixArgs {
+    /// A dm-log-writes log device.
+    #[arg(long)]
+    log: String,
+    /// The device to write the entries to; without `--entries`, nothing is written.
+    #[arg(long)]
+    replay: Option<String>,
+    /// Write entries 0 .. N-1. Without it, print the entry count and the flush/FUA points
+    /// (the entry counts after which a flush or FUA completed).
+    #[arg(long)]
+    entries: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -1327,7 +1345,6 @@ fn replay_check(args: &ReplayArgs) -> Result<()> {
         .write(true)
         .open(replay)
         .with_context(|| format!("open {replay}"))?;
-    let zeros = vec![0u8; 64 << 10];
     // Replaying starts from zeroed devices, as the recording did.
     zero(replay, total)?;
     let dm = dm::Control::open()?;
@@ -1345,28 +1362,7 @@ fn replay_check(args: &ReplayArgs) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        let mut changed = false;
-        for (i, e) in entries.iter().enumerate().take(p + 1).skip(applied) {
-            let at = e.sector * sector_size;
-            let len = e.nr_sectors * sector_size;
-            ensure!(
-                e.flags & LOG_MARK != 0 || at + len <= total * 512,
-                "entry {i} writes beyond the disk"
-            );
-            if e.flags & LOG_DISCARD != 0 {
-                // Discarded data may read back as anything; zero is one such thing.
-                let mut off = 0;
-                while off < len {
-                    let n = (len - off).min(zeros.len() as u64) as usize;
-                    target.write_all_at(&zeros[..n], at + off)?;
-                    off += n as u64;
-                }
-                changed = true;
-            } else if e.flags & LOG_MARK == 0 && !e.payload.is_empty() {
-                target.write_all_at(&e.payload, at)?;
-                changed = true;
-            }
-        }
+        let changed = apply_entries(&target, &entries, applied..p + 1, sector_size, total * 512)?;
         applied = p + 1;
         tally.points += 1;
         // A flush right after a flush, or a mark: the same crash state as the point before,
@@ -1466,9 +1462,69 @@ fn replay_check(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes log entries `range` onto `target` (of `size` bytes); returns whether any wrote.
+fn apply_entries(
+    target: &File,
+    entries: &[LogEntry],
+    range: std::ops::Range<usize>,
+    sector_size: u64,
+    size: u64,
+) -> Result<bool> {
+    let zeros = vec![0u8; 64 << 10];
+    let mut changed = false;
+    for (i, e) in entries.iter().enumerate().take(range.end).skip(range.start) {
+        let at = e.sector * sector_size;
+        let len = e.nr_sectors * sector_size;
+        ensure!(
+            e.flags & LOG_MARK != 0 || at + len <= size,
+            "entry {i} writes beyond the disk"
+        );
+        if e.flags & LOG_DISCARD != 0 {
+            // Discarded data may read back as anything; zero is one such thing.
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(zeros.len() as u64) as usize;
+                target.write_all_at(&zeros[..n], at + off)?;
+                off += n as u64;
+            }
+            changed = true;
+        } else if e.flags & LOG_MARK == 0 && !e.payload.is_empty() {
+            target.write_all_at(&e.payload, at)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+fn replay_prefix(args: &ReplayPrefixArgs) -> Result<()> {
+    let (sector_size, entries) = read_log(&args.log)?;
+    let Some(n) = args.entries else {
+        let points: Vec<String> = (0..entries.len())
+            .filter(|&i| entries[i].flags & (LOG_FLUSH | LOG_FUA) != 0)
+            .map(|i| (i + 1).to_string())
+            .collect();
+        println!(
+            "entries {} flush_points {}",
+            entries.len(),
+            points.join(" ")
+        );
+        return Ok(());
+    };
+    ensure!(n <= entries.len(), "the log has {} entries", entries.len());
+    let replay = args.replay.as_deref().context("--entries needs --replay")?;
+    let target = OpenOptions::new()
+        .write(true)
+        .open(replay)
+        .with_context(|| format!("open {replay}"))?;
+    apply_entries(&target, &entries, 0..n, sector_size, sectors(replay)? * 512)?;
+    target.sync_all()?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Record(args) => record(&args),
         Cmd::ReplayCheck(args) => replay_check(&args),
+        Cmd::Replay(args) => replay_prefix(&args),
     }
 }
