@@ -153,6 +153,10 @@ impl Features {
     }
 }
 
+/// The messages the origin takes, for the log line of an unknown one.
+const MESSAGES: &str =
+    "snapshot create <id> | snapshot delete <id> | usage | cow_full_policy <error|drop>";
+
 /// At most this many characters of a bad message word are echoed in the log.
 const MAX_ECHO: usize = 24;
 
@@ -275,10 +279,7 @@ impl OriginTarget {
                 })
             }
             _ => {
-                pr_err!(
-                    "{}: unknown message (expected: snapshot create <id> | snapshot delete <id> | usage | cow_full_policy <error|drop>)\n",
-                    dev
-                );
+                pr_err!("{}: unknown message (expected: {})\n", dev, MESSAGES);
                 Err(EINVAL)
             }
         }

@@ -546,7 +546,10 @@ impl Geometry {
 
     /// True if block `nr` is a slot of a bitmap block added by growth.
     pub(crate) fn grown_slot(&self, nr: u64) -> bool {
-        nr / self.bits_per_bitmap >= self.fixed_bitmaps && nr % self.bits_per_bitmap < 2
+        // `bits_per_bitmap` is never 0; the checked forms keep a panic path out of the I/O path.
+        let bitmap = nr.checked_div(self.bits_per_bitmap).unwrap_or(0);
+        let bit = nr.checked_rem(self.bits_per_bitmap).unwrap_or(0);
+        bitmap >= self.fixed_bitmaps && bit < 2
     }
 
     /// True if block `nr` may be a btree node.

@@ -37,21 +37,24 @@ impl<I: BlockIo> Store<I> {
     /// of an added bitmap block (such a tail is left unused).
     pub fn grow_target(&self, nr_chunks: u64) -> u64 {
         let g = self.g;
+        // Neither `chunk_blocks` nor `bits_per_bitmap` is 0 (see `Geometry::new`).
+        let per_chunk = g.chunk_blocks.max(1);
+        let per_bitmap = g.bits_per_bitmap.max(1);
         let mut n = nr_chunks
             .min(Geometry::max_chunks(g.chunk_sectors))
-            .min(self.io.nr_blocks() / g.chunk_blocks);
+            .min(self.io.nr_blocks() / per_chunk);
         loop {
-            let blocks = n * g.chunk_blocks;
-            let bitmaps = blocks.div_ceil(g.bits_per_bitmap);
+            let blocks = n * per_chunk;
+            let bitmaps = blocks.div_ceil(per_bitmap);
             if bitmaps <= g.nr_bitmaps {
                 return n;
             }
-            let last_first = (bitmaps - 1) * g.bits_per_bitmap;
-            if blocks >= last_first + 2 * g.chunk_blocks.max(2) {
+            let last_first = (bitmaps - 1) * per_bitmap;
+            if blocks >= last_first + 2 * per_chunk.max(2) {
                 return n;
             }
             // A bitmap block covers whole chunks (its size is a multiple of every chunk).
-            n = last_first / g.chunk_blocks;
+            n = last_first / per_chunk;
         }
     }
 
