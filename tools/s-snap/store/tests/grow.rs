@@ -216,3 +216,10 @@ fn crash_during_growth_within_a_bitmap_block() {
 fn crash_during_growth_with_added_bitmap_blocks() {
     crash_during_growth(128, 2_000, 4_300, 2_100);
 }
+
+/// 512 KiB chunks, the largest: a bitmap block covers 254 chunks; growth adds two, each
+/// slot chunk shared with metadata.
+#[test]
+fn grow_with_added_bitmap_blocks_512k_chunks() {
+    grow_case(1024, 200, 700, 800);
+}
