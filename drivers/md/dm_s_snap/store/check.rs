@@ -460,7 +460,16 @@ impl<I: BlockIo> Store<I> {
                 if self.lookup(TREE_SNAPS, e as u128)?.is_none() {
                     ck.bad("private exception of no live snapshot", None, Some(e));
                 }
-                if self.mark_data_chunk(ck, scratch, lo64(v)) {
+                if v == PRIVATE_ZEROES {
+                    // Names no chunk; a module without the feature would read COW chunk 0.
+                    if !sb.zeroes {
+                        ck.bad(
+                            "zero-reading private exception without its feature flag",
+                            None,
+                            Some(lo64(k)),
+                        );
+                    }
+                } else if self.mark_data_chunk(ck, scratch, lo64(v)) {
                     n.data += 1;
                 }
             }

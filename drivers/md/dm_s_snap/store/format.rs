@@ -61,8 +61,16 @@ pub(crate) const SB_FLAG_DROPPED: u32 = 1 << 1;
 /// Feature flag: the store was grown, and the bitmap blocks from [`SB_FIXED_BITMAPS`] on have
 /// their slots in the space they cover (see [`Geometry::bitmap_slot`]).
 pub(crate) const SB_FLAG_GROWN: u32 = 1 << 2;
+/// Feature flag: private exceptions may hold [`PRIVATE_ZEROES`] (a chunk the snapshot
+/// discarded reads as zeroes), which a module without it would take for COW chunk 0. Set by
+/// the first such exception and kept.
+pub(crate) const SB_FLAG_ZEROES: u32 = 1 << 3;
 /// The feature flags this version knows.
-pub(crate) const SB_KNOWN_FLAGS: u32 = SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED | SB_FLAG_GROWN;
+pub(crate) const SB_KNOWN_FLAGS: u32 =
+    SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED | SB_FLAG_GROWN | SB_FLAG_ZEROES;
+/// Private exception value that names no COW chunk: the snapshot reads the chunk as zeroes.
+/// COW chunk 0 holds the superblocks, so it is never a data chunk.
+pub(crate) const PRIVATE_ZEROES: u128 = 0;
 pub(crate) const SB_DELETING_EPOCH: usize = 120;
 pub(crate) const SB_ROOTS: usize = 128;
 /// Each root record: u64 block, u8 depth, 7 bytes zero.
@@ -349,7 +357,7 @@ pub(crate) const MAX_EPOCH: u64 = u32::MAX as u64;
 ///
 /// * Shared: key `(chunk << 64) | hi`, value `(lo << 64) | cow`: 6-byte
 ///   origin chunk, 4-byte epochs, 5-byte COW chunk; 19 bytes an entry.
-/// * Private: key `(epoch << 64) | chunk`, value `cow`: 15 bytes.
+/// * Private: key `(epoch << 64) | chunk`, value `cow` (or [`PRIVATE_ZEROES`]): 15 bytes.
 /// * Snapshot table: keys `epoch` and `(1 << 64) | id`, values `id` or
 ///   `epoch` with the deleting flag at bit 64: 10 bytes.
 const NODE_FORMATS: [NodeFormat; NR_TREES] = [
@@ -614,6 +622,8 @@ pub(crate) struct SbState {
     pub(crate) dropped: u64,
     /// The COW-full policy is `drop` ([`SB_FLAG_DROP_WHEN_FULL`]).
     pub(crate) drop_when_full: bool,
+    /// Private exceptions may read as zeroes ([`SB_FLAG_ZEROES`]).
+    pub(crate) zeroes: bool,
     pub(crate) deleting_epoch: u64,
     pub(crate) roots: [Root; NR_TREES],
 }
@@ -648,6 +658,7 @@ impl SbState {
             snapshots: rd64(b, SB_SNAPSHOTS)?,
             dropped: rd64(b, SB_DROPPED)?,
             drop_when_full: rd32(b, SB_FLAGS)? & SB_FLAG_DROP_WHEN_FULL != 0,
+            zeroes: rd32(b, SB_FLAGS)? & SB_FLAG_ZEROES != 0,
             deleting_epoch: rd64(b, SB_DELETING_EPOCH)?,
             roots,
         })
@@ -682,6 +693,9 @@ impl SbState {
         let grown = self.fixed_bitmaps != self.nr_bitmaps;
         if grown {
             flags |= SB_FLAG_GROWN;
+        }
+        if self.zeroes {
+            flags |= SB_FLAG_ZEROES;
         }
         wr32(b, SB_FLAGS, flags)?;
         wr64(b, SB_DELETING_EPOCH, self.deleting_epoch)?;

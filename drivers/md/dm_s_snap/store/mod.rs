@@ -58,8 +58,8 @@ pub use error::{Error, Result};
 pub use io::{BlockHandle, BlockIo};
 pub use ops::{
     CopyPlan, CowFullPolicy, Location, OriginDiscard, OriginWrite, PrivateException,
-    PrivateExceptions, SharedException, SharedExceptions, SnapWritePlan, SnapshotRef, Snapshots,
-    StoreInfo, UnsharePlan, Usage,
+    PrivateExceptions, SharedException, SharedExceptions, SnapWritePlan, SnapshotDiscard,
+    SnapshotRef, Snapshots, StoreInfo, UnsharePlan, Usage,
 };
 pub use reclaim::Reclaim;
 pub use txn::Store;

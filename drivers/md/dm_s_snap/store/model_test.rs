@@ -23,7 +23,7 @@
 
 use super::{
     BlockIo, CowFullPolicy, Error, Location, OriginDiscard, OriginWrite, Reclaim, SnapWritePlan,
-    SnapshotRef, Store,
+    SnapshotDiscard, SnapshotRef, Store,
 };
 use core::fmt;
 
@@ -82,6 +82,10 @@ pub struct Summary {
     pub dropped: u64,
     /// Snapshot chunks read and compared with the model.
     pub reads: u64,
+    /// Snapshot discards that freed a chunk and left the snapshot reading its copy.
+    pub discards: u64,
+    /// Snapshot discards that freed a chunk and left it reading as zeroes.
+    pub zeroed: u64,
 }
 
 /// Why a run failed: the step and what differed.
@@ -140,6 +144,10 @@ impl Rng {
 /// A chunk's contents: kernel stacks are small, and a test run writes far
 /// fewer than 2^32 chunks.
 type Tag = u32;
+
+/// The tag of a chunk that reads as zeroes; written data never has it (tags
+/// count up from the origin's, which start at `1 << 16`).
+const ZEROES: Tag = 0;
 
 /// What the model knows of one live snapshot.
 #[derive(Clone, Copy)]
@@ -446,6 +454,7 @@ impl<D: TestDevice> Run<D> {
                 Ok(t) => Ok(t as Tag),
                 Err(e) => Err(self.error("read_tag", e)),
             },
+            Location::Zeroes => Ok(ZEROES),
         }
     }
 
@@ -520,13 +529,20 @@ impl<D: TestDevice> Run<D> {
         }
         match self.s()?.snapshot_discard(snap, chunk as u64) {
             // The snapshot's own chunk is gone: it reads its creation-time
-            // data again.
-            Ok(true) => {
+            // data again, or zeroes.
+            Ok(SnapshotDiscard::ReadsItsCopy) => {
                 if let Some(m) = self.model.snaps[slot].as_mut() {
                     m.data[chunk] = m.born[chunk];
                 }
+                self.sum.discards += 1;
             }
-            Ok(false) => {}
+            Ok(SnapshotDiscard::ReadsZeroes) => {
+                if let Some(m) = self.model.snaps[slot].as_mut() {
+                    m.data[chunk] = ZEROES;
+                }
+                self.sum.zeroed += 1;
+            }
+            Ok(SnapshotDiscard::Kept) => {}
             Err(e) => return Err(self.error("snapshot_discard", e)),
         }
         Ok(())
@@ -552,7 +568,7 @@ impl<D: TestDevice> Run<D> {
                                 0,
                             ))
                         }
-                        Ok(Location::Cow(_)) => {}
+                        Ok(Location::Cow(_) | Location::Zeroes) => {}
                         Err(e) => return Err(self.error("snapshot_lookup", e)),
                     }
                 }

@@ -64,6 +64,9 @@ pub enum Location {
     Origin,
     /// On the COW device, in this chunk.
     Cow(u64),
+    /// Nowhere: the chunk reads as zeroes. The snapshot discarded its own copy of the chunk
+    /// where no copy of the chunk from its own time was kept (see [`Store::snapshot_discard`]).
+    Zeroes,
 }
 
 /// A copy the caller must make before an origin write: copy origin chunk
@@ -97,6 +100,25 @@ pub enum OriginWrite {
     AfterCommit,
     /// Copy first, complete the plan, commit, then issue the write.
     Copy(CopyPlan),
+}
+
+/// What a discard of a snapshot chunk did (see [`Store::snapshot_discard`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotDiscard {
+    /// Nothing: the snapshot holds no COW chunk of its own for the chunk.
+    Kept,
+    /// The snapshot's own COW chunk was freed; it reads the copy of the chunk from its own time
+    /// that is kept for other snapshots.
+    ReadsItsCopy,
+    /// The snapshot's own COW chunk was freed; it reads the chunk as zeroes.
+    ReadsZeroes,
+}
+
+impl SnapshotDiscard {
+    /// Whether a COW chunk was freed (reusable after the next commit).
+    pub fn freed(self) -> bool {
+        self != SnapshotDiscard::Kept
+    }
 }
 
 /// What a discard of an origin chunk may do.
@@ -205,15 +227,15 @@ pub struct SharedException {
 }
 
 /// A private exception: the snapshot with epoch `epoch` has its own data of
-/// chunk `chunk` in COW chunk `cow`.
+/// chunk `chunk` in COW chunk `cow`, or reads it as zeroes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrivateException {
     /// Snapshot epoch.
     pub epoch: u64,
     /// Chunk.
     pub chunk: u64,
-    /// COW chunk.
-    pub cow: u64,
+    /// COW chunk; `None` for a chunk that reads as zeroes ([`Location::Zeroes`]).
+    pub cow: Option<u64>,
 }
 
 /// Superblock facts, for tools.
@@ -361,7 +383,7 @@ impl<I: BlockIo> Iterator for PrivateExceptions<'_, I> {
         Some(self.entries.next_entry()?.map(|(k, v)| PrivateException {
             epoch: hi64(k),
             chunk: lo64(k),
-            cow: lo64(v),
+            cow: (v != PRIVATE_ZEROES).then_some(lo64(v)),
         }))
     }
 }
@@ -573,7 +595,7 @@ impl<I: BlockIo> Store<I> {
     /// deleted one the answer is meaningless (but no error).
     pub fn snapshot_lookup(&self, snap: SnapshotRef, chunk: u64) -> Result<Location> {
         if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
-            return Ok(Location::Cow(self.exception_chunk(v)?));
+            return self.private_location(v);
         }
         match self.covering_shared(chunk, snap.epoch)? {
             Some((_, v)) => Ok(Location::Cow(self.exception_chunk(v)?)),
@@ -593,6 +615,15 @@ impl<I: BlockIo> Store<I> {
             });
         }
         Ok(c)
+    }
+
+    /// Where a private exception value says the snapshot's data is.
+    fn private_location(&self, v: u128) -> Result<Location> {
+        if v == PRIVATE_ZEROES {
+            Ok(Location::Zeroes)
+        } else {
+            Ok(Location::Cow(self.exception_chunk(v)?))
+        }
     }
 
     /// Creates snapshot `id` (it sees the origin as it is now).
@@ -802,12 +833,14 @@ impl<I: BlockIo> Store<I> {
         if self.snapshot_epoch(snap.id)? != Some(snap) {
             return Err(Error::NotFound);
         }
-        if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
-            return Ok(SnapWritePlan::Direct(self.exception_chunk(v)?));
-        }
-        let from = match self.covering_shared(chunk, snap.epoch)? {
-            Some((_, v)) => Location::Cow(self.exception_chunk(v)?),
-            None => Location::Origin,
+        let from = match self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
+            // A chunk that reads as zeroes gets a COW chunk of its own, like a shared one.
+            Some(PRIVATE_ZEROES) => Location::Zeroes,
+            Some(v) => return Ok(SnapWritePlan::Direct(self.exception_chunk(v)?)),
+            None => match self.covering_shared(chunk, snap.epoch)? {
+                Some((_, v)) => Location::Cow(self.exception_chunk(v)?),
+                None => Location::Origin,
+            },
         };
         let to = self.alloc_data()?;
         self.outstanding += 1;
@@ -834,16 +867,23 @@ impl<I: BlockIo> Store<I> {
             self.free_data(plan.to)?;
             return Err(Error::NotFound);
         }
-        if self.lookup(TREE_PRIVATE, private_key(e, c))?.is_some() {
-            self.free_data(plan.to)?;
-            return Err(Error::Invalid("two unshare plans for one snapshot chunk"));
-        }
+        // The plan replaces a chunk that reads as zeroes, or adds the snapshot's first own copy.
+        let replaces = match self.lookup(TREE_PRIVATE, private_key(e, c))? {
+            None => false,
+            Some(PRIVATE_ZEROES) if plan.from == Location::Zeroes => true,
+            Some(_) => {
+                self.free_data(plan.to)?;
+                return Err(Error::Invalid("two unshare plans for one snapshot chunk"));
+            }
+        };
         if let Err(err) = self.ensure(self.completion_need()) {
             self.free_data(plan.to)?;
             return Err(err);
         }
         self.insert(TREE_PRIVATE, private_key(e, c), plan.to as u128)?;
-        self.sb.private = self.sb.private.saturating_add(1);
+        if !replaces {
+            self.sb.private = self.sb.private.saturating_add(1);
+        }
         if let Some((k, v)) = self.covering_shared(c, e)? {
             if !self.first_lacking(c, hi64(v), lo64(k), DELETING)?.found {
                 self.remove(TREE_SHARED, k)?;
@@ -862,42 +902,52 @@ impl<I: BlockIo> Store<I> {
         self.guard(r)
     }
 
-    /// Discards snapshot `snap`'s own copy of `chunk` (a discard that covers the whole chunk)
-    /// where a copy of the chunk from the snapshot's own time is kept for other snapshots: the
-    /// private exception is removed and its COW chunk freed (reusable after the commit, like
-    /// every free), and the snapshot reads that shared copy again. Without one the snapshot
-    /// would read the origin, whose data may be newer than the snapshot, and origin writes
-    /// would not preserve it for the snapshot (they take snapshots up to the newest copy's
-    /// range as preserved): the copy stays. Returns whether a copy was freed; a chunk the
-    /// snapshot shares is left as it is. `NoSpace` if the B+tree update would take space that
-    /// the completions of outstanding plans may need (nothing changed then).
-    pub fn snapshot_discard(&mut self, snap: SnapshotRef, chunk: u64) -> Result<bool> {
+    /// Discards snapshot `snap`'s own copy of `chunk` (a discard that covers the whole chunk):
+    /// its COW chunk is freed (reusable after the commit, like every free).
+    ///
+    /// Where a copy of the chunk from the snapshot's own time is kept for other snapshots, the
+    /// private exception is removed and the snapshot reads that copy again
+    /// ([`SnapshotDiscard::ReadsItsCopy`]). Otherwise the exception stays, naming no chunk, and
+    /// the snapshot reads zeroes ([`SnapshotDiscard::ReadsZeroes`]): removed, it would make the
+    /// snapshot read the origin, whose data may be newer than the snapshot and which origin
+    /// writes would not preserve for it (they take snapshots up to the newest copy's range as
+    /// preserved). Discarded data is undefined; zeroes are stable and leak nothing.
+    ///
+    /// A chunk the snapshot shares, or that reads as zeroes already, is left as it is
+    /// ([`SnapshotDiscard::Kept`]): its data belongs to the origin or other snapshots too.
+    /// `NoSpace` if the B+tree update would take space that the completions of outstanding
+    /// plans may need (nothing changed then).
+    pub fn snapshot_discard(&mut self, snap: SnapshotRef, chunk: u64) -> Result<SnapshotDiscard> {
         self.writable()?;
         let r = self.snap_discard_inner(snap, chunk);
         self.guard(r)
     }
 
-    fn snap_discard_inner(&mut self, snap: SnapshotRef, chunk: u64) -> Result<bool> {
+    fn snap_discard_inner(&mut self, snap: SnapshotRef, chunk: u64) -> Result<SnapshotDiscard> {
         if self.snapshot_epoch(snap.id)? != Some(snap) {
             return Err(Error::NotFound);
         }
         let key = private_key(snap.epoch, chunk);
-        let Some(v) = self.lookup(TREE_PRIVATE, key)? else {
-            return Ok(false);
+        let cow = match self.lookup(TREE_PRIVATE, key)? {
+            None | Some(PRIVATE_ZEROES) => return Ok(SnapshotDiscard::Kept),
+            Some(v) => self.exception_chunk(v)?,
         };
-        if self.covering_shared(chunk, snap.epoch)?.is_none() {
-            return Ok(false);
-        }
-        let cow = self.exception_chunk(v)?;
         self.ensure_beside_completions(self.op_need(TREE_PRIVATE))?;
-        self.remove(TREE_PRIVATE, key)?;
+        let outcome = if self.covering_shared(chunk, snap.epoch)?.is_some() {
+            self.remove(TREE_PRIVATE, key)?;
+            self.sb.private = self.sb.private.saturating_sub(1);
+            SnapshotDiscard::ReadsItsCopy
+        } else {
+            self.insert(TREE_PRIVATE, key, PRIVATE_ZEROES)?;
+            self.sb.zeroes = true;
+            SnapshotDiscard::ReadsZeroes
+        };
         self.free_data(cow)?;
-        self.sb.private = self.sb.private.saturating_sub(1);
-        Ok(true)
+        Ok(outcome)
     }
 
-    /// Number of chunks of snapshot `id` (live or dropped) that are exceptions (its view
-    /// differs from the origin's current data). Scans all exceptions.
+    /// Number of COW chunks that hold snapshot `id`'s data (live or dropped): its own, and
+    /// the copies it shares. Scans all exceptions.
     pub fn snapshot_usage(&self, id: u32) -> Result<u64> {
         let e = match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
             Some(v) if v & DELETING == 0 => lo64(v),
@@ -908,10 +958,12 @@ impl<I: BlockIo> Store<I> {
             entries: self.entries(TREE_PRIVATE, Some(private_key(e, 0))),
         };
         for p in &mut it {
-            if p?.epoch != e {
+            let p = p?;
+            if p.epoch != e {
                 break;
             }
-            n += 1;
+            // A chunk that reads as zeroes occupies none.
+            n += u64::from(p.cow.is_some());
         }
         let mut from = Some(0u128);
         while let Some(f) = from {

@@ -167,7 +167,9 @@ impl<I: BlockIo> Store<I> {
                 block: 0,
             });
         }
-        self.free_data(lo64(v))?;
+        if v != PRIVATE_ZEROES {
+            self.free_data(lo64(v))?;
+        }
         self.sb.private = self.sb.private.saturating_sub(1);
         self.reclaimed += 1;
         Ok(true)

@@ -423,6 +423,7 @@ impl<I: BlockIo> Store<I> {
             snapshots: 0,
             dropped: 0,
             drop_when_full: false,
+            zeroes: false,
             deleting_epoch: 0,
             roots,
         };

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use s_snap_store::userspace::{Cache, FileDisk, MemDisk};
 use s_snap_store::{
-    min_chunks, BlockIo, Error, Location, OriginDiscard, OriginWrite, SnapWritePlan, Store,
+    min_chunks, BlockIo, Error, Location, OriginDiscard, OriginWrite, SnapWritePlan,
+    SnapshotDiscard, Store,
 };
 
 fn open(disk: MemDisk) -> Store<Cache<MemDisk>> {
@@ -140,8 +141,9 @@ fn unknown_feature_flags_are_refused() {
     s.create_snapshot(1).unwrap();
     s.commit().unwrap();
     let mut img = s.into_io().into_disk().to_vec();
-    // Bits 0 to 2 are this version's (drop policy, dropped snapshots, grown).
-    set_feature_flags(&mut img, 8);
+    // Bits 0 to 3 are this version's (drop policy, dropped snapshots, grown,
+    // zero-reading exceptions).
+    set_feature_flags(&mut img, 16);
     let flags = Some(Error::Unsupported("superblock feature flags"));
     let io = Cache::new(MemDisk::from_vec(img.clone()), BS, 8);
     assert_eq!(Store::open_existing(io).err(), flags);
@@ -413,25 +415,19 @@ fn discard_frees_a_snapshots_own_chunk_where_a_copy_of_its_time_is_kept() {
     };
     let own3 = u.to();
     s.snapshot_write_complete(u).unwrap();
-    // Chunk 5: snapshot 1's own copy, made from the origin: no other copy.
-    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 5).unwrap() else {
-        panic!("unshare expected");
-    };
-    let own5 = u.to();
-    s.snapshot_write_complete(u).unwrap();
     s.commit().unwrap();
     let before = s.usage();
-    // What a snapshot shares stays; so does an own chunk whose data would
-    // otherwise come from the origin (which may be newer than the snapshot).
-    assert!(!s.snapshot_discard(b, 3).unwrap());
-    assert!(!s.snapshot_discard(a, 7).unwrap());
-    assert!(!s.snapshot_discard(a, 5).unwrap());
-    assert_eq!(s.snapshot_lookup(a, 5).unwrap(), Location::Cow(own5));
+    // What a snapshot shares stays.
+    assert_eq!(s.snapshot_discard(b, 3).unwrap(), SnapshotDiscard::Kept);
+    assert_eq!(s.snapshot_discard(a, 7).unwrap(), SnapshotDiscard::Kept);
     assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(own3));
     assert_eq!(s.usage(), before);
     // Chunk 3: freed, and snapshot 1 reads the copy of its own time again.
-    assert!(s.snapshot_discard(a, 3).unwrap());
-    assert!(!s.snapshot_discard(a, 3).unwrap());
+    assert_eq!(
+        s.snapshot_discard(a, 3).unwrap(),
+        SnapshotDiscard::ReadsItsCopy
+    );
+    assert_eq!(s.snapshot_discard(a, 3).unwrap(), SnapshotDiscard::Kept);
     assert_eq!(s.snapshot_lookup(a, 3).unwrap(), Location::Cow(shared));
     assert_eq!(s.snapshot_lookup(b, 3).unwrap(), Location::Cow(shared));
     let after = s.usage();
@@ -533,8 +529,8 @@ fn discards_leave_the_space_outstanding_completions_need() {
     let (mut freed, mut refused) = (0, 0);
     for &c in &owned {
         match s.snapshot_discard(one, c) {
-            Ok(true) => freed += 1,
-            Ok(false) => panic!("chunk {c} was owned, with a copy kept"),
+            Ok(SnapshotDiscard::ReadsItsCopy) => freed += 1,
+            Ok(other) => panic!("chunk {c} was owned, with a copy kept: {other:?}"),
             Err(Error::NoSpace) => refused += 1,
             Err(e) => panic!("discard {c}: {e}"),
         }
@@ -554,12 +550,13 @@ fn discards_leave_the_space_outstanding_completions_need() {
 }
 
 #[test]
-fn discard_never_lets_a_snapshot_read_newer_origin_data() {
+fn discard_without_a_copy_of_its_time_frees_the_chunk_and_reads_zeroes() {
     // Snapshot 1's copy of chunk 4 was freed when it wrote the chunk (no
     // other snapshot of its range needed it), and the origin has been
-    // written since: freeing its own chunk would make it read the origin,
-    // and origin writes would not preserve it (its epoch is below the
-    // newest copy's range).
+    // written since: removing its own chunk would make it read the origin,
+    // and origin writes would not preserve that for it (its epoch is below
+    // the newest copy's range). So the discard frees the chunk and leaves
+    // the snapshot reading zeroes.
     let mut s = open(MemDisk::new(256 * BS));
     let a = s.create_snapshot(1).unwrap();
     let OriginWrite::Copy(p) = s.origin_write_prepare(4).unwrap() else {
@@ -575,28 +572,116 @@ fn discard_never_lets_a_snapshot_read_newer_origin_data() {
     let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 4).unwrap() else {
         panic!("unshare expected");
     };
-    let own = u.to();
     s.snapshot_write_complete(u).unwrap();
     // Chunk 6: written by both snapshots first, then by the origin (no
     // copy needed: every snapshot owned the chunk).
-    let mut own6 = 0;
     for id in [1, 2] {
         let snap = s.snapshot_epoch(id).unwrap().unwrap();
         let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(snap, 6).unwrap() else {
             panic!("unshare expected");
         };
-        if id == 1 {
-            own6 = u.to();
-        }
         s.snapshot_write_complete(u).unwrap();
     }
     s.commit().unwrap();
     assert_eq!(s.origin_write_prepare(6).unwrap(), OriginWrite::Proceed);
-    for (chunk, own) in [(4, own), (6, own6)] {
-        assert!(!s.snapshot_discard(a, chunk).unwrap(), "chunk {chunk}");
-        assert_eq!(s.snapshot_lookup(a, chunk).unwrap(), Location::Cow(own));
+    let committed = s.io().disk().to_vec();
+    let before = s.usage();
+    let chunks_of_1 = s.snapshot_usage(1).unwrap();
+    for chunk in [4, 6] {
+        assert_eq!(
+            s.snapshot_discard(a, chunk).unwrap(),
+            SnapshotDiscard::ReadsZeroes,
+            "chunk {chunk}"
+        );
+        assert_eq!(s.snapshot_lookup(a, chunk).unwrap(), Location::Zeroes);
+        // Once is enough: a chunk reading zeroes holds nothing to free.
+        assert_eq!(s.snapshot_discard(a, chunk).unwrap(), SnapshotDiscard::Kept);
     }
+    let after = s.usage();
+    assert_eq!(after.data_chunks, before.data_chunks - 2);
+    // The exceptions stay (naming no chunk): the snapshot's view still
+    // differs from the origin, and origin writes need no copy for it. The
+    // snapshot occupies two chunks less.
+    assert_eq!(after.private_exceptions, before.private_exceptions);
+    assert_eq!(s.snapshot_usage(1).unwrap(), chunks_of_1 - 2);
+    assert_eq!(s.origin_write_prepare(6).unwrap(), OriginWrite::AfterCommit);
+    s.commit().unwrap();
+    assert_eq!(s.origin_write_prepare(6).unwrap(), OriginWrite::Proceed);
+    assert_eq!(s.origin_discard_prepare(6).unwrap(), OriginDiscard::Pass);
     check_store(&s);
+    // A crash before that commit finds the chunks as they were.
+    let old = open(MemDisk::from_vec(committed));
+    let old_a = old.snapshot_epoch(1).unwrap().unwrap();
+    assert!(matches!(
+        old.snapshot_lookup(old_a, 4).unwrap(),
+        Location::Cow(_)
+    ));
+    assert_eq!(old.usage().data_chunks, before.data_chunks);
+    // Durable; a write of part of the chunk unshares it from zeroes (the
+    // driver zeroes the new chunk first), which replaces the exception.
+    let mut s = open(MemDisk::from_vec(s.into_io().into_disk().to_vec()));
+    let a = s.snapshot_epoch(1).unwrap().unwrap();
+    assert_eq!(s.snapshot_lookup(a, 4).unwrap(), Location::Zeroes);
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 4).unwrap() else {
+        panic!("unshare expected");
+    };
+    assert_eq!(u.from(), Location::Zeroes);
+    let own = u.to();
+    s.snapshot_write_complete(u).unwrap();
+    assert_eq!(s.snapshot_lookup(a, 4).unwrap(), Location::Cow(own));
+    assert_eq!(s.usage().private_exceptions, after.private_exceptions);
+    assert_eq!(s.usage().data_chunks, after.data_chunks + 1);
+    assert_eq!(
+        s.snapshot_write_prepare(a, 4).unwrap(),
+        SnapWritePlan::Direct(own)
+    );
+    s.commit().unwrap();
+    check_store(&s);
+    // Deleting the snapshots gives every chunk back.
+    s.delete_snapshot(1).unwrap();
+    s.delete_snapshot(2).unwrap();
+    s.finish_reclaim().unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.usage().data_chunks, 0);
+    assert_eq!(s.usage().private_exceptions, 0);
+    check_store(&s);
+}
+
+#[test]
+fn a_zero_reading_exception_is_refused_by_a_store_without_the_feature() {
+    // The exception names COW chunk 0, which an older module would read as
+    // snapshot data: the feature flag must make it refuse the store, and the
+    // checker must catch an exception without the flag.
+    let mut s = open(MemDisk::new(256 * BS));
+    let a = s.create_snapshot(1).unwrap();
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 2).unwrap() else {
+        panic!("unshare expected");
+    };
+    s.snapshot_write_complete(u).unwrap();
+    s.commit().unwrap();
+    let flags = |s: &Store<Cache<MemDisk>>| {
+        let at = s.info().superblock_slot as usize * BS + 116;
+        u32::from_le_bytes(s.io().disk().to_vec()[at..at + 4].try_into().unwrap())
+    };
+    assert_eq!(flags(&s), 0);
+    assert_eq!(
+        s.snapshot_discard(a, 2).unwrap(),
+        SnapshotDiscard::ReadsZeroes
+    );
+    s.commit().unwrap();
+    assert_eq!(flags(&s), 8, "feature flag 3 set");
+    // Without the flag, the checker rejects the store.
+    let mut img = s.into_io().into_disk().to_vec();
+    set_feature_flags(&mut img, 0);
+    let s = open(MemDisk::from_vec(img));
+    let mut scratch = vec![0u8; s.check_scratch_len()];
+    let mut problems = vec![];
+    s.check(&mut scratch, &mut |p| problems.push(p.what))
+        .unwrap();
+    assert!(
+        problems.contains(&"zero-reading private exception without its feature flag"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -604,8 +689,9 @@ fn a_copy_made_after_an_unpreserved_origin_write_is_not_an_older_snapshots_data(
     // Snapshot 1 owns chunk 4, so an origin write changes the chunk without a
     // copy. Snapshot 2 is created after it; the next origin write copies the
     // chunk for snapshot 2 only. That copy is not snapshot 1's data: its range
-    // must leave snapshot 1 out, and discarding snapshot 1's own chunk must keep
-    // it (found by the store's model test, which the kernel runs as KUnit).
+    // must leave snapshot 1 out, and discarding snapshot 1's own chunk must not
+    // make it read that copy (found by the store's model test, which the kernel
+    // runs as KUnit): it reads zeroes.
     let mut s = open(MemDisk::new(256 * BS));
     let a = s.create_snapshot(1).unwrap();
     let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(a, 4).unwrap() else {
@@ -629,8 +715,12 @@ fn a_copy_made_after_an_unpreserved_origin_write_is_not_an_older_snapshots_data(
         .map(|x| (x.lo, x.hi))
         .collect();
     assert_eq!(ranges, [(b.epoch(), b.epoch())]);
-    assert!(!s.snapshot_discard(a, 4).unwrap());
     assert_eq!(s.snapshot_lookup(a, 4).unwrap(), Location::Cow(own));
+    assert_eq!(
+        s.snapshot_discard(a, 4).unwrap(),
+        SnapshotDiscard::ReadsZeroes
+    );
+    assert_eq!(s.snapshot_lookup(a, 4).unwrap(), Location::Zeroes);
     assert_eq!(s.snapshot_lookup(b, 4).unwrap(), Location::Cow(copy));
     check_store(&s);
 }

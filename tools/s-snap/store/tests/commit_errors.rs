@@ -16,7 +16,7 @@ mod common;
 
 use common::*;
 use s_snap_store::userspace::{Cache, Disk, MemDisk};
-use s_snap_store::{Error, Location, OriginWrite, Store};
+use s_snap_store::{Error, OriginWrite, Store};
 use std::cell::Cell;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -162,15 +162,6 @@ fn base() -> &'static Base {
     BASE.get_or_init(build_base)
 }
 
-fn read_chunk<D: Disk>(s: &Store<Cache<D>>, chunk: u64) -> Data {
-    let mut b = [0u8; 16];
-    s.io().read_data(chunk, 0, &mut b).unwrap();
-    [
-        u64::from_le_bytes(b[..8].try_into().unwrap()),
-        u64::from_le_bytes(b[8..].try_into().unwrap()),
-    ]
-}
-
 /// Compares the store with `model` (a sample of chunks, offset by `seed`)
 /// and checks it.
 fn verify<D: Disk>(s: &Store<Cache<D>>, model: &Model, origin: &[Data], seed: u64) {
@@ -181,10 +172,7 @@ fn verify<D: Disk>(s: &Store<Cache<D>>, model: &Model, origin: &[Data], seed: u6
         let snap = s.snapshot_epoch(*id).unwrap().unwrap();
         let sample = (seed % 13..m.len() as u64).step_by(13);
         for c in sample.chain(0..32).chain([PLAN_CHUNK]) {
-            let got = match s.snapshot_lookup(snap, c).unwrap() {
-                Location::Origin => origin[c as usize],
-                Location::Cow(x) => read_chunk(s, x),
-            };
+            let got = location_data(s, s.snapshot_lookup(snap, c).unwrap(), origin, c);
             assert_eq!(got, m[c as usize], "snapshot {id} chunk {c}");
         }
     }

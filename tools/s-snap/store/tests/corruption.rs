@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use s_snap_store::userspace::{Cache, MemDisk};
-use s_snap_store::{Location, OriginWrite, SnapWritePlan, Store};
+use s_snap_store::{OriginWrite, SnapWritePlan, Store};
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -63,15 +63,6 @@ fn reseal(img: &mut [u8], chunk: usize) {
     b[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn read_chunk(s: &Store<Cache<MemDisk>>, chunk: u64) -> Option<Data> {
-    let mut b = [0u8; 16];
-    s.io().read_data(chunk, 0, &mut b).ok()?;
-    Some([
-        u64::from_le_bytes(b[..8].try_into().unwrap()),
-        u64::from_le_bytes(b[8..].try_into().unwrap()),
-    ])
-}
-
 /// Exercises a possibly corrupt image. Returns true if it opened and the
 /// check found nothing, and whether the contents equal the model.
 fn exercise(img: Vec<u8>, model: &BTreeMap<u32, Vec<Data>>, origin: &[Data]) -> (bool, bool) {
@@ -90,11 +81,10 @@ fn exercise(img: Vec<u8>, model: &BTreeMap<u32, Vec<Data>>, origin: &[Data]) -> 
             ids.push(snap.id());
             let m = model.get(&snap.id());
             for c in 0..ORIGIN_CHUNKS as u64 {
-                let got = match s.snapshot_lookup(*snap, c) {
-                    Ok(Location::Origin) => Some(origin[c as usize]),
-                    Ok(Location::Cow(x)) => read_chunk(&s, x),
-                    Err(_) => None,
-                };
+                let got = s
+                    .snapshot_lookup(*snap, c)
+                    .ok()
+                    .and_then(|loc| try_location_data(&s, loc, origin, c));
                 if m.map(|m| Some(m[c as usize])) != Some(got) {
                     same = false;
                 }

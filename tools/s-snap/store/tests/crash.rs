@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use s_snap_store::userspace::{Cache, CrashDisk, Event, MemDisk, Survival};
-use s_snap_store::{Error, Location, Store};
+use s_snap_store::{Error, Store};
 use std::collections::BTreeMap;
 
 const ORIGIN_CHUNKS: usize = 24;
@@ -81,15 +81,6 @@ fn origin_at(h: &Harness<CrashDisk>, k: usize) -> Vec<Data> {
     o
 }
 
-fn read_chunk(s: &Store<Cache<MemDisk>>, chunk: u64) -> Data {
-    let mut b = [0u8; 16];
-    s.io().read_data(chunk, 0, &mut b).unwrap();
-    [
-        u64::from_le_bytes(b[..8].try_into().unwrap()),
-        u64::from_le_bytes(b[8..].try_into().unwrap()),
-    ]
-}
-
 fn verify(s: &Store<Cache<MemDisk>>, model: &BTreeMap<u32, Vec<Data>>, origin: &[Data], ctx: &str) {
     let ids: Vec<u32> = s.snapshots().map(|x| x.unwrap().id()).collect();
     let want: Vec<u32> = model.keys().copied().collect();
@@ -100,10 +91,7 @@ fn verify(s: &Store<Cache<MemDisk>>, model: &BTreeMap<u32, Vec<Data>>, origin: &
         let step = if m.len() <= 4096 { 1 } else { 17 };
         let first = (ctx.len() as u64 * 7) % step;
         for c in (first..m.len() as u64).step_by(step as usize) {
-            let got = match s.snapshot_lookup(snap, c).unwrap() {
-                Location::Origin => origin[c as usize],
-                Location::Cow(x) => read_chunk(s, x),
-            };
+            let got = location_data(s, s.snapshot_lookup(snap, c).unwrap(), origin, c);
             assert_eq!(got, m[c as usize], "{ctx}: snapshot {id} chunk {c}");
         }
     }

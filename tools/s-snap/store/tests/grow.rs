@@ -189,17 +189,8 @@ fn crash_during_growth(cs: u32, chunks: u64, grown: u64, origin_chunks: usize) {
             check_store(&s);
             let snap = s.snapshot_epoch(1).unwrap().unwrap();
             for (c, want) in model[&1].iter().enumerate() {
-                let got = match s.snapshot_lookup(snap, c as u64).unwrap() {
-                    s_snap_store::Location::Origin => origin[c],
-                    s_snap_store::Location::Cow(cow) => {
-                        let mut b = vec![0u8; 16];
-                        s.io().read_data(cow, 0, &mut b).unwrap();
-                        [
-                            u64::from_le_bytes(b[0..8].try_into().unwrap()),
-                            u64::from_le_bytes(b[8..16].try_into().unwrap()),
-                        ]
-                    }
-                };
+                let loc = s.snapshot_lookup(snap, c as u64).unwrap();
+                let got = location_data(&s, loc, &origin, c as u64);
                 assert_eq!(&got, want, "{ctx}: chunk {c}");
             }
         }

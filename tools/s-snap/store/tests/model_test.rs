@@ -24,6 +24,8 @@ fn mem(cs: u32, chunks: u64) -> MemDisk {
 /// The kernel suite's cases (`drivers/md/dm_s_snap/store_kunit.rs`), here.
 #[test]
 fn kernel_cases_pass_in_userspace() {
+    // Snapshot discards of both kinds: back to the copy of the snapshot's time, and to zeroes.
+    let (mut discards, mut zeroed) = (0, 0);
     for (cs, chunks, crashes) in [(8, 256, false), (16, 128, true), (128, 24, true)] {
         for seed in 1..=8u64 {
             let p = Params {
@@ -37,8 +39,14 @@ fn kernel_cases_pass_in_userspace() {
                 .unwrap_or_else(|f| panic!("chunk {cs} seed {seed}: {f}"));
             assert!(s.copies > 0 && s.reads > 0 && s.commits > 0, "{s:?}");
             assert_eq!(s.crashes > 0, crashes, "{s:?}");
+            discards += s.discards;
+            zeroed += s.zeroed;
         }
     }
+    assert!(
+        discards > 0 && zeroed > 0,
+        "{discards} discards, {zeroed} zeroed"
+    );
 }
 
 /// A device just large enough: most writes find no space.

@@ -120,7 +120,8 @@ struct JsonShared {
 struct JsonPrivate {
     epoch: u64,
     chunk: u64,
-    cow: u64,
+    /// `null` for a chunk the snapshot discarded, which reads as zeroes.
+    cow: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -337,11 +338,18 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     if let Some(pr) = &d.private_exceptions {
         writeln!(out, "private exceptions: {}", pr.len())?;
         for e in pr {
-            writeln!(
-                out,
-                "  epoch {:<10} chunk {:<12} -> cow {}",
-                e.epoch, e.chunk, e.cow
-            )?;
+            match e.cow {
+                Some(cow) => writeln!(
+                    out,
+                    "  epoch {:<10} chunk {:<12} -> cow {cow}",
+                    e.epoch, e.chunk
+                )?,
+                None => writeln!(
+                    out,
+                    "  epoch {:<10} chunk {:<12} -> zeroes",
+                    e.epoch, e.chunk
+                )?,
+            }
         }
     }
     Ok(())

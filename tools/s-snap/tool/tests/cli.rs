@@ -1,7 +1,7 @@
 //! Tests of the s-snap-tool binary on images made with the store crate.
 
 use s_snap_store::userspace::{Cache, FileDisk};
-use s_snap_store::{BlockIo, OriginWrite, SnapWritePlan, Store};
+use s_snap_store::{BlockIo, OriginWrite, SnapWritePlan, SnapshotDiscard, Store};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -42,6 +42,13 @@ fn make_image(path: &Path, chunks: u64, chunk_sectors: u32) {
         if let SnapWritePlan::Unshare(p) = s.snapshot_write_prepare(snap, c).unwrap() {
             s.snapshot_write_complete(p).unwrap();
         }
+    }
+    // Chunks 0 and 1 have no copy of snapshot 2's time: discarded, they read as zeroes.
+    for c in [0, 1] {
+        assert_eq!(
+            s.snapshot_discard(snap, c).unwrap(),
+            SnapshotDiscard::ReadsZeroes
+        );
     }
     s.commit().unwrap();
     s.io().flush().unwrap();
@@ -90,6 +97,7 @@ fn clean_image_passes_and_dumps() {
     assert!(out.contains("snapshots: 3"), "{out}");
     assert!(out.contains("shared exceptions:"), "{out}");
     assert!(out.contains("private exceptions: 20"), "{out}");
+    assert_eq!(out.matches("-> zeroes").count(), 2, "{out}");
 
     let o = tool(&["dump", "--json", p]);
     assert!(o.status.success());
@@ -102,7 +110,9 @@ fn clean_image_passes_and_dumps() {
         .collect();
     assert_eq!(ids, vec![1, 2, 3], "ascending ids");
     assert_eq!(v["superblock"]["chunk_sectors"], 8);
-    assert_eq!(v["private_exceptions"].as_array().unwrap().len(), 20);
+    let private = v["private_exceptions"].as_array().unwrap();
+    assert_eq!(private.len(), 20);
+    assert_eq!(private.iter().filter(|e| e["cow"].is_null()).count(), 2);
     let shared = v["shared_exceptions"].as_array().unwrap().len() as u64;
     assert_eq!(v["usage"]["shared_exceptions"].as_u64().unwrap(), shared);
     assert!(shared > 300);

@@ -4,7 +4,8 @@
 
 use s_snap_store::userspace::{Cache, Disk};
 use s_snap_store::{
-    BlockIo, CowFullPolicy, Error, Location, OriginWrite, Reclaim, SnapWritePlan, Store, Usage,
+    BlockIo, CowFullPolicy, Error, Location, OriginWrite, Reclaim, SnapWritePlan, SnapshotDiscard,
+    Store, Usage,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +15,44 @@ pub const BS: usize = 4096;
 
 /// Contents of a chunk as far as the tests care: two 8-byte slots.
 pub type Data = [u64; 2];
+
+/// What a chunk that reads as zeroes holds.
+pub const ZEROES: Data = [0, 0];
+
+/// What COW data chunk `chunk` holds.
+pub fn try_read_data_chunk<D: Disk>(s: &Store<Cache<D>>, chunk: u64) -> Option<Data> {
+    let mut b = [0u8; 16];
+    s.io().read_data(chunk, 0, &mut b).ok()?;
+    Some([
+        u64::from_le_bytes(b[..8].try_into().unwrap()),
+        u64::from_le_bytes(b[8..].try_into().unwrap()),
+    ])
+}
+
+/// What a snapshot reads of origin chunk `chunk` whose data is at `loc`, the origin holding
+/// `origin`.
+pub fn try_location_data<D: Disk>(
+    s: &Store<Cache<D>>,
+    loc: Location,
+    origin: &[Data],
+    chunk: u64,
+) -> Option<Data> {
+    match loc {
+        Location::Origin => Some(origin[chunk as usize]),
+        Location::Cow(x) => try_read_data_chunk(s, x),
+        Location::Zeroes => Some(ZEROES),
+    }
+}
+
+/// [`try_location_data`] of a store that must read.
+pub fn location_data<D: Disk>(
+    s: &Store<Cache<D>>,
+    loc: Location,
+    origin: &[Data],
+    chunk: u64,
+) -> Data {
+    try_location_data(s, loc, origin, chunk).expect("read a data chunk")
+}
 
 /// Model of every live snapshot: id -> contents.
 pub type Model = BTreeMap<u32, Vec<Data>>;
@@ -160,12 +199,7 @@ impl<D: Disk> Harness<D> {
     }
 
     pub fn read_chunk(&self, chunk: u64) -> Data {
-        let mut b = [0u8; 16];
-        self.s().io().read_data(chunk, 0, &mut b).unwrap();
-        [
-            u64::from_le_bytes(b[..8].try_into().unwrap()),
-            u64::from_le_bytes(b[8..].try_into().unwrap()),
-        ]
+        try_read_data_chunk(self.s(), chunk).expect("read a data chunk")
     }
 
     pub fn write_chunk(&self, chunk: u64, d: Data) {
@@ -176,10 +210,7 @@ impl<D: Disk> Harness<D> {
     }
 
     fn loc_data(&self, loc: Location, chunk: u64) -> Data {
-        match loc {
-            Location::Origin => self.origin[chunk as usize],
-            Location::Cow(x) => self.read_chunk(x),
-        }
+        location_data(self.s(), loc, &self.origin, chunk)
     }
 
     /// A snapshot's current view of a chunk, read through the store.
@@ -431,13 +462,20 @@ impl<D: Disk> Harness<D> {
         };
         let private_before = self.s().usage().private_exceptions;
         match self.sm().snapshot_discard(snap, chunk) {
-            Ok(true) => {
+            Ok(SnapshotDiscard::ReadsItsCopy) => {
                 assert_eq!(self.s().usage().private_exceptions, private_before - 1);
                 let born = self.born[&snap.epoch()][chunk as usize];
                 self.snaps.get_mut(&id).unwrap()[chunk as usize] = born;
                 self.discards += 1;
             }
-            Ok(false) => assert_eq!(self.s().usage().private_exceptions, private_before),
+            Ok(SnapshotDiscard::ReadsZeroes) => {
+                assert_eq!(self.s().usage().private_exceptions, private_before);
+                self.snaps.get_mut(&id).unwrap()[chunk as usize] = ZEROES;
+                self.discards += 1;
+            }
+            Ok(SnapshotDiscard::Kept) => {
+                assert_eq!(self.s().usage().private_exceptions, private_before)
+            }
             Err(e) => panic!("snapshot discard: {e:?}"),
         }
     }
