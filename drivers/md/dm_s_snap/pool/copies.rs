@@ -10,7 +10,10 @@ use crate::store::{self, SnapshotRef};
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{
     block::bio::{BioList, Operation, Sector},
-    device_mapper::{kcopyd::Region, DmDev},
+    device_mapper::{
+        kcopyd::{CopyResult, Region},
+        DmDev,
+    },
     new_condvar, new_spinlock,
     prelude::*,
     sync::{Arc, CondVar, SpinLock},
@@ -122,12 +125,13 @@ impl Pool {
         st.pending.iter().position(|p| p.chunk == chunk)
     }
 
-    /// Starts copying for a plan; returns the index of its pending entry.
+    /// Starts copying `from` to `to` for a plan, or writing zeroes to `to` if `from` is
+    /// `None` (a chunk that reads as zeroes); returns the index of its pending entry.
     pub(super) fn start_copy(
         self: &Arc<Self>,
         st: &mut State,
         chunk: u64,
-        from: Region<'_>,
+        from: Option<Region<'_>>,
         to: Region<'_>,
         plan: PlanKind,
     ) -> Result<usize> {
@@ -141,14 +145,18 @@ impl Pool {
             )?;
             let (pool, done, tracker) = (self.clone(), job.clone(), self.copies.clone());
             self.copies.start();
-            let submitted = self.kcopyd.copy(&from, &[to], move |result| {
+            let finished = move |result: CopyResult| {
                 let state = if result.is_ok() { COPY_OK } else { COPY_FAILED };
                 done.state.store(state, Ordering::Release);
                 pool.kick();
                 // Before leaving the tracker (see `CopyTracker`).
                 drop(pool);
                 tracker.finish();
-            });
+            };
+            let submitted = match from {
+                Some(from) => self.kcopyd.copy(&from, &[to], finished),
+                None => self.kcopyd.zero(&[to], finished),
+            };
             if let Err(e) = submitted {
                 self.copies.finish();
                 return Err(e);

@@ -81,7 +81,7 @@ impl Pool {
                 let len = self.copy_len(chunk);
                 let from = self.chunk_region(&self.origin, chunk, len);
                 let to = self.chunk_region(&self.cow, plan.cow(), len);
-                match self.start_copy(st, chunk, from, to, PlanKind::Origin(plan)) {
+                match self.start_copy(st, chunk, Some(from), to, PlanKind::Origin(plan)) {
                     Ok(i) => st.pending[i].origin_waiters.push_back(bio),
                     Err(e) => bio.end(Err(e)),
                 }

@@ -63,34 +63,43 @@ impl Pool {
     }
 
     /// Sends a read of snapshot `snap` to where the snapshot's data of `chunk` is, holding a
-    /// read count of the chunk until it completes.
+    /// read count of the chunk until it completes; completes it with zeroes for a chunk that
+    /// reads as zeroes.
     fn snap_read(&self, st: &mut State, mut bio: SnapBio, snap: SnapshotRef, chunk: u64) {
         let sector = bio.sector();
-        match st.store.snapshot_lookup(snap, chunk) {
-            Ok(location) => {
-                let b = bucket(chunk);
-                self.in_flight.reads[b].fetch_add(1, Ordering::AcqRel);
-                // CAST: `b < READ_BUCKETS`, which fits a `u16`.
-                bio.per_io_mut().read_bucket = b as u16 + 1;
-                match location {
-                    Location::Origin => bio.remap(self.origin.bdev(), sector),
-                    Location::Cow(c) => {
-                        self.map_cache
-                            .lock()
-                            .set_snapshot_chunk(snap.epoch(), chunk, c);
-                        bio.remap(
-                            self.cow.bdev(),
-                            (c << self.chunk_shift) + (sector & self.chunk_mask()),
-                        )
-                    }
-                }
-                bio.submit();
+        let cow = match st.store.snapshot_lookup(snap, chunk) {
+            Ok(Location::Origin) => None,
+            Ok(Location::Cow(c)) => Some(c),
+            Ok(Location::Zeroes) => {
+                // Nothing to read (the snapshot discarded its own copy of the chunk), so no read
+                // count to hold either.
+                bio.zero_fill();
+                bio.end(Ok(()));
+                return;
             }
             Err(e) => {
                 self.note_error(st, e);
                 bio.end(Err(bio_error(e)));
+                return;
+            }
+        };
+        let b = bucket(chunk);
+        self.in_flight.reads[b].fetch_add(1, Ordering::AcqRel);
+        // CAST: `b < READ_BUCKETS`, which fits a `u16`.
+        bio.per_io_mut().read_bucket = b as u16 + 1;
+        match cow {
+            None => bio.remap(self.origin.bdev(), sector),
+            Some(c) => {
+                self.map_cache
+                    .lock()
+                    .set_snapshot_chunk(snap.epoch(), chunk, c);
+                bio.remap(
+                    self.cow.bdev(),
+                    (c << self.chunk_shift) + (sector & self.chunk_mask()),
+                )
             }
         }
+        bio.submit();
     }
 
     /// Writes to `chunk` of snapshot `snap`: in place if the snapshot owns a COW chunk for it,
@@ -139,8 +148,9 @@ impl Pool {
                 // a crash after the commit never exposes an unwritten chunk.
                 let len = self.copy_len(chunk);
                 let from = match plan.from() {
-                    Location::Origin => self.chunk_region(&self.origin, chunk, len),
-                    Location::Cow(c) => self.chunk_region(&self.cow, c, len),
+                    Location::Origin => Some(self.chunk_region(&self.origin, chunk, len)),
+                    Location::Cow(c) => Some(self.chunk_region(&self.cow, c, len)),
+                    Location::Zeroes => None,
                 };
                 let to = self.chunk_region(&self.cow, plan.to(), len);
                 match self.start_copy(st, chunk, from, to, PlanKind::Unshare(plan)) {
@@ -160,11 +170,12 @@ impl Pool {
     }
 
     /// Discards `chunk` of snapshot `snap`: a discard that covers the whole chunk frees the
-    /// snapshot's own copy of it where the store keeps a copy from the snapshot's own time
-    /// (see `Store::snapshot_discard`). Nothing goes down: what the snapshot shares belongs to
-    /// the origin and the other snapshots too, and a discard of part of a chunk frees nothing
-    /// (discarded data is undefined, so keeping it is correct). Completed at once; like a
-    /// write, the discard is durable after the next commit.
+    /// snapshot's own copy of it, after which the snapshot reads the copy of its own time that
+    /// the store keeps for other snapshots, or zeroes (see `Store::snapshot_discard`). Nothing
+    /// goes down: what the snapshot shares belongs to the origin and the other snapshots too,
+    /// and a discard of part of a chunk frees nothing (discarded data is undefined, so keeping
+    /// it is correct). Completed at once; like a write, the discard is durable after the next
+    /// commit.
     fn snap_discard(self: &Arc<Self>, st: &mut State, bio: SnapBio, snap: SnapshotRef, chunk: u64) {
         let start: Sector = chunk << self.chunk_shift;
         if bio.sector() != start || bio.sectors() < self.copy_len(chunk) {
@@ -185,8 +196,8 @@ impl Pool {
             return;
         }
         match st.store.snapshot_discard(snap, chunk) {
-            Ok(freed) => {
-                if freed {
+            Ok(discarded) => {
+                if discarded.freed() {
                     // The chunk is free for reuse after a commit: make one.
                     st.commits.mark_dirty();
                 }
