@@ -173,6 +173,16 @@ impl BlockDevice {
         // SAFETY: By the type invariant the pointer is valid.
         unsafe { bindings::bdev_physical_block_size(self.as_raw()) }
     }
+
+    /// Flushes the device's volatile write cache (`blkdev_issue_flush()`): the writes that
+    /// completed before the call are durable when it returns successfully.
+    ///
+    /// Sleeps until the flush completes: call it from process context only.
+    pub fn flush(&self) -> Result {
+        // SAFETY: By the type invariant the pointer is valid; the function takes no other
+        // argument and keeps no reference after it returns.
+        to_result(unsafe { bindings::blkdev_issue_flush(self.as_raw()) })
+    }
 }
 
 /// A block I/O unit (C `struct bio`), seen by the context currently working on it.
