@@ -11,6 +11,7 @@
 //! s-snap <origin dev> <snapshot id>
 //! dmsetup message <origin> 0 snapshot create <id>
 //! dmsetup message <origin> 0 snapshot delete <id>
+//! dmsetup message <origin> 0 snapshot rollback <id>
 //! dmsetup message <origin> 0 usage
 //! ```
 //!

@@ -9,7 +9,7 @@
 //! preserves what the snapshots still share before the write reaches the origin. Snapshots are
 //! created and deleted with `dmsetup message`.
 
-use crate::pool::{DeleteError, OriginIo, Pool};
+use crate::pool::{DeleteError, OriginIo, Pool, RollbackError};
 use crate::store::{self, CowFullPolicy};
 use crate::{parse_u32, parse_u64, Registry};
 use core::fmt::Write;
@@ -154,8 +154,8 @@ impl Features {
 }
 
 /// The messages the origin takes, for the log line of an unknown one.
-const MESSAGES: &str =
-    "snapshot create <id> | snapshot delete <id> | usage | cow_full_policy <error|drop>";
+const MESSAGES: &str = "snapshot create <id> | snapshot delete <id> | snapshot rollback <id> | \
+                        usage | cow_full_policy <error|drop>";
 
 /// At most this many characters of a bad message word are echoed in the log.
 const MAX_ECHO: usize = 24;
@@ -196,6 +196,34 @@ fn store_error(e: store::Error) -> CtrError {
 }
 
 impl OriginTarget {
+    /// `snapshot rollback <id>`.
+    fn rollback(&self, id: u32) -> Result {
+        let dev = self.origin.name();
+        self.pool
+            .start_rollback(id)
+            .map(|_| ())
+            .map_err(|e| match e {
+                RollbackError::Active => {
+                    pr_err!("{}: snapshot {} has an active s-snap device\n", dev, id);
+                    EBUSY
+                }
+                RollbackError::Store(e) => {
+                    let (code, why) = match e {
+                        store::Error::NotFound => (ENOENT, "does not exist"),
+                        store::Error::RollingBack => {
+                            (EBUSY, "cannot be rolled back to: a rollback runs")
+                        }
+                        store::Error::NoSpace => {
+                            (ENOSPC, "cannot be rolled back to: no metadata space")
+                        }
+                        _ => (EIO, "cannot be rolled back to"),
+                    };
+                    pr_err!("{}: snapshot {} {} ({})\n", dev, id, why, e);
+                    code
+                }
+            })
+    }
+
     fn message_inner(&self, args: &[&CStr], reply: &mut StatusWriter<'_>) -> Result {
         let dev = self.origin.name();
         let words: KVec<&str> = {
@@ -210,7 +238,7 @@ impl OriginTarget {
             v
         };
         match words.as_slice() {
-            ["snapshot", op @ ("create" | "delete"), id] => {
+            ["snapshot", op @ ("create" | "delete" | "rollback"), id] => {
                 let Some(id) = parse_u32(id) else {
                     // A log record has room for a short echo only, and then the reason.
                     let more = if id.chars().nth(MAX_ECHO).is_some() {
@@ -227,10 +255,15 @@ impl OriginTarget {
                     );
                     return Err(EINVAL);
                 };
-                if *op == "create" {
+                if *op == "rollback" {
+                    self.rollback(id)
+                } else if *op == "create" {
                     self.pool.create_snapshot(id).map_err(|e| {
                         let (code, why) = match e {
                             store::Error::Exists => (EEXIST, "already exists"),
+                            store::Error::RollingBack => {
+                                (EBUSY, "cannot be created while a rollback runs")
+                            }
                             store::Error::NoSpace | store::Error::Limit(_) => {
                                 (ENOSPC, "does not fit in the exception store")
                             }
@@ -250,6 +283,9 @@ impl OriginTarget {
                                 store::Error::NotFound => (ENOENT, "does not exist"),
                                 store::Error::NoSpace => {
                                     (ENOSPC, "cannot be deleted: no metadata space")
+                                }
+                                store::Error::RollingBack => {
+                                    (EBUSY, "cannot be deleted: the origin is rolled back to it")
                                 }
                                 _ => (EIO, "cannot be deleted"),
                             };
@@ -372,7 +408,10 @@ impl TargetOperations for OriginTarget {
 
     fn map(this: Pin<&Self>, t: &Target, mut bio: DmBio<Self>) -> MapResult<Self> {
         bio.remap(this.pool.origin.bdev(), t.offset(bio.sector()));
-        if (bio.is_write() || bio.is_flush()) && !this.pool.origin_write_unshared(&mut bio) {
+        // While a rollback runs, reads too: a chunk may read from where the snapshot's data is.
+        if this.pool.rolling_back()
+            || ((bio.is_write() || bio.is_flush()) && !this.pool.origin_write_unshared(&mut bio))
+        {
             this.pool.defer_origin(bio);
             MapResult::Submitted
         } else {

@@ -41,10 +41,12 @@ mod messages;
 mod origin_bios;
 mod overwrites;
 mod reclaim;
+mod rollback;
 mod snapshot_bios;
 mod space_events;
 
 pub(crate) use messages::{ActivateError, DeleteError};
+pub(crate) use rollback::RollbackError;
 
 use crate::cow::CowIo;
 use crate::map_cache::MapCache;
@@ -88,19 +90,21 @@ pub(crate) struct SnapIo {
     pub(crate) direct_write_bucket: u16,
 }
 
-/// Snapshot I/O in flight, per bucket of chunks.
+/// I/O in flight: snapshot I/O per bucket of chunks, and origin writes.
 struct InFlight {
-    /// Reads: a chunk's data does not move or change under them.
+    /// Snapshot reads: a chunk's data does not move or change under them.
     reads: [AtomicU32; READ_BUCKETS],
-    /// Writes sent straight to a chunk the snapshot owns: a discard frees such a chunk only
-    /// once they have ended.
+    /// Snapshot writes sent straight to a chunk the snapshot owns: a discard frees such a
+    /// chunk only once they have ended.
     direct_writes: [AtomicU32; READ_BUCKETS],
+    /// Origin writes issued to the origin device and not completed yet.
+    origin_writes: AtomicU32,
 }
 
 /// Per-bio data of origin bios.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct OriginIo {
-    /// The write is counted in [`Pool::writes_in_flight`].
+    /// The write is counted in `Pool::in_flight.origin_writes`.
     pub(crate) counted: bool,
 }
 
@@ -137,6 +141,13 @@ struct State {
     reclaim_paused: bool,
     /// Reclaim steps run since the last commit (see `pool/reclaim.rs`).
     reclaim_steps: u64,
+    /// Chunks the running rollback copied back, to take off the store's list in front of the
+    /// next commit (see `pool/rollback.rs`).
+    rolled_back: KVec<u64>,
+    /// The rollback's background copy stopped after an I/O error, until the origin resumes.
+    rollback_stalled: bool,
+    /// The rollback's background copy found no space: retried after the next commit.
+    rollback_waits_for_space: bool,
     /// Where space and health events go, and the low-water mark.
     space_events: SpaceEvents,
 }
@@ -167,12 +178,12 @@ pub(crate) struct Pool {
     /// Signalled when copies or origin writes drain (see [`Pool::quiesce`]).
     #[pin]
     drained: CondVar,
-    /// Origin writes issued to the origin device and not completed yet.
-    writes_in_flight: AtomicU32,
     /// Snapshot I/O in flight per bucket of chunks.
     in_flight: InFlight,
     /// The worker has bios waiting for reads (or direct writes) to drain.
     read_waiters: AtomicBool,
+    /// A rollback runs: `map` sends every origin bio to the worker.
+    rolling_back: AtomicBool,
     #[pin]
     work: Work<Pool>,
 }
@@ -217,6 +228,7 @@ impl Pool {
         // A COW device grown since the format is grown into when the origin table becomes live
         // (`Pool::grow_into_cow_device`).
         let store = Store::open(io, chunk_sectors).map_err(OpenError::Store)?;
+        let rolling_back = AtomicBool::new(store.rolling_back());
         let mut map_cache = MapCache::new()?;
         map_cache.set_no_snapshots(store.usage().snapshots == 0);
         let kcopyd = kcopyd::Client::new(&crate::THIS_MODULE)?;
@@ -250,17 +262,21 @@ impl Pool {
                     suspended: false,
                     reclaim_paused: false,
                     reclaim_steps: 0,
+                    rolled_back: KVec::new(),
+                    rollback_stalled: false,
+                    rollback_waits_for_space: false,
                     space_events: SpaceEvents::default(),
                 }, "s_snap::Pool::state"),
                 inbox <- new_spinlock!(Inbox::default(), "s_snap::Pool::inbox"),
                 map_cache <- new_spinlock!(map_cache, "s_snap::Pool::map_cache"),
                 drained <- new_condvar!("s_snap::Pool::drained"),
-                writes_in_flight: AtomicU32::new(0),
                 in_flight: InFlight {
                     reads: [const { AtomicU32::new(0) }; READ_BUCKETS],
                     direct_writes: [const { AtomicU32::new(0) }; READ_BUCKETS],
+                    origin_writes: AtomicU32::new(0),
                 },
                 read_waiters: AtomicBool::new(false),
+                rolling_back,
                 work <- new_work!("s_snap::Pool::work"),
             }),
             GFP_KERNEL,
@@ -303,7 +319,7 @@ impl Pool {
         }
         let chunk = self.chunk_of(bio.sector());
         // Counted before the look-up: see `MapCache`.
-        self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.origin_writes.fetch_add(1, Ordering::AcqRel);
         if self.map_cache.lock().origin_unshared(chunk) {
             bio.per_io_mut().counted = true;
             true
@@ -345,7 +361,7 @@ impl Pool {
 
     /// Called from `end_io` of a counted origin write.
     pub(crate) fn origin_write_done(&self) {
-        if self.writes_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.in_flight.origin_writes.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drained.notify_all();
         }
     }
@@ -403,6 +419,7 @@ impl Pool {
         self.process_snap_list(&mut st, new_snap);
 
         self.reclaim_some(&mut st);
+        self.rollback_some(&mut st);
         self.commit_if_wanted(&mut st);
         self.check_low_water(&mut st);
         if st.pending.is_empty() {

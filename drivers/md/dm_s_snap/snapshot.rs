@@ -89,6 +89,10 @@ impl TargetOperations for SnapshotTarget {
                     EBUSY,
                     c_str!("The snapshot already has an active s-snap device"),
                 ),
+                ActivateError::RollingBack => CtrError::new(
+                    EBUSY,
+                    c_str!("The origin is being rolled back to this snapshot"),
+                ),
                 ActivateError::NoMemory => CtrError::from(ENOMEM),
                 ActivateError::Store(store::Error::Corrupt { .. }) => {
                     CtrError::new(EIO, c_str!("Exception store metadata is corrupt"))

@@ -102,6 +102,7 @@ impl Pool {
         if !st.commits.wanted() || !st.pending.is_empty() {
             return;
         }
+        self.before_commit(st);
         let result = st.store.commit();
         let mut origin = core::mem::take(&mut st.commits.origin);
         let mut snap = core::mem::take(&mut st.commits.snap);
@@ -136,6 +137,11 @@ impl Pool {
     pub(super) fn committed(self: &Arc<Self>, st: &mut State) {
         st.commits.dirty = false;
         st.reclaim_steps = 0;
+        // The rollback's background copy goes on (the commit may have brought space back).
+        st.rollback_waits_for_space = false;
+        if st.store.rolling_back() {
+            self.kick();
+        }
         if core::mem::take(&mut st.reclaim_paused) && st.store.deleting_snapshots() != 0 {
             self.kick();
         }
@@ -151,6 +157,7 @@ impl Pool {
         if st.failed {
             return;
         }
+        self.before_commit(&mut st);
         match st.store.commit() {
             Ok(()) => self.committed(&mut st),
             Err(e) => self.note_error(&mut st, e),

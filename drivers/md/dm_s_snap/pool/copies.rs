@@ -75,6 +75,8 @@ impl CopyTracker {
 pub(super) enum PlanKind {
     Origin(store::CopyPlan),
     Unshare(store::UnsharePlan),
+    /// The copy back of this chunk by a rollback (see `pool/rollback.rs`).
+    Rollback(u64),
 }
 
 /// What puts the data of a plan in place, and reports when it is done.
@@ -172,6 +174,7 @@ impl Pool {
                 let aborted = match plan {
                     PlanKind::Origin(plan) => st.store.abort_origin_write(plan),
                     PlanKind::Unshare(plan) => st.store.abort_snapshot_write(plan),
+                    PlanKind::Rollback(_) => Ok(()),
                 };
                 if let Err(ae) = aborted {
                     self.note_error(st, ae);
@@ -227,7 +230,11 @@ impl Pool {
                     self.overwrites.release(*slot);
                     FailedWrite::Overwrite
                 }
-                (PlanKind::Origin(_), DataWrite::Copy(_)) => FailedWrite::OriginCopy,
+                // A failed copy back fails the origin writes that waited for it, like a
+                // failed copy for them.
+                (PlanKind::Origin(_) | PlanKind::Rollback(_), DataWrite::Copy(_)) => {
+                    FailedWrite::OriginCopy
+                }
                 (PlanKind::Unshare(plan), DataWrite::Copy(_)) => {
                     FailedWrite::Unshare(plan.snapshot())
                 }
@@ -236,6 +243,10 @@ impl Pool {
                 match p.plan {
                     PlanKind::Origin(plan) => st.store.origin_write_complete(plan),
                     PlanKind::Unshare(plan) => st.store.snapshot_write_complete(plan),
+                    PlanKind::Rollback(chunk) => {
+                        self.chunk_rolled_back(st, chunk);
+                        Ok(())
+                    }
                 }
             } else {
                 // One failed copy fails only the bios that need it: the plan is aborted, its
@@ -250,6 +261,11 @@ impl Pool {
                 let aborted = match p.plan {
                     PlanKind::Origin(plan) => st.store.abort_origin_write(plan),
                     PlanKind::Unshare(plan) => st.store.abort_snapshot_write(plan),
+                    PlanKind::Rollback(_) => {
+                        // Not again until the origin resumes: the origin device failed.
+                        st.rollback_stalled = true;
+                        Ok(())
+                    }
                 };
                 match aborted {
                     Ok(()) => {

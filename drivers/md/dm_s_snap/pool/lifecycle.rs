@@ -65,6 +65,13 @@ impl Pool {
         st.failed = false;
         st.cow_full = false;
         st.reclaim_paused = false;
+        // Chunks copied back but not taken off the failed transaction's list are copied again.
+        while st.rolled_back.pop().is_some() {}
+        st.rollback_stalled = false;
+        self.rolling_back.store(
+            st.store.rolling_back(),
+            core::sync::atomic::Ordering::Release,
+        );
         // Not while a message handler quiesces: it emptied the cache and relies on it.
         if st.quiescing == 0 {
             let none = st.store.usage().snapshots == 0;

@@ -21,7 +21,7 @@ impl Pool {
         // Before the in-flight counts are read: `map` raises them before it looks (`MapCache`).
         self.map_cache.lock().clear();
         while !st.pending.is_empty()
-            || self.writes_in_flight.load(Ordering::Acquire) != 0
+            || self.in_flight.origin_writes.load(Ordering::Acquire) != 0
             || (!st.failed && st.commits.origin_waiting())
         {
             // Copies complete in the worker, which needs the lock we give up while waiting.
@@ -33,6 +33,7 @@ impl Pool {
         } else {
             f(&mut st).and_then(|r| {
                 st.commits.mark_dirty();
+                self.before_commit(&mut st);
                 let committed = st.store.commit();
                 if let Err(e) = committed {
                     self.note_error(&mut st, e);
@@ -133,6 +134,10 @@ impl Pool {
             CowFullPolicy::Error => "error",
             CowFullPolicy::Drop => "drop",
         };
+        let (rollback_snapshot, rollback_left, rollback_total) = match st.store.rollback() {
+            Ok(Some(r)) => (RollbackId(Some(r.snapshot.id())), r.left, r.total),
+            _ => (RollbackId(None), 0, 0),
+        };
         writeln!(
             out,
             "chunk_sectors {} total_chunks {total_chunks} used_chunks {} data_chunks {data_chunks} \
@@ -141,7 +146,8 @@ impl Pool {
              snapshots {snapshots} cow_full {} failed {} commit_sequence {} \
              deleting_snapshots {deleting_snapshots} reclaimed_chunks {} \
              metadata_blocks {metadata_blocks} low_water {} cow_full_policy {policy} \
-             dropped_snapshots {dropped_snapshots}",
+             dropped_snapshots {dropped_snapshots} rollback_snapshot {rollback_snapshot} \
+             rollback_chunks_left {rollback_left} rollback_chunks_total {rollback_total}",
             chunk_size / 512,
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),
@@ -184,6 +190,10 @@ impl Pool {
         if st.active.contains(&id) {
             return Err(ActivateError::AlreadyActive);
         }
+        // Its data must not change while the origin is rolled back to it.
+        if matches!(st.store.rollback(), Ok(Some(r)) if r.snapshot.id() == id) {
+            return Err(ActivateError::RollingBack);
+        }
         st.active
             .push(id, GFP_KERNEL)
             .map_err(|_| ActivateError::NoMemory)?;
@@ -195,6 +205,18 @@ impl Pool {
         let mut st = self.state.lock();
         if let Some(i) = st.active.iter().position(|&a| a == id) {
             st.active.swap_remove(i);
+        }
+    }
+}
+
+/// The snapshot of a running rollback in `usage`: its id, or `none`.
+struct RollbackId(Option<u32>);
+
+impl core::fmt::Display for RollbackId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("none"),
         }
     }
 }
@@ -219,6 +241,8 @@ pub(crate) enum ActivateError {
     /// Dropped because the COW device was full (the `drop` policy).
     Dropped,
     AlreadyActive,
+    /// The origin is being rolled back to it.
+    RollingBack,
     NoMemory,
     Store(store::Error),
 }

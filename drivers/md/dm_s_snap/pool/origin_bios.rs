@@ -3,7 +3,7 @@
 //! Origin bios in the worker: what an origin write needs (nothing, a commit, a copy), and
 //! issuing it once its chunk is safe to write.
 
-use super::{bio_error, copies::PlanKind, OriginBio, Pool, State};
+use super::{bio_error, copies::PlanKind, rollback::ChunkRollback, OriginBio, Pool, State};
 use crate::store::{self, CowFullPolicy, OriginDiscard, OriginWrite};
 use core::sync::atomic::Ordering;
 use kernel::{
@@ -46,6 +46,11 @@ impl Pool {
             st.pending[i].origin_waiters.push_back(bio);
             return;
         }
+        if !bio.is_write() {
+            // `map` sends reads here only while a rollback runs.
+            self.rollback_read(st, bio, chunk);
+            return;
+        }
         // A write that waited for a commit goes on even while a message handler quiesces: the
         // handler waits for it, so that a snapshot created next does not copy its chunk again.
         if !committed && Self::barrier(st) {
@@ -75,6 +80,7 @@ impl Pool {
                 self.issue_origin(st, bio, committed)
             }
             Ok(OriginWrite::AfterCommit) => st.commits.after_commit_origin(bio),
+            Ok(OriginWrite::RollBackFirst) => self.roll_back_for_write(st, bio, chunk, committed),
             Ok(OriginWrite::Copy(plan)) => {
                 // A chunk was allocated: the COW device is not full (any more).
                 st.cow_full = false;
@@ -98,6 +104,37 @@ impl Pool {
             Err(store::Error::NoSpace) => {
                 // COW full: the origin keeps its data, the write fails, the snapshots stay
                 // intact (see Documentation/admin-guide/device-mapper/shared-snapshot.rst).
+                Self::note_cow_full(st, "origin writes that need a copy");
+                bio.end(Err(ENOSPC));
+            }
+            Err(e) => {
+                self.note_error(st, e);
+                bio.end(Err(bio_error(e)));
+            }
+        }
+    }
+
+    /// An origin write to a chunk that the running rollback has still to copy back: the copy
+    /// back comes first, then the write is checked again.
+    fn roll_back_for_write(
+        self: &Arc<Self>,
+        st: &mut State,
+        bio: OriginBio,
+        chunk: u64,
+        committed: bool,
+    ) {
+        match self.roll_back_chunk(st, chunk) {
+            Ok(ChunkRollback::Started(i)) => st.pending[i].origin_waiters.push_back(bio),
+            Ok(ChunkRollback::AfterCommit) => st.commits.after_commit_origin(bio),
+            Err(store::Error::NoSpace) if st.store.cow_full_policy() == CowFullPolicy::Drop => {
+                if self.drop_snapshots_for(st, chunk) {
+                    self.process_origin(st, bio, committed);
+                } else {
+                    Self::note_cow_full(st, "origin writes that need a copy");
+                    bio.end(Err(ENOSPC));
+                }
+            }
+            Err(store::Error::NoSpace) => {
                 Self::note_cow_full(st, "origin writes that need a copy");
                 bio.end(Err(ENOSPC));
             }
@@ -170,7 +207,7 @@ impl Pool {
         // Discards count as writes: a snapshot created next must not see one land.
         if bio.is_write() && (bio.has_data() || bio.op() == Operation::Discard) {
             bio.per_io_mut().counted = true;
-            self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+            self.in_flight.origin_writes.fetch_add(1, Ordering::AcqRel);
         }
         bio.submit();
     }

@@ -65,7 +65,11 @@ impl Pool {
     /// The origin was resumed: a reclaim left pending (by a suspend, a reload or a crash)
     /// goes on.
     pub(crate) fn resume(self: &Arc<Self>) {
-        self.state.lock().suspended = false;
+        let mut st = self.state.lock();
+        st.suspended = false;
+        // A rollback stopped by an I/O error is tried again.
+        st.rollback_stalled = false;
+        drop(st);
         self.kick();
     }
 }

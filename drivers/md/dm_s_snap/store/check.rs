@@ -5,7 +5,7 @@
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::BlockIo;
-use super::ops::{hi64, lo64, private_key, DELETING, DROPPED, ID_SPACE, SNAPSHOT_FLAGS};
+use super::ops::{hi64, lo64, private_key, Location, DELETING, DROPPED, ID_SPACE, SNAPSHOT_FLAGS};
 use super::txn::Store;
 use core::fmt;
 
@@ -56,6 +56,8 @@ struct Counts {
     data: u64,
     shared: u64,
     private: u64,
+    /// Chunks a rollback has still to copy back.
+    rollback: u64,
     live: u64,
     deleting: u64,
     dropped: u64,
@@ -161,6 +163,21 @@ impl<I: BlockIo> Store<I> {
         }
         if n.live != sb.snapshots {
             ck.bad("snapshot counter differs", None, Some(n.live));
+        }
+        if n.rollback != sb.rollback_left {
+            ck.bad(
+                "rollback counter differs from its chunks",
+                None,
+                Some(n.rollback),
+            );
+        }
+        // A rollback copies back from a snapshot that is not being deleted.
+        if sb.rollback_epoch != 0
+            && !self
+                .lookup(TREE_SNAPS, sb.rollback_epoch as u128)?
+                .is_some_and(|v| v & DELETING == 0)
+        {
+            ck.bad("rollback of no snapshot", None, Some(sb.rollback_epoch));
         }
         if n.dropped != sb.dropped {
             ck.bad("dropped snapshot counter differs", None, Some(n.dropped));
@@ -453,6 +470,19 @@ impl<I: BlockIo> Store<I> {
                     ck.bad("shared exception needed by no live snapshot", None, Some(c));
                 }
             }
+            TREE_PRIVATE if hi64(k) == ROLLBACK_KEY_EPOCH => {
+                n.rollback += 1;
+                let c = lo64(k);
+                if sb.rollback_epoch == 0 {
+                    ck.bad("chunk to roll back without a rollback", None, Some(c));
+                } else if self.epoch_lookup(sb.rollback_epoch, c)? == Location::Origin {
+                    ck.bad(
+                        "chunk to roll back where its snapshot reads the origin",
+                        None,
+                        Some(c),
+                    );
+                }
+            }
             TREE_PRIVATE => {
                 n.private += 1;
                 let e = hi64(k);
@@ -585,6 +615,10 @@ impl<I: BlockIo> Store<I> {
                     .is_some_and(|r| r.iter().all(|&x| x == 0));
             }
             let end = SB_BLOCK_SIZE + 4;
+            ok &= h
+                .get(end..SB_ROLLBACK_EPOCH)
+                .is_some_and(|r| r.iter().all(|&x| x == 0));
+            let end = SB_ROLLBACK_LEFT + 8;
             ok &= h
                 .get(end..SB_FIXED_BITMAPS)
                 .is_some_and(|r| r.iter().all(|&x| x == 0));

@@ -41,6 +41,8 @@ pub enum Error {
     ReadOnly,
     /// The operation needs that no copy plan is outstanding.
     Busy,
+    /// The operation is refused while the origin is rolled back to a snapshot.
+    RollingBack,
     /// An argument or a plan is not valid for the current state.
     Invalid(&'static str),
     /// A design limit was reached (tree depth, epoch counter, ...).
@@ -85,6 +87,7 @@ impl fmt::Display for Error {
             Error::NotFound => f.write_str("no such snapshot"),
             Error::ReadOnly => f.write_str("store opened read-only"),
             Error::Busy => f.write_str("copy plans are outstanding"),
+            Error::RollingBack => f.write_str("the origin is being rolled back to a snapshot"),
             Error::Invalid(s) => write!(f, "invalid: {s}"),
             Error::Limit(s) => write!(f, "limit reached: {s}"),
             Error::Failed => f.write_str("store failed earlier; reopen it"),

@@ -65,9 +65,13 @@ pub(crate) const SB_FLAG_GROWN: u32 = 1 << 2;
 /// discarded reads as zeroes), which a module without it would take for COW chunk 0. Set by
 /// the first such exception and kept.
 pub(crate) const SB_FLAG_ZEROES: u32 = 1 << 3;
+/// Feature flag: a rollback of the origin to a snapshot is in progress ([`SB_ROLLBACK_EPOCH`]);
+/// a module without rollbacks would serve the origin's old data and take the chunks left to
+/// roll back for private exceptions of no snapshot.
+pub(crate) const SB_FLAG_ROLLBACK: u32 = 1 << 4;
 /// The feature flags this version knows.
 pub(crate) const SB_KNOWN_FLAGS: u32 =
-    SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED | SB_FLAG_GROWN | SB_FLAG_ZEROES;
+    SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED | SB_FLAG_GROWN | SB_FLAG_ZEROES | SB_FLAG_ROLLBACK;
 /// Private exception value that names no COW chunk: the snapshot reads the chunk as zeroes.
 /// COW chunk 0 holds the superblocks, so it is never a data chunk.
 pub(crate) const PRIVATE_ZEROES: u128 = 0;
@@ -80,6 +84,16 @@ pub(crate) const SB_DATA_HINT: usize = 176;
 /// The metadata block size in bytes, [`BLOCK_SIZE`] (u32; zero up to the
 /// selector bits after it).
 pub(crate) const SB_BLOCK_SIZE: usize = 184;
+/// Epoch of the snapshot the origin is being rolled back to (u64), 0 if none.
+pub(crate) const SB_ROLLBACK_EPOCH: usize = 192;
+/// Chunks the running rollback had to copy back when it started (u64).
+pub(crate) const SB_ROLLBACK_TOTAL: usize = 200;
+/// Chunks the running rollback has still to copy back (u64): entries of the private tree under
+/// [`ROLLBACK_KEY_EPOCH`].
+pub(crate) const SB_ROLLBACK_LEFT: usize = 208;
+/// Private-tree keys `(ROLLBACK_KEY_EPOCH << 64) | chunk` name the origin chunks a rollback
+/// has still to copy back; no snapshot has epoch 0.
+pub(crate) const ROLLBACK_KEY_EPOCH: u64 = 0;
 /// Bitmap blocks whose slots are in the fixed area (u32), for a grown store; 0 when all are.
 pub(crate) const SB_FIXED_BITMAPS: usize = 240;
 /// Dropped snapshots (u64): listed, unreadable, their space kept until they are deleted.
@@ -624,6 +638,10 @@ pub(crate) struct SbState {
     pub(crate) drop_when_full: bool,
     /// Private exceptions may read as zeroes ([`SB_FLAG_ZEROES`]).
     pub(crate) zeroes: bool,
+    /// See [`SB_ROLLBACK_EPOCH`], [`SB_ROLLBACK_TOTAL`] and [`SB_ROLLBACK_LEFT`].
+    pub(crate) rollback_epoch: u64,
+    pub(crate) rollback_total: u64,
+    pub(crate) rollback_left: u64,
     pub(crate) deleting_epoch: u64,
     pub(crate) roots: [Root; NR_TREES],
 }
@@ -659,6 +677,9 @@ impl SbState {
             dropped: rd64(b, SB_DROPPED)?,
             drop_when_full: rd32(b, SB_FLAGS)? & SB_FLAG_DROP_WHEN_FULL != 0,
             zeroes: rd32(b, SB_FLAGS)? & SB_FLAG_ZEROES != 0,
+            rollback_epoch: rd64(b, SB_ROLLBACK_EPOCH)?,
+            rollback_total: rd64(b, SB_ROLLBACK_TOTAL)?,
+            rollback_left: rd64(b, SB_ROLLBACK_LEFT)?,
             deleting_epoch: rd64(b, SB_DELETING_EPOCH)?,
             roots,
         })
@@ -697,6 +718,9 @@ impl SbState {
         if self.zeroes {
             flags |= SB_FLAG_ZEROES;
         }
+        if self.rollback_epoch != 0 {
+            flags |= SB_FLAG_ROLLBACK;
+        }
         wr32(b, SB_FLAGS, flags)?;
         wr64(b, SB_DELETING_EPOCH, self.deleting_epoch)?;
         for (t, r) in self.roots.iter().enumerate() {
@@ -708,6 +732,11 @@ impl SbState {
         wr64(b, SB_DATA_HINT, self.data_hint)?;
         wr32(b, SB_BLOCK_SIZE, BLOCK_SIZE as u32)?;
         let end = SB_BLOCK_SIZE + 4;
+        zero_bytes(b, end, SB_ROLLBACK_EPOCH - end)?;
+        wr64(b, SB_ROLLBACK_EPOCH, self.rollback_epoch)?;
+        wr64(b, SB_ROLLBACK_TOTAL, self.rollback_total)?;
+        wr64(b, SB_ROLLBACK_LEFT, self.rollback_left)?;
+        let end = SB_ROLLBACK_LEFT + 8;
         zero_bytes(b, end, SB_FIXED_BITMAPS - end)?;
         wr32(
             b,

@@ -50,6 +50,7 @@ mod io;
 pub mod model_test;
 mod ops;
 mod reclaim;
+mod rollback;
 mod space_map;
 mod txn;
 
@@ -62,6 +63,7 @@ pub use ops::{
     SnapshotRef, Snapshots, StoreInfo, UnsharePlan, Usage,
 };
 pub use reclaim::Reclaim;
+pub use rollback::RollbackProgress;
 pub use txn::Store;
 
 /// Size in bytes of a metadata block: the block size [`BlockIo`] must

@@ -86,6 +86,10 @@ pub struct Summary {
     pub discards: u64,
     /// Snapshot discards that freed a chunk and left it reading as zeroes.
     pub zeroed: u64,
+    /// Rollbacks of the origin started.
+    pub rollbacks: u64,
+    /// Chunks copied back by rollbacks.
+    pub rolled_back: u64,
 }
 
 /// Why a run failed: the step and what differed.
@@ -171,9 +175,21 @@ struct Model {
     /// none.
     pending: [Tag; ORIGIN_CHUNKS],
     snaps: [Option<SnapModel>; MAX_SNAPSHOTS],
+    /// The slot of the snapshot the origin is rolled back to, while a rollback runs.
+    rollback: Option<usize>,
+    /// The chunks the running rollback has still to copy back.
+    rolling: [bool; ORIGIN_CHUNKS],
 }
 
 impl Model {
+    /// What the origin reads (the device, or the snapshot a rollback copies back from).
+    fn origin_view(&self, chunk: usize) -> Tag {
+        match self.rollback.and_then(|slot| self.snaps[slot]) {
+            Some(m) if self.rolling[chunk] => m.data[chunk],
+            _ => self.origin[chunk],
+        }
+    }
+
     /// Live snapshots.
     fn snapshot_count(&self) -> u64 {
         self.snaps.iter().flatten().filter(|s| !s.dropped).count() as u64
@@ -271,6 +287,21 @@ impl<D: TestDevice> Run<D> {
         let proceed = match r {
             Ok(OriginWrite::Proceed) => true,
             Ok(OriginWrite::AfterCommit) => false,
+            Ok(OriginWrite::RollBackFirst) => {
+                if !self.model.rolling[chunk] || self.model.rollback.is_none() {
+                    return Err(self.fail(
+                        "rollback first of a chunk not listed",
+                        chunk as u64,
+                        0,
+                        0,
+                    ));
+                }
+                // Then the write goes on, as the target retries it.
+                return match self.roll_back_chunk(chunk)? {
+                    true => self.origin_write(chunk),
+                    false => Ok(()),
+                };
+            }
             Ok(OriginWrite::Copy(plan)) => {
                 if plan.chunk() != chunk as u64 {
                     return Err(self.fail("copy plan of another chunk", chunk as u64, 0, 0));
@@ -433,6 +464,8 @@ impl<D: TestDevice> Run<D> {
                 self.sum.no_space += 1;
                 return Ok(());
             }
+            // Its data is the rollback's source.
+            Err(Error::RollingBack) if self.model.rollback == Some(slot) => return Ok(()),
             Err(e) => return Err(self.error("snapshot_write_prepare", e)),
         }
         if let Some(m) = self.model.snaps[slot].as_mut() {
@@ -448,6 +481,163 @@ impl<D: TestDevice> Run<D> {
             Ok(l) => l,
             Err(e) => return Err(self.error("snapshot_lookup", e)),
         };
+        self.read_location(loc, chunk)
+    }
+
+    /// Starts rolling the origin back to the snapshot in `slot`, as the message does: after the
+    /// queued origin writes, and committed before it returns. Every chunk it does not list
+    /// must already hold the snapshot's data.
+    fn start_rollback(&mut self, slot: usize) -> Outcome<()> {
+        let Some(m) = self.model.snaps[slot] else {
+            return Ok(());
+        };
+        if self.model.pending.iter().any(|&t| t != 0) {
+            self.commit()?;
+        }
+        let running = self.model.rollback.is_some();
+        match self.s()?.start_rollback(m.id) {
+            Ok(n) => {
+                if running || m.dropped {
+                    return Err(self.fail("rollback started wrongly", m.id.into(), 0, 0));
+                }
+                let mut listed = 0;
+                for c in 0..ORIGIN_CHUNKS {
+                    let pending = match self.s()?.rollback_pending(c as u64) {
+                        Ok(p) => p,
+                        Err(e) => return Err(self.error("rollback_pending", e)),
+                    };
+                    if pending {
+                        listed += 1;
+                    } else if m.data[c] != self.model.origin[c] {
+                        return Err(self.fail(
+                            "rollback leaves out a chunk where the snapshot differs",
+                            m.id.into(),
+                            c as u64,
+                            0,
+                        ));
+                    }
+                    self.model.rolling[c] = pending;
+                }
+                if listed != n {
+                    return Err(self.fail("rollback count", m.id.into(), listed, n));
+                }
+                self.model.rollback = if n == 0 { None } else { Some(slot) };
+                self.sum.rollbacks += 1;
+                self.commit()
+            }
+            Err(Error::RollingBack) if running => Ok(()),
+            Err(Error::NotFound) if m.dropped => Ok(()),
+            Err(Error::NoSpace) => {
+                self.sum.no_space += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.error("start_rollback", e)),
+        }
+    }
+
+    /// Copies `chunk` back for the running rollback, as the target does: the origin's data
+    /// preserved for the other snapshots first, committed, then the snapshot's data copied over
+    /// the origin chunk. False if there was no space for it.
+    fn roll_back_chunk(&mut self, chunk: usize) -> Outcome<bool> {
+        let Some(m) = self.model.rollback.and_then(|slot| self.model.snaps[slot]) else {
+            return Err(self.fail("rollback of a chunk without a rollback", chunk as u64, 0, 0));
+        };
+        for _ in 0..4 {
+            match self.s()?.rollback_prepare(chunk as u64) {
+                Ok(OriginWrite::Proceed) => {
+                    let got = match self.s()?.rollback_source(chunk as u64) {
+                        Ok(loc) => self.read_location(loc, chunk)?,
+                        Err(e) => return Err(self.error("rollback_source", e)),
+                    };
+                    if got != m.data[chunk] {
+                        return Err(self.fail(
+                            "rollback copies other data",
+                            chunk as u64,
+                            m.data[chunk].into(),
+                            got.into(),
+                        ));
+                    }
+                    self.model.origin[chunk] = got;
+                    match self.s()?.rollback_chunk_done(chunk as u64) {
+                        Ok(()) => {}
+                        Err(Error::NoSpace) => {
+                            self.sum.no_space += 1;
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(self.error("rollback_chunk_done", e)),
+                    }
+                    self.model.rolling[chunk] = false;
+                    self.sum.rolled_back += 1;
+                    if !self.model.rolling.iter().any(|&r| r) {
+                        self.model.rollback = None;
+                    }
+                    if self.s()?.rolling_back() != self.model.rollback.is_some() {
+                        return Err(self.fail("rollback end", chunk as u64, 0, 0));
+                    }
+                    return Ok(true);
+                }
+                Ok(OriginWrite::AfterCommit) => self.commit()?,
+                Ok(OriginWrite::Copy(plan)) => {
+                    let d = self.model.origin[chunk].into();
+                    if let Err(e) = self.s()?.io().write_tag(plan.cow(), d) {
+                        return Err(self.error("write_tag", e));
+                    }
+                    match self.s()?.origin_write_complete(plan) {
+                        Ok(()) => self.sum.copies += 1,
+                        Err(Error::NoSpace) => {
+                            self.sum.no_space += 1;
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(self.error("origin_write_complete", e)),
+                    }
+                    self.commit()?;
+                }
+                Ok(OriginWrite::RollBackFirst) => {
+                    return Err(self.fail("rollback_prepare asks for a rollback", 0, 0, 0))
+                }
+                Err(Error::NoSpace) if self.p.drop_when_full => {
+                    if !self.drop_for(chunk)? {
+                        return Ok(false);
+                    }
+                    self.commit()?;
+                }
+                Err(Error::NoSpace) => {
+                    self.sum.no_space += 1;
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.error("rollback_prepare", e)),
+            }
+        }
+        Err(self.fail("rollback of a chunk makes no progress", chunk as u64, 0, 0))
+    }
+
+    /// Up to `steps` chunks copied back, in chunk order, as the target's background work does.
+    /// False if the rollback is not finished.
+    fn rollback_steps(&mut self, steps: u64) -> Outcome<bool> {
+        for _ in 0..steps {
+            let next = match self.s()?.next_rollback_chunk(0) {
+                Ok(n) => n,
+                Err(e) => return Err(self.error("next_rollback_chunk", e)),
+            };
+            let want = self.model.rolling.iter().position(|&r| r);
+            let Some(c) = next else {
+                return match want {
+                    None => Ok(true),
+                    Some(c) => Err(self.fail("chunk to roll back not listed", c as u64, 0, 0)),
+                };
+            };
+            if want != Some(c as usize) {
+                return Err(self.fail("next chunk to roll back", c, 0, 0));
+            }
+            if !self.roll_back_chunk(c as usize)? {
+                return Ok(false);
+            }
+        }
+        Ok(self.model.rollback.is_none())
+    }
+
+    /// What a location holds of `chunk` (the origin device for [`Location::Origin`]).
+    fn read_location(&mut self, loc: Location, chunk: usize) -> Outcome<Tag> {
         match loc {
             Location::Origin => Ok(self.model.origin[chunk]),
             Location::Cow(cow) => match self.s()?.io().read_tag(cow) {
@@ -456,6 +646,28 @@ impl<D: TestDevice> Run<D> {
             },
             Location::Zeroes => Ok(ZEROES),
         }
+    }
+
+    /// The origin reads what the model says, during a rollback too.
+    fn origin_read(&mut self, chunk: usize) -> Outcome<()> {
+        if self.model.pending[chunk] != 0 {
+            // A write waits for a commit: the device holds the older data until then.
+            return Ok(());
+        }
+        let want = self.model.origin_view(chunk);
+        let got = match self.s()?.origin_read_location(chunk as u64) {
+            Ok(loc) => self.read_location(loc, chunk)?,
+            Err(e) => return Err(self.error("origin_read_location", e)),
+        };
+        if got != want {
+            return Err(self.fail(
+                "origin reads other data",
+                chunk as u64,
+                want.into(),
+                got.into(),
+            ));
+        }
+        Ok(())
     }
 
     fn snapshot_read(&mut self, slot: usize, chunk: usize) -> Outcome<()> {
@@ -483,8 +695,12 @@ impl<D: TestDevice> Run<D> {
         if self.model.pending.iter().any(|&t| t != 0) {
             self.commit()?;
         }
+        let rolling = self.model.rollback.is_some();
         match self.s()?.create_snapshot(id) {
             Ok(r) => {
+                if rolling {
+                    return Err(self.fail("created a snapshot during a rollback", id.into(), 0, 0));
+                }
                 if r.id() != id || self.model.snaps.iter().flatten().any(|s| s.id == id) {
                     return Err(self.fail("created a snapshot whose id is live", id.into(), 0, 0));
                 }
@@ -501,6 +717,7 @@ impl<D: TestDevice> Run<D> {
                     return Err(self.fail("id of no live snapshot exists", id.into(), 0, 0));
                 }
             }
+            Err(Error::RollingBack) if rolling => {}
             Err(Error::NoSpace) => self.sum.no_space += 1,
             Err(e) => return Err(self.error("create_snapshot", e)),
         }
@@ -511,8 +728,13 @@ impl<D: TestDevice> Run<D> {
         let Some(m) = self.model.snaps[slot] else {
             return Ok(());
         };
+        let source = self.model.rollback == Some(slot);
         match self.s()?.delete_snapshot(m.id) {
+            Ok(()) if source => {
+                return Err(self.fail("deleted the snapshot of a rollback", m.id.into(), 0, 0))
+            }
             Ok(()) => self.model.snaps[slot] = None,
+            Err(Error::RollingBack) if source => {}
             Err(Error::NoSpace) => self.sum.no_space += 1,
             Err(e) => return Err(self.error("delete_snapshot", e)),
         }
@@ -543,6 +765,7 @@ impl<D: TestDevice> Run<D> {
                 self.sum.zeroed += 1;
             }
             Ok(SnapshotDiscard::Kept) => {}
+            Err(Error::RollingBack) if self.model.rollback == Some(slot) => {}
             Err(e) => return Err(self.error("snapshot_discard", e)),
         }
         Ok(())
@@ -665,6 +888,12 @@ impl<D: TestDevice> Run<D> {
                 self.snapshot_read(slot, chunk)?;
             }
         }
+        for chunk in 0..ORIGIN_CHUNKS {
+            self.origin_read(chunk)?;
+        }
+        if self.s()?.rolling_back() != self.model.rollback.is_some() {
+            return Err(self.fail("rollback running", 0, 0, 0));
+        }
         Ok(())
     }
 
@@ -672,11 +901,16 @@ impl<D: TestDevice> Run<D> {
     fn check(&mut self) -> Outcome<()> {
         let mut scratch = [0u8; MAX_DEVICE_BLOCKS as usize / 8];
         let mut problems = 0u64;
-        let r = self.s()?.check(&mut scratch, &mut |_| problems += 1);
-        match r {
-            Ok(_) if problems == 0 => Ok(()),
-            Ok(_) => Err(self.fail("the store's checker found problems", problems, 0, 0)),
-            Err(e) => Err(self.error("check", e)),
+        let mut first = None;
+        let r = self.s()?.check(&mut scratch, &mut |p| {
+            problems += 1;
+            first.get_or_insert((p.what, p.value.unwrap_or(0)));
+        });
+        match (r, first) {
+            (Ok(_), None) => Ok(()),
+            // The first problem the checker found, with its value.
+            (Ok(_), Some((what, value))) => Err(self.fail(what, problems, value, 0)),
+            (Err(e), _) => Err(self.error("check", e)),
         }
     }
 
@@ -690,10 +924,11 @@ impl<D: TestDevice> Run<D> {
                 Some(slot) => self.snapshot_write(slot, chunk),
                 None => Ok(()),
             },
-            45..=59 => match self.model.pick(pick) {
+            45..=54 => match self.model.pick(pick) {
                 Some(slot) => self.snapshot_read(slot, chunk),
                 None => Ok(()),
             },
+            55..=59 => self.origin_read(chunk),
             60..=67 => self.create((pick % 16) as u32),
             68..=72 => match self.model.pick(pick) {
                 Some(slot) => self.delete(slot),
@@ -704,7 +939,12 @@ impl<D: TestDevice> Run<D> {
                 None => Ok(()),
             },
             77..=79 => self.origin_discard(chunk),
-            80..=85 => self.reclaim(1 + pick % 8),
+            80..=83 => self.reclaim(1 + pick % 8),
+            84 => match self.model.pick(pick) {
+                Some(slot) => self.start_rollback(slot),
+                None => Ok(()),
+            },
+            85 => self.rollback_steps(1 + pick % 4).map(|_| ()),
             86..=93 => self.commit(),
             94..=95 => self.reopen(),
             96..=97 if self.p.crashes => self.crash(),
@@ -720,7 +960,19 @@ impl<D: TestDevice> Run<D> {
         self.reopen()?;
         self.verify_all()?;
         self.check()?;
-        // Deleting every snapshot gives all space back.
+        // Deleting every snapshot gives all space back. The snapshot of a running rollback
+        // stays until the rollback, which the space of the others lets finish, has ended.
+        for slot in 0..MAX_SNAPSHOTS {
+            self.delete(slot)?;
+        }
+        self.commit()?;
+        self.reclaim_all()?;
+        self.commit()?;
+        if !self.rollback_steps(ORIGIN_CHUNKS as u64 + 1)? {
+            return Err(self.fail("a rollback cannot finish", 0, 0, 0));
+        }
+        self.commit()?;
+        self.verify_all()?;
         for slot in 0..MAX_SNAPSHOTS {
             self.delete(slot)?;
             if self.model.snaps[slot].is_some() {
@@ -769,6 +1021,8 @@ pub fn run<D: TestDevice>(dev: D, p: Params) -> Result<Summary, Failure> {
         origin,
         pending: [0; ORIGIN_CHUNKS],
         snaps: [None; MAX_SNAPSHOTS],
+        rollback: None,
+        rolling: [false; ORIGIN_CHUNKS],
     };
     let mut run = Run {
         store: None,

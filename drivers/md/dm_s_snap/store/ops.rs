@@ -42,8 +42,8 @@ pub(crate) fn lo64(x: u128) -> u64 {
 /// A live snapshot: its user id and its epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotRef {
-    id: u32,
-    epoch: u64,
+    pub(crate) id: u32,
+    pub(crate) epoch: u64,
 }
 
 impl SnapshotRef {
@@ -100,6 +100,10 @@ pub enum OriginWrite {
     AfterCommit,
     /// Copy first, complete the plan, commit, then issue the write.
     Copy(CopyPlan),
+    /// The running rollback has still to copy the chunk back (see [`Store::rollback_prepare`]):
+    /// the origin device does not hold the origin's data of it yet. Prepare the write again
+    /// once it is copied back.
+    RollBackFirst,
 }
 
 /// What a discard of a snapshot chunk did (see [`Store::snapshot_discard`]).
@@ -286,7 +290,7 @@ pub(crate) struct Lacking {
 
 /// The entries of one tree in key order from a start key, found one at a
 /// time by a successor search (so that no block stays held between items).
-struct Entries<'a, I: BlockIo> {
+pub(crate) struct Entries<'a, I: BlockIo> {
     store: &'a Store<I>,
     tree: usize,
     next: Option<u128>,
@@ -294,7 +298,7 @@ struct Entries<'a, I: BlockIo> {
 
 impl<I: BlockIo> Entries<'_, I> {
     /// The next entry; after an error or the last entry, always `None`.
-    fn next_entry(&mut self) -> Option<Result<(u128, u128)>> {
+    pub(crate) fn next_entry(&mut self) -> Option<Result<(u128, u128)>> {
         let from = self.next?;
         match self.store.ceil(self.tree, from) {
             Ok(Some((k, v))) => {
@@ -389,7 +393,7 @@ impl<I: BlockIo> Iterator for PrivateExceptions<'_, I> {
 }
 
 impl<I: BlockIo> Store<I> {
-    fn entries(&self, tree: usize, from: Option<u128>) -> Entries<'_, I> {
+    pub(crate) fn entries(&self, tree: usize, from: Option<u128>) -> Entries<'_, I> {
         Entries {
             store: self,
             tree,
@@ -435,10 +439,10 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Private exceptions in (epoch, chunk) order.
+    /// Private exceptions in (epoch, chunk) order (not the list of a rollback, under epoch 0).
     pub fn private_exceptions(&self) -> PrivateExceptions<'_, I> {
         PrivateExceptions {
-            entries: self.entries(TREE_PRIVATE, Some(0)),
+            entries: self.entries(TREE_PRIVATE, Some(private_key(1, 0))),
         }
     }
 
@@ -594,10 +598,15 @@ impl<I: BlockIo> Store<I> {
     /// `snap` must be a live snapshot (from [`Store::snapshot_epoch`]); for a
     /// deleted one the answer is meaningless (but no error).
     pub fn snapshot_lookup(&self, snap: SnapshotRef, chunk: u64) -> Result<Location> {
-        if let Some(v) = self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
+        self.epoch_lookup(snap.epoch, chunk)
+    }
+
+    /// Where the snapshot with epoch `epoch` has its data of `chunk`.
+    pub(crate) fn epoch_lookup(&self, epoch: u64, chunk: u64) -> Result<Location> {
+        if let Some(v) = self.lookup(TREE_PRIVATE, private_key(epoch, chunk))? {
             return self.private_location(v);
         }
-        match self.covering_shared(chunk, snap.epoch)? {
+        match self.covering_shared(chunk, epoch)? {
             Some((_, v)) => Ok(Location::Cow(self.exception_chunk(v)?)),
             None => Ok(Location::Origin),
         }
@@ -634,6 +643,8 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn create_inner(&mut self, id: u32) -> Result<SnapshotRef> {
+        // It would share origin chunks whose data is not on the origin device yet.
+        self.not_rolling_back()?;
         // The id of a snapshot whose space is still being reclaimed is free again: the new
         // snapshot takes over the id index, and the reclaim leaves it alone (see
         // `reclaim.rs`).
@@ -666,6 +677,14 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn origin_prepare_inner(&mut self, chunk: u64) -> Result<OriginWrite> {
+        if self.rollback_pending(chunk)? {
+            return Ok(OriginWrite::RollBackFirst);
+        }
+        self.preserve_for_origin_write(chunk)
+    }
+
+    /// What an origin write of `chunk` needs so that the snapshots keep their data.
+    pub(crate) fn preserve_for_origin_write(&mut self, chunk: u64) -> Result<OriginWrite> {
         Ok(match self.origin_chunk_needed(chunk)? {
             OriginDiscard::Keep => {
                 let cow = self.alloc_data()?;
@@ -681,6 +700,10 @@ impl<I: BlockIo> Store<I> {
     /// that snapshots still share keeps its data (no copy is made for a discard).
     pub fn origin_discard_prepare(&self, chunk: u64) -> Result<OriginDiscard> {
         self.writable()?;
+        if self.rollback_pending(chunk)? {
+            // The rollback will write the chunk; until then its data is elsewhere.
+            return Ok(OriginDiscard::Keep);
+        }
         self.origin_chunk_needed(chunk)
     }
 
@@ -833,6 +856,7 @@ impl<I: BlockIo> Store<I> {
         if self.snapshot_epoch(snap.id)? != Some(snap) {
             return Err(Error::NotFound);
         }
+        self.not_rollback_source(snap.epoch)?;
         let from = match self.lookup(TREE_PRIVATE, private_key(snap.epoch, chunk))? {
             // A chunk that reads as zeroes gets a COW chunk of its own, like a shared one.
             Some(PRIVATE_ZEROES) => Location::Zeroes,
@@ -927,6 +951,7 @@ impl<I: BlockIo> Store<I> {
         if self.snapshot_epoch(snap.id)? != Some(snap) {
             return Err(Error::NotFound);
         }
+        self.not_rollback_source(snap.epoch)?;
         let key = private_key(snap.epoch, chunk);
         let cow = match self.lookup(TREE_PRIVATE, key)? {
             None | Some(PRIVATE_ZEROES) => return Ok(SnapshotDiscard::Kept),

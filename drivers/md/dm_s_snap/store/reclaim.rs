@@ -60,6 +60,9 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn delete_inner(&mut self, id: u32) -> Result<()> {
+        if self.is_rollback_snapshot(id)? {
+            return Err(Error::RollingBack);
+        }
         let v = match self.lookup(TREE_SNAPS, ID_SPACE | id as u128)? {
             Some(v) if v & DELETING == 0 => v,
             _ => return Err(Error::NotFound),

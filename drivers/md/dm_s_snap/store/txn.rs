@@ -235,6 +235,12 @@ impl<I: BlockIo> Store<I> {
                 "superblock: grown flag and fixed bitmap count disagree",
             ));
         }
+        if (flags & SB_FLAG_ROLLBACK != 0) != (st.rollback_epoch != 0)
+            || (st.rollback_epoch == 0) != (st.rollback_left == 0)
+            || st.rollback_left > st.rollback_total
+        {
+            return Err(bad("superblock: rollback fields disagree"));
+        }
         if st.seq == 0 {
             return Err(bad("superblock: sequence number 0 (unfinished)"));
         }
@@ -424,6 +430,9 @@ impl<I: BlockIo> Store<I> {
             dropped: 0,
             drop_when_full: false,
             zeroes: false,
+            rollback_epoch: 0,
+            rollback_total: 0,
+            rollback_left: 0,
             deleting_epoch: 0,
             roots,
         };

@@ -76,6 +76,7 @@ fn main() {
                     last_written.push(c);
                 }
                 OriginWrite::Proceed | OriginWrite::AfterCommit => {}
+                OriginWrite::RollBackFirst => unreachable!("no rollback runs"),
             }
             ops += 1;
             if ops % commit_every == 0 {
@@ -146,6 +147,7 @@ fn main() {
             OriginWrite::Proceed => proceed += 1,
             OriginWrite::AfterCommit => {}
             OriginWrite::Copy(p) => s.abort_origin_write(p).unwrap(),
+            OriginWrite::RollBackFirst => unreachable!("no rollback runs"),
         }
     }
     let el = t.elapsed().as_secs_f64();

@@ -141,9 +141,9 @@ fn unknown_feature_flags_are_refused() {
     s.create_snapshot(1).unwrap();
     s.commit().unwrap();
     let mut img = s.into_io().into_disk().to_vec();
-    // Bits 0 to 3 are this version's (drop policy, dropped snapshots, grown,
-    // zero-reading exceptions).
-    set_feature_flags(&mut img, 16);
+    // Bits 0 to 4 are this version's (drop policy, dropped snapshots, grown,
+    // zero-reading exceptions, rollback).
+    set_feature_flags(&mut img, 32);
     let flags = Some(Error::Unsupported("superblock feature flags"));
     let io = Cache::new(MemDisk::from_vec(img.clone()), BS, 8);
     assert_eq!(Store::open_existing(io).err(), flags);

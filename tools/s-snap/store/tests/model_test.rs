@@ -26,6 +26,8 @@ fn mem(cs: u32, chunks: u64) -> MemDisk {
 fn kernel_cases_pass_in_userspace() {
     // Snapshot discards of both kinds: back to the copy of the snapshot's time, and to zeroes.
     let (mut discards, mut zeroed) = (0, 0);
+    // Rollbacks started, and chunks they copied back.
+    let (mut rollbacks, mut rolled_back) = (0, 0);
     for (cs, chunks, crashes) in [(8, 256, false), (16, 128, true), (128, 24, true)] {
         for seed in 1..=8u64 {
             let p = Params {
@@ -41,12 +43,19 @@ fn kernel_cases_pass_in_userspace() {
             assert_eq!(s.crashes > 0, crashes, "{s:?}");
             discards += s.discards;
             zeroed += s.zeroed;
+            rollbacks += s.rollbacks;
+            rolled_back += s.rolled_back;
         }
     }
     assert!(
         discards > 0 && zeroed > 0,
         "{discards} discards, {zeroed} zeroed"
     );
+    assert!(
+        rollbacks > 0 && rolled_back > rollbacks,
+        "{rollbacks} rollbacks, {rolled_back} chunks copied back"
+    );
+    eprintln!("{rollbacks} rollbacks, {rolled_back} chunks copied back");
 }
 
 /// A device just large enough: most writes find no space.

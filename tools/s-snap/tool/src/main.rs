@@ -166,10 +166,21 @@ struct JsonUsage {
     cow_full_policy: &'static str,
 }
 
+/// A rollback of the origin to a snapshot in progress.
+#[derive(Serialize)]
+struct JsonRollback {
+    snapshot: u32,
+    epoch: u64,
+    total_chunks: u64,
+    chunks_left: u64,
+}
+
 #[derive(Serialize)]
 struct JsonDump {
     superblock: JsonSuper,
     usage: JsonUsage,
+    /// `null` when no rollback runs.
+    rollback: Option<JsonRollback>,
     snapshots: Vec<JsonSnapshot>,
     #[serde(skip_serializing_if = "Option::is_none")]
     shared_exceptions: Option<Vec<JsonShared>>,
@@ -259,6 +270,12 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
                 CowFullPolicy::Drop => "drop",
             },
         },
+        rollback: store.rollback()?.map(|r| JsonRollback {
+            snapshot: r.snapshot.id(),
+            epoch: r.snapshot.epoch(),
+            total_chunks: r.total,
+            chunks_left: r.left,
+        }),
         snapshots,
         shared_exceptions: shared,
         private_exceptions: private,
@@ -314,6 +331,14 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  being deleted    {}", u.deleting_snapshots)?;
     writeln!(out, "  dropped          {}", u.dropped_snapshots)?;
     writeln!(out, "  COW-full policy  {}", u.cow_full_policy)?;
+    match &d.rollback {
+        Some(r) => writeln!(
+            out,
+            "rollback: to snapshot {} (epoch {}), {} of {} chunks left to copy back",
+            r.snapshot, r.epoch, r.chunks_left, r.total_chunks
+        )?,
+        None => writeln!(out, "rollback: none")?,
+    }
     writeln!(out, "snapshots: {}", d.snapshots.len())?;
     for sn in &d.snapshots {
         writeln!(

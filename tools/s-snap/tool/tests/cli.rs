@@ -98,6 +98,7 @@ fn clean_image_passes_and_dumps() {
     assert!(out.contains("shared exceptions:"), "{out}");
     assert!(out.contains("private exceptions: 20"), "{out}");
     assert_eq!(out.matches("-> zeroes").count(), 2, "{out}");
+    assert!(out.contains("rollback: none"), "{out}");
 
     let o = tool(&["dump", "--json", p]);
     assert!(o.status.success());
@@ -166,5 +167,37 @@ fn zeroed_or_foreign_device_is_not_a_store() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not an s-snap exception store"));
     // Nothing was written.
     assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0));
+    std::fs::remove_file(&img).ok();
+}
+
+#[test]
+fn a_rollback_in_progress_is_shown_and_checks_clean() {
+    let img = tmp("rollback.img");
+    make_image(&img, 2048, 8);
+    {
+        let disk = FileDisk::open(&img, true).unwrap();
+        let mut s = Store::open(Cache::new(disk, BS, 64), 8).unwrap();
+        let n = s.start_rollback(2).unwrap();
+        assert!(n > 20, "{n} chunks to copy back");
+        s.commit().unwrap();
+        s.io().flush().unwrap();
+    }
+    let p = img.to_str().unwrap();
+    let o = tool(&["check", p]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = tool(&["dump", "--no-exceptions", p]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("rollback: to snapshot 2 (epoch 3), "), "{out}");
+    let o = tool(&["dump", "--json", p]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["rollback"]["snapshot"], 2);
+    assert_eq!(v["rollback"]["chunks_left"], v["rollback"]["total_chunks"]);
+    // The list of chunks to copy back is not among the private exceptions.
+    assert_eq!(v["private_exceptions"].as_array().unwrap().len(), 20);
     std::fs::remove_file(&img).ok();
 }

@@ -314,6 +314,7 @@ impl<D: Disk> Harness<D> {
         let v = self.val();
         let queued = self.pending.iter().any(|p| p.0 == chunk);
         match self.sm().origin_write_prepare(chunk) {
+            Ok(OriginWrite::RollBackFirst) => panic!("the harness starts no rollback"),
             Ok(OriginWrite::Proceed) => {
                 if queued {
                     self.pending.push((chunk, slot, v));
