@@ -365,10 +365,17 @@ impl Shared {
         let mut fields = BTreeMap::new();
         for pair in words.chunks(2) {
             ensure!(pair.len() == 2, "odd usage line: {reply}");
-            if pair[0] == "cow_full_policy" {
-                // The one word-valued field: this test runs the default policy.
-                ensure!(pair[1] == "error", "COW-full policy {:?}", pair[1]);
-                continue;
+            // The word-valued fields: this test runs the default policy and no rollback.
+            match pair[0] {
+                "cow_full_policy" => {
+                    ensure!(pair[1] == "error", "COW-full policy {:?}", pair[1]);
+                    continue;
+                }
+                "rollback_snapshot" => {
+                    ensure!(pair[1] == "none", "a rollback runs: {:?}", pair[1]);
+                    continue;
+                }
+                _ => {}
             }
             fields.insert(pair[0].to_string(), pair[1].parse()?);
         }
