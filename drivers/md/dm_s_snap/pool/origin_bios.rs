@@ -92,7 +92,23 @@ impl Pool {
                     Err(e) => bio.end(Err(e)),
                 }
             }
-            Err(store::Error::NoSpace) if st.store.cow_full_policy() == CowFullPolicy::Drop => {
+            Err(e) => self.origin_write_failed(st, bio, chunk, committed, e),
+        }
+    }
+
+    /// An origin write whose copy could not be planned: with no space, the COW-full policy
+    /// decides (drop the snapshots that need the copy, or fail the write); other errors fail
+    /// it.
+    fn origin_write_failed(
+        self: &Arc<Self>,
+        st: &mut State,
+        bio: OriginBio,
+        chunk: u64,
+        committed: bool,
+        e: store::Error,
+    ) {
+        match e {
+            store::Error::NoSpace if st.store.cow_full_policy() == CowFullPolicy::Drop => {
                 if self.drop_snapshots_for(st, chunk) {
                     // Nothing needs the copy now: the write waits for the commit of the drop.
                     self.process_origin(st, bio, committed);
@@ -101,13 +117,13 @@ impl Pool {
                     bio.end(Err(ENOSPC));
                 }
             }
-            Err(store::Error::NoSpace) => {
+            store::Error::NoSpace => {
                 // COW full: the origin keeps its data, the write fails, the snapshots stay
                 // intact (see Documentation/admin-guide/device-mapper/shared-snapshot.rst).
                 Self::note_cow_full(st, "origin writes that need a copy");
                 bio.end(Err(ENOSPC));
             }
-            Err(e) => {
+            e => {
                 self.note_error(st, e);
                 bio.end(Err(bio_error(e)));
             }
@@ -126,22 +142,7 @@ impl Pool {
         match self.roll_back_chunk(st, chunk) {
             Ok(ChunkRollback::Started(i)) => st.pending[i].origin_waiters.push_back(bio),
             Ok(ChunkRollback::AfterCommit) => st.commits.after_commit_origin(bio),
-            Err(store::Error::NoSpace) if st.store.cow_full_policy() == CowFullPolicy::Drop => {
-                if self.drop_snapshots_for(st, chunk) {
-                    self.process_origin(st, bio, committed);
-                } else {
-                    Self::note_cow_full(st, "origin writes that need a copy");
-                    bio.end(Err(ENOSPC));
-                }
-            }
-            Err(store::Error::NoSpace) => {
-                Self::note_cow_full(st, "origin writes that need a copy");
-                bio.end(Err(ENOSPC));
-            }
-            Err(e) => {
-                self.note_error(st, e);
-                bio.end(Err(bio_error(e)));
-            }
+            Err(e) => self.origin_write_failed(st, bio, chunk, committed, e),
         }
     }
 

@@ -39,16 +39,6 @@ snap_md5() {
 	dmsetup remove "snap$1"
 }
 
-# wait_rollback: until no rollback runs, 120 s at most.
-wait_rollback() {
-	n=0
-	while [ "$(usage_field rollback_snapshot)" != none ]; do
-		n=$((n + 1))
-		[ $n -le 1200 ] || fail "rollback not finished: $(msg usage | head -n 1)"
-		sleep 0.1
-	done
-}
-
 # The state before the rollback, built without logging on /dev/vda.
 dd if=/dev/zero of=/dev/vda bs=1M count=48 oflag=direct 2>/dev/null
 slices /dev/vda

@@ -80,12 +80,7 @@ total=$(usage_field rollback_chunks_total)
 echo "ok: after the kill the rollback resumes with $left of $total chunks left"
 same_as_vdc /dev/mapper/work 0 || fail "the origin does not read as snapshot 1 after the kill"
 echo "ok: the origin reads as snapshot 1 while the copy back resumes"
-n=0
-while [ "$(usage_field rollback_snapshot)" != none ]; do
-	n=$((n + 1))
-	[ $n -le 3000 ] || fail "rollback not finished after 300 s: $(msg usage | head -n 1)"
-	sleep 0.1
-done
+wait_rollback
 same_as_vdc /dev/mapper/work 0 || fail "the origin is not snapshot 1 after the rollback"
 for id in 1 2; do
 	snapshot_on_slow $id
