@@ -340,7 +340,7 @@ def management(times, many):
         op = t["op"]
         if op == "snap-create" and t["n"] not in (1, 64):
             continue
-        if op.startswith(("copy-", "load-", "delete-", "reclaim-", "provision-")):
+        if op.startswith(("copy-", "load-", "delete-", "reclaim-", "provision-", "rollback-")):
             continue
         groups.setdefault((t["target"], op, t["n"]), []).append(t["seconds"] * 1000)
     for (target, op, n), vals in sorted(groups.items()):
@@ -377,6 +377,45 @@ def management(times, many):
             "(metadata sectors x 512); each divided by the exceptions. Space back: from",
             "the delete until the space is free again (s-snap: until `usage` shows",
             "`deleting_snapshots 0`, polled every 0.1 s).", ""]
+    return out
+
+
+def rollback_section(times, info):
+    """The rollback rate against a plain copy of the same data, per device kind."""
+    rows = {}
+    for t in times:
+        for what in ("rollback", "copy-back"):
+            prefix = what + "-"
+            if t["op"].startswith(prefix) and t["op"].endswith("MiB"):
+                mib = int(t["op"][len(prefix):-3])
+                rows.setdefault((t["kind"], mib), {}).setdefault(what, []).append(t["seconds"])
+    if not rows:
+        return []
+    out = ["## Rollback", "",
+           "`snapshot rollback` of an origin whose first `MiB` were rewritten since the "
+           "snapshot (64 KiB chunks), from the message until `usage` shows no rollback, "
+           "against a plain copy of as much data from the store device to the origin device "
+           "(dd, 1 MiB direct I/O, one flush at the end); medians over the rounds.", "",
+           "| device | MiB | chunks | rollback (s) | chunks/s | plain copy (s) | chunks/s "
+           "| rollback / copy |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (kind, mib), v in sorted(rows.items()):
+        chunks = mib * 16
+        rb = statistics.median(v.get("rollback", [0]))
+        cp = statistics.median(v.get("copy-back", [0]))
+        rate = chunks / rb if rb else 0
+        copy_rate = chunks / cp if cp else 0
+        ratio = rate / copy_rate if copy_rate else 0
+        out.append(f"| {kind} | {mib} | {chunks:,} | {fmt(rb)} | {fmt(rate)} | {fmt(cp)} "
+                   f"| {fmt(copy_rate)} | {fmt(ratio)} |")
+    counts = sorted((k, v) for k, v in info.items() if k.startswith("rollback-"))
+    if counts:
+        out += ["", "What each rollback did (store commits; the origin disk's writes, KiB "
+                "written and flushes, counted on `ssd` only):", ""]
+        out += [f"- {k[len('rollback-'):]}: {v}" for k, v in counts]
+    out += ["", "The rollback copies the snapshot's chunks back with dm-kcopyd, 16 at a time; "
+            "before each commit that takes copied chunks off its list it flushes the origin "
+            "device, so each batch costs a flush of the origin and a commit of the store.", ""]
     return out
 
 
@@ -520,6 +559,7 @@ def write_markdown(path, cells, times, many, info, header):
             out += [f"### Counts per first write (`{kind}`)", "", *counts]
         out += [f"![first writes on {kind}](fw-{kind}.png)", ""]
     out += management(times, many)
+    out += rollback_section(times, info)
     out += trails(cells)
     path.write_text("\n".join(out) + "\n")
 

@@ -19,5 +19,6 @@ FS_MB=256
 FS_SECONDS=10
 FS_SNAP_EVERY=2
 MANY="65536 262144"
+ROLLBACK_MB=256
 . /tests/bench-lib
 run_bench

@@ -16,5 +16,6 @@ FS_MB=16
 FS_SECONDS=4
 FS_SNAP_EVERY=2
 MANY="2048"
+ROLLBACK_MB=8
 . /tests/bench-lib
 run_bench
