@@ -142,6 +142,7 @@ impl Pool {
         match self.roll_back_chunk(st, chunk) {
             Ok(ChunkRollback::Started(i)) => st.pending[i].origin_waiters.push_back(bio),
             Ok(ChunkRollback::AfterCommit) => st.commits.after_commit_origin(bio),
+            Ok(ChunkRollback::ReadsInFlight) => st.held_origin.push_back(bio),
             Err(e) => self.origin_write_failed(st, bio, chunk, committed, e),
         }
     }

@@ -10,7 +10,9 @@
 //! snapshot's data over the origin chunk (or zeroes it). The store takes the chunk off its list
 //! only in front of the next commit, after a flush of the origin device: a commit never says
 //! that a chunk is back before its data is durable on the origin. Until then the chunk reads as
-//! the snapshot (the same data), and an origin write to it waits for that commit.
+//! the snapshot (the same data), and an origin write to it waits for that commit. As for an
+//! origin write, the copy back waits while snapshot reads of the chunk are in flight: they may
+//! read the origin's old data, which the chunk holds until then.
 
 use super::{bio_error, copies::PlanKind, OriginBio, Pool, State};
 use crate::store::{self, Location, OriginWrite};
@@ -46,6 +48,9 @@ pub(super) enum ChunkRollback {
     /// It waits for the next commit (of the origin data preserved for other snapshots, or of
     /// its own copy back).
     AfterCommit,
+    /// Snapshot reads of the origin chunk are in flight: the copy back must not overwrite it
+    /// under them. Tried again once they have ended (they wake the worker).
+    ReadsInFlight,
 }
 
 impl Pool {
@@ -130,6 +135,14 @@ impl Pool {
             OriginWrite::AfterCommit => {
                 st.commits.mark_dirty();
                 return Ok(ChunkRollback::AfterCommit);
+            }
+            OriginWrite::Proceed if self.reads_pending(chunk) => {
+                self.read_waiters.store(true, Ordering::Release);
+                // The last one may have ended before the flag was seen.
+                if !self.reads_pending(chunk) {
+                    self.kick();
+                }
+                return Ok(ChunkRollback::ReadsInFlight);
             }
             OriginWrite::Proceed => match st.store.rollback_source(chunk)? {
                 Location::Cow(c) => (Some(self.chunk_region(&self.cow, c, len)), chunk),
@@ -216,7 +229,7 @@ impl Pool {
                 continue;
             }
             match self.roll_back_chunk(st, chunk) {
-                Ok(ChunkRollback::Started(_)) => {}
+                Ok(ChunkRollback::Started(_) | ChunkRollback::ReadsInFlight) => {}
                 // Its commit comes at the end of this run; the next run goes on.
                 Ok(ChunkRollback::AfterCommit) => break,
                 Err(store::Error::NoSpace) => {
