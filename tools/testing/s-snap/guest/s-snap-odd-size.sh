@@ -6,7 +6,8 @@
 # chunk copy only the sectors that exist, the store keeps working, and the
 # origin and every snapshot read what they must, also after a reload. A
 # discard of the whole last chunk of a snapshot frees it like any chunk (it
-# then reads the snapshot's old data, or zeroes).
+# then reads the snapshot's old data, or zeroes). A rollback copies the
+# last chunk back like any other.
 . /tests/lib
 sectors=$(blockdev --getsz /dev/vda)
 [ "$sectors" = 131078 ] || fail "origin has $sectors sectors, want 131078"
@@ -109,6 +110,19 @@ for chunk in 8 16 1024; do
 	done
 	store_ok
 	echo "ok: a discard of the partial last chunk (chunk $chunk)"
+
+	# A rollback to snapshot 2 copies the last chunk back with the clamped
+	# length too: the origin reads v0 there again, the others keep theirs.
+	dmsetup remove snap2 || fail "remove snap2"
+	msg snapshot rollback 2 || fail "rollback to 2"
+	wait_rollback 60
+	snapshot_device 2
+	for check in "work v0" "snap1 v0" "snap2 v0" "snap3 z6"; do
+		set -- $check
+		expect_last "/dev/mapper/$1" "/tmp/$2"
+	done
+	store_ok
+	echo "ok: a rollback of the partial last chunk (chunk $chunk)"
 	for d in snap1 snap2 snap3 work; do
 		dmsetup remove "$d" || fail "remove $d"
 	done
