@@ -33,6 +33,19 @@ fn origin_write(s: &mut Store<Cache<MemDisk>>, c: u64) -> Option<u64> {
     cow
 }
 
+/// Preserves chunk `c`'s origin data for the other snapshots (completing copies and committing
+/// as asked) until its copy back may proceed.
+fn prepare_copy_back(s: &mut Store<Cache<MemDisk>>, c: u64) {
+    loop {
+        match s.rollback_prepare(c).unwrap() {
+            OriginWrite::Proceed => return,
+            OriginWrite::AfterCommit => s.commit().unwrap(),
+            OriginWrite::Copy(p) => s.origin_write_complete(p).unwrap(),
+            OriginWrite::RollBackFirst => panic!("rollback_prepare never says so"),
+        }
+    }
+}
+
 /// Snapshot 1 with chunk 2 copied by an origin write, chunk 5 written by the snapshot, and
 /// chunk 7 discarded after the snapshot wrote it (reads zeroes); snapshot 2 taken after.
 fn two_snapshots() -> (Store<Cache<MemDisk>>, u64, u64) {
@@ -121,14 +134,7 @@ fn a_chunk_copied_back_keeps_the_other_snapshots_data() {
     s.commit().unwrap();
     // The rest, in chunk order; the last one ends the rollback.
     while let Some(c) = s.next_rollback_chunk(0).unwrap() {
-        loop {
-            match s.rollback_prepare(c).unwrap() {
-                OriginWrite::Proceed => break,
-                OriginWrite::AfterCommit => s.commit().unwrap(),
-                OriginWrite::Copy(p) => s.origin_write_complete(p).unwrap(),
-                OriginWrite::RollBackFirst => panic!("rollback_prepare never says so"),
-            }
-        }
+        prepare_copy_back(&mut s, c);
         s.rollback_chunk_done(c).unwrap();
     }
     assert_eq!(s.rollback().unwrap(), None);
@@ -194,14 +200,7 @@ fn a_crash_before_the_commit_lists_the_chunk_again() {
             s.origin_read_location(2).unwrap(),
             Location::Cow(_)
         ));
-        loop {
-            match s.rollback_prepare(2).unwrap() {
-                OriginWrite::Proceed => break,
-                OriginWrite::AfterCommit => s.commit().unwrap(),
-                OriginWrite::Copy(p) => s.origin_write_complete(p).unwrap(),
-                OriginWrite::RollBackFirst => panic!("rollback_prepare never says so"),
-            }
-        }
+        prepare_copy_back(&mut s, 2);
         s.rollback_chunk_done(2).unwrap();
         s.commit().unwrap();
         check_store(&s);
