@@ -324,10 +324,25 @@ fn fits(v: u64, width: usize) -> bool {
 
 /// Reads a little-endian unsigned integer of `width` (0 to 8) bytes.
 fn rd_uint(b: &[u8], off: usize, width: usize) -> Result<u64> {
-    let mut a = [0u8; 8];
+    if width > 8 {
+        return Err(Error::Internal("integer too wide"));
+    }
     let end = off
         .checked_add(width)
         .ok_or(Error::Internal("offset overflow"))?;
+    // B+tree searches read keys of every width many times per lookup: load 8 bytes and mask
+    // where the block has them, rather than copying `width` bytes (a call to memcpy).
+    if let Some(eight) = off.checked_add(8).and_then(|e| b.get(off..e)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(eight);
+        let v = u64::from_le_bytes(a);
+        return Ok(if width == 8 {
+            v
+        } else {
+            v & ((1u64 << (8 * width)) - 1)
+        });
+    }
+    let mut a = [0u8; 8];
     let s = b
         .get(off..end)
         .ok_or(Error::Internal("read past block end"))?;

@@ -51,6 +51,7 @@ pub mod model_test;
 mod ops;
 mod reclaim;
 mod rollback;
+mod seal;
 mod space_map;
 mod txn;
 

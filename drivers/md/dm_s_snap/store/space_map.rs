@@ -76,13 +76,13 @@ impl<I: BlockIo> Store<I> {
         let s = self.selector(i)?;
         let cur = self.g.bitmap_slot(i, s);
         let other = self.g.bitmap_slot(i, s ^ 1);
-        let this_txn = {
-            let h = self.read_valid(cur, BM_MAGIC)?;
-            self.check_bm_index(&h, cur, i)?;
-            rd64(&h, OFF_TXID)? == self.cur
-        };
+        // At most two handles at a time: the current copy, and the committed one or the copy
+        // this transaction starts.
         let mut committed = 0;
-        if this_txn {
+        let h = self.read_valid(cur, BM_MAGIC)?;
+        self.check_bm_index(&h, cur, i)?;
+        if rd64(&h, OFF_TXID)? == self.cur {
+            let mut h = h;
             {
                 let c = self.read_valid(other, BM_MAGIC)?;
                 self.check_bm_index(&c, other, i)?;
@@ -93,9 +93,8 @@ impl<I: BlockIo> Store<I> {
                     }
                 }
             }
-            let mut h = self.read_valid(cur, BM_MAGIC)?;
             flip_bits(&mut h, bit0, len, set, first)?;
-            seal(&self.io, &mut h)?;
+            self.seal_later(cur, &mut h)?;
             h.set_verified();
             h.mark_dirty();
         } else {
@@ -103,10 +102,8 @@ impl<I: BlockIo> Store<I> {
             if dst.len() != self.g.block_size {
                 return Err(Error::Io("block handle of wrong size"));
             }
-            {
-                let src = self.read_valid(cur, BM_MAGIC)?;
-                dst.copy_from_slice(&src);
-            }
+            dst.copy_from_slice(&h);
+            drop(h);
             // The committed version is the one copied.
             for bit in bit0..bit0 + len {
                 let (off, mask) = bit_pos(bit);
@@ -117,7 +114,7 @@ impl<I: BlockIo> Store<I> {
             flip_bits(&mut dst, bit0, len, set, first)?;
             wr64(&mut dst, OFF_BLOCKNR, other)?;
             wr64(&mut dst, OFF_TXID, self.cur)?;
-            seal(&self.io, &mut dst)?;
+            self.seal_later(other, &mut dst)?;
             dst.set_verified();
             dst.mark_dirty();
             drop(dst);
@@ -370,7 +367,7 @@ impl<I: BlockIo> Store<I> {
                 wr64(&mut h, OFF_BLOCKNR, nr)?;
                 wr64(&mut h, OFF_TXID, self.cur)?;
                 wr64(&mut h, GB_NEXT, self.garbage_head)?;
-                seal(&self.io, &mut h)?;
+                self.seal_later(nr, &mut h)?;
                 h.set_verified();
                 h.mark_dirty();
             }

@@ -724,3 +724,42 @@ fn a_copy_made_after_an_unpreserved_origin_write_is_not_an_older_snapshots_data(
     assert_eq!(s.snapshot_lookup(b, 4).unwrap(), Location::Cow(copy));
     check_store(&s);
 }
+
+/// Blocks changed in a transaction are sealed at its commit, not at every change. A cache too
+/// small for one transaction writes them back early and evicts them before they have a
+/// checksum; reading them back within the transaction must work, and the commit must leave
+/// every block sealed (checked, and reopened from disk).
+#[test]
+fn unsealed_blocks_written_back_early_read_back_and_commit_sealed() {
+    let mut s = Store::open(Cache::new(MemDisk::new(4096 * BS), BS, 4), CS).unwrap();
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let mut copies = vec![];
+    for chunk in (0..600u64).map(|i| i * 37 % 1000) {
+        match s.origin_write_prepare(chunk).unwrap() {
+            OriginWrite::Copy(p) => {
+                copies.push((chunk, p.cow()));
+                s.origin_write_complete(p).unwrap();
+            }
+            other => panic!("chunk {chunk}: {other:?}"),
+        }
+    }
+    assert!(
+        s.io().stats().early_writes > 100,
+        "the cache wrote few blocks early: {:?}",
+        s.io().stats()
+    );
+    let snap = s.snapshot_epoch(1).unwrap().unwrap();
+    for &(chunk, cow) in &copies {
+        assert_eq!(s.snapshot_lookup(snap, chunk).unwrap(), Location::Cow(cow));
+    }
+    s.commit().unwrap();
+    check_store(&s);
+    let disk = s.into_io().into_disk();
+    let s = Store::open(Cache::new(disk, BS, 4), CS).unwrap();
+    check_store(&s);
+    let snap = s.snapshot_epoch(1).unwrap().unwrap();
+    for &(chunk, cow) in &copies {
+        assert_eq!(s.snapshot_lookup(snap, chunk).unwrap(), Location::Cow(cow));
+    }
+}
