@@ -271,7 +271,7 @@ impl<I: BlockIo> Store<I> {
             drop(old);
             wr64(&mut h, OFF_BLOCKNR, new)?;
             wr64(&mut h, OFF_TXID, self.cur)?;
-            self.seal_later(new, &mut h)?;
+            seal(&self.io, &mut h)?;
             h.set_verified();
             h.mark_dirty();
         }
@@ -305,11 +305,8 @@ impl<I: BlockIo> Store<I> {
         )
     }
 
-    /// A node changed: it is sealed at commit (or now), and written back.
     fn finish(&self, h: &mut H<'_, I>) -> Result<()> {
-        // The header names the node's own block: `read_valid` checked it, or `new_node` wrote it.
-        let nr = rd64(h, OFF_BLOCKNR)?;
-        self.seal_later(nr, h)?;
+        seal(&self.io, h)?;
         h.set_verified();
         h.mark_dirty();
         Ok(())

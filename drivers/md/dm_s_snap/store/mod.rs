@@ -51,7 +51,6 @@ pub mod model_test;
 mod ops;
 mod reclaim;
 mod rollback;
-mod seal;
 mod space_map;
 mod txn;
 

@@ -94,7 +94,7 @@ impl<I: BlockIo> Store<I> {
                 }
             }
             flip_bits(&mut h, bit0, len, set, first)?;
-            self.seal_later(cur, &mut h)?;
+            seal(&self.io, &mut h)?;
             h.set_verified();
             h.mark_dirty();
         } else {
@@ -114,7 +114,7 @@ impl<I: BlockIo> Store<I> {
             flip_bits(&mut dst, bit0, len, set, first)?;
             wr64(&mut dst, OFF_BLOCKNR, other)?;
             wr64(&mut dst, OFF_TXID, self.cur)?;
-            self.seal_later(other, &mut dst)?;
+            seal(&self.io, &mut dst)?;
             dst.set_verified();
             dst.mark_dirty();
             drop(dst);
@@ -367,7 +367,7 @@ impl<I: BlockIo> Store<I> {
                 wr64(&mut h, OFF_BLOCKNR, nr)?;
                 wr64(&mut h, OFF_TXID, self.cur)?;
                 wr64(&mut h, GB_NEXT, self.garbage_head)?;
-                self.seal_later(nr, &mut h)?;
+                seal(&self.io, &mut h)?;
                 h.set_verified();
                 h.mark_dirty();
             }

@@ -5,7 +5,6 @@
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::{BlockHandle, BlockIo};
-use super::seal::PendingSeals;
 
 /// A held block of the store's I/O.
 pub(crate) type H<'a, I> = <I as BlockIo>::Block<'a>;
@@ -43,8 +42,6 @@ pub struct Store<I: BlockIo> {
     pub(crate) deleting: u64,
     /// Chunks freed by the reclaim since open.
     pub(crate) reclaimed: u64,
-    /// Blocks of this transaction sealed at commit (see `seal.rs`).
-    pub(crate) pending_seals: PendingSeals,
 }
 
 /// What a superblock slot holds.
@@ -157,7 +154,6 @@ impl<I: BlockIo> Store<I> {
             reclaim_cursor: 0,
             deleting: 0,
             reclaimed: 0,
-            pending_seals: PendingSeals::new(),
         }
     }
 
@@ -562,9 +558,7 @@ impl<I: BlockIo> Store<I> {
             }
         };
         if !h.is_verified() {
-            // A block of this transaction that waits for its checksum may have been written
-            // back and evicted before it got one (see `seal.rs`).
-            if !crc_ok(&self.io, &h) && !self.pending_seals.contains(nr) {
+            if !crc_ok(&self.io, &h) {
                 let w = what(
                     magic,
                     [
@@ -703,8 +697,6 @@ impl<I: BlockIo> Store<I> {
         // The last entry links to 0 (the head of an empty list); keep that
         // true even if a damaged list is longer than its count.
         self.garbage_head = 0;
-        // Nothing changes after this but the superblock.
-        self.seal_pending()?;
 
         // One write with REQ_PREFLUSH | REQ_FUA commits: the new superblock
         // goes to the slot of the in-progress image once every other dirty

@@ -725,12 +725,11 @@ fn a_copy_made_after_an_unpreserved_origin_write_is_not_an_older_snapshots_data(
     check_store(&s);
 }
 
-/// Blocks changed in a transaction are sealed at its commit, not at every change. A cache too
-/// small for one transaction writes them back early and evicts them before they have a
-/// checksum; reading them back within the transaction must work, and the commit must leave
-/// every block sealed (checked, and reopened from disk).
+/// A cache too small for one transaction writes changed blocks back early and evicts them;
+/// reading them back within the transaction finds them intact (each was sealed when changed),
+/// and the commit and a reopen from disk leave a store that checks clean.
 #[test]
-fn unsealed_blocks_written_back_early_read_back_and_commit_sealed() {
+fn blocks_written_back_early_and_evicted_read_back_within_the_transaction() {
     let mut s = Store::open(Cache::new(MemDisk::new(4096 * BS), BS, 4), CS).unwrap();
     s.create_snapshot(1).unwrap();
     s.commit().unwrap();
