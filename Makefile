@@ -25,7 +25,7 @@ check-debug:
 
 ## bench: first writes, rewrites, reads, ext4 and management at scale for
 ## s-snap, dm-snapshot, dm-thin and linear, on RAM disks and on disks whose
-## flushes cost time, in the VM with fio; writes bench-results/ (about 45 min)
+## flushes cost time, in the VM with fio; writes bench-results/ (over an hour)
 .PHONY: bench bench-smoke bench-initramfs
 bench: bench-initramfs
 	python3 tools/testing/s-snap/bench/run.py --out $(OUT) \

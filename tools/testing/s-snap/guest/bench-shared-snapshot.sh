@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
-# vm: memory=14336 disks=2G,160G,256M timeout=3600
+# vm: memory=14336 disks=2G,160G,256M timeout=7200
 # `make bench`: first writes, rewrites, reads, a filesystem run and
 # management at scale for s-snap, dm-snapshot, dm-thin and linear, on RAM
 # disks and on disks whose flushes cost time (see bench-lib).  Not part of
