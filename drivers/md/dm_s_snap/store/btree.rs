@@ -8,8 +8,12 @@
 //!   `max / 2` entries; an internal root holds at least two.
 //! * Insert splits full nodes on the way down, remove refills minimal nodes
 //!   on the way down (borrow from or merge with a sibling), so every change
-//!   is a single descent. Nodes written by an earlier transaction are
-//!   shadowed (copied to a new chunk, the old one freed after commit).
+//!   is a single descent. A run of keys of one leaf is removed in one
+//!   descent too ([`Store::remove_in_leaf`]): the leaf may fall under the
+//!   minimum and is then merged with or refilled from a sibling, which the
+//!   descent left its parent room for. Nodes written by an earlier
+//!   transaction are shadowed (copied to a new chunk, the old one freed
+//!   after commit).
 //! * Depth is bounded by [`MAX_DEPTH`]; every loop is bounded by it.
 //! * At most three node handles are held at once, always for distinct block
 //!   numbers (checked, so corrupt pointers cannot alias handles).
@@ -34,6 +38,30 @@ pub(crate) enum ScanEnd {
 
 fn corrupt(what: &'static str, block: u64) -> Error {
     Error::Corrupt { what, block }
+}
+
+/// The internal nodes a descent went through, root first: the node, the
+/// index of the entry it followed and the node's level.
+#[derive(Default)]
+struct Path {
+    nodes: [(u64, usize, u8); MAX_DEPTH],
+    len: usize,
+}
+
+impl Path {
+    fn push(&mut self, nr: u64, idx: usize, level: u8) -> Result<()> {
+        let slot = self
+            .nodes
+            .get_mut(self.len)
+            .ok_or(corrupt("btree: deeper than the maximum", nr))?;
+        *slot = (nr, idx, level);
+        self.len += 1;
+        Ok(())
+    }
+
+    fn nodes(&self) -> &[(u64, usize, u8)] {
+        self.nodes.get(..self.len).unwrap_or(&[])
+    }
 }
 
 impl<I: BlockIo> Store<I> {
@@ -585,41 +613,254 @@ impl<I: BlockIo> Store<I> {
             return Ok(None);
         }
         self.ensure(self.op_need(tree))?;
+        self.dirty = true;
+        let (leaf, path) = self.descend_refilling(tree, k)?;
+        let (old, newmin) = {
+            let (mut h, n) = self.write_node(leaf, tree, 0)?;
+            let i = self.search_ge(&h, n, k)?;
+            if i >= n || self.key(&h, i)? != k {
+                return Err(corrupt("btree: key vanished during remove", leaf));
+            }
+            let old = self.leaf_val(&h, i)?;
+            self.node_remove(&mut h, 0, n, i)?;
+            let newmin = if i == 0 && n > 1 {
+                Some(self.key(&h, 0)?)
+            } else {
+                None
+            };
+            self.finish(&mut h)?;
+            (old, newmin)
+        };
+        if let Some(m) = newmin {
+            self.replace_separator(tree, path.nodes(), k, m)?;
+        }
+        Ok(Some(old))
+    }
+
+    /// Removes `keys`, which must be ascending, present, and all in the leaf
+    /// that holds the first of them (as a scan of one leaf finds them), in
+    /// one descent: the path is shadowed and the leaf sealed once for all of
+    /// them, where [`Store::remove`] pays that for each key. A leaf left
+    /// under-full is then merged with or refilled from a sibling; the
+    /// descent left its parent room to lose an entry.
+    pub(crate) fn remove_in_leaf(&mut self, tree: usize, keys: &[u128]) -> Result<()> {
+        let Some(&first) = keys.first() else {
+            return Ok(());
+        };
+        if keys.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Internal("btree: keys to remove not ascending"));
+        }
+        self.ensure(self.op_need(tree))?;
         let f = NodeFormat::of(tree)?;
         self.dirty = true;
+        let (leaf, path) = self.descend_refilling(tree, first)?;
+        let vanished = corrupt("btree: key vanished during remove", leaf);
+        let (left_n, old_min) = {
+            let (mut h, n) = self.write_node(leaf, tree, 0)?;
+            let old_min = self.key(&h, 0)?;
+            // Every key is looked for before the leaf changes: a failed
+            // removal leaves it as it was.
+            let start = self.search_ge(&h, n, first)?;
+            let mut want = keys.iter().copied();
+            let mut next = want.next();
+            for i in start..n {
+                if next == Some(self.key(&h, i)?) {
+                    next = want.next();
+                }
+            }
+            if next.is_some() {
+                return Err(vanished);
+            }
+            let mut next = keys.first().copied();
+            let mut rest = keys.iter().copied().skip(1);
+            let mut kept = start;
+            for i in start..n {
+                if next == Some(self.key(&h, i)?) {
+                    next = rest.next();
+                    continue;
+                }
+                if kept != i {
+                    self.shift_leaf_entries(&mut h, i, 1, kept)?;
+                }
+                kept += 1;
+            }
+            self.zero_entries(&mut h, kept, n, 0)?;
+            Self::set_nr(&mut h, kept)?;
+            self.finish(&mut h)?;
+            (kept, old_min)
+        };
+        let mut path = path;
+        let leaf_stays = match path.nodes().last().copied() {
+            Some(parent) if left_n < f.min_entries(0) => {
+                self.refill_leaf(tree, &mut path, parent, leaf, left_n)?
+            }
+            _ => true,
+        };
+        if leaf_stays {
+            let (h, n) = self.read_node(leaf, tree, 0)?;
+            if n > 0 {
+                let new_min = self.key(&h, 0)?;
+                drop(h);
+                if new_min != old_min {
+                    self.replace_separator(tree, path.nodes(), old_min, new_min)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings an under-full `leaf` (entry `idx` of `parent`, holding `n`
+    /// entries) back to the minimum: merged with a sibling when both fit in
+    /// one node, else refilled from it. Returns false if the leaf was merged
+    /// into its left sibling and freed. A root left with one child is
+    /// replaced by that child (and `path` emptied).
+    fn refill_leaf(
+        &mut self,
+        tree: usize,
+        path: &mut Path,
+        (parent, idx, plevel): (u64, usize, u8),
+        leaf: u64,
+        n: usize,
+    ) -> Result<bool> {
+        let f = NodeFormat::of(tree)?;
+        let pn = {
+            let (_, pn) = self.write_node(parent, tree, plevel)?;
+            pn
+        };
+        if pn < 2 {
+            return Err(corrupt("btree: internal node with a single child", parent));
+        }
+        let leaf_is_left = idx + 1 < pn;
+        let sidx = if leaf_is_left { idx + 1 } else { idx - 1 };
+        let sib = {
+            let (h, _) = self.write_node(parent, tree, plevel)?;
+            self.child(&h, sidx)?
+        };
+        if sib == parent || sib == leaf {
+            return Err(corrupt("btree: sibling pointer aliases a node", parent));
+        }
+        let s2 = self.shadow(sib, tree, 0)?;
+        self.repoint(tree, parent, plevel, sidx, sib, s2)?;
+        if s2 == leaf || s2 == parent {
+            return Err(corrupt("space map: live node marked free", s2));
+        }
+        let (lidx, left, right) = if leaf_is_left {
+            (idx, leaf, s2)
+        } else {
+            (sidx, s2, leaf)
+        };
+        let sn = {
+            let (_, sn) = self.read_node(s2, tree, 0)?;
+            sn
+        };
+        if n + sn <= f.max_entries(0) {
+            // Merge the right node into the left one.
+            {
+                let (mut l, ln) = self.write_node(left, tree, 0)?;
+                let (r, rn) = self.read_node(right, tree, 0)?;
+                self.copy_entries(&mut l, ln, &r, 0, rn, 0)?;
+                Self::set_nr(&mut l, ln + rn)?;
+                self.finish(&mut l)?;
+            }
+            let pn = {
+                let (mut p, pn) = self.write_node(parent, tree, plevel)?;
+                self.node_remove(&mut p, plevel, pn, lidx + 1)?;
+                self.finish(&mut p)?;
+                pn - 1
+            };
+            self.free_meta(right, self.cur)?;
+            if path.len == 1 && pn == 1 {
+                // The root has one child left: the merged leaf replaces it.
+                if let Some(x) = self.sb.roots.get_mut(tree) {
+                    *x = Root {
+                        block: left,
+                        depth: 1,
+                    };
+                }
+                self.free_meta(parent, self.cur)?;
+                *path = Path::default();
+            }
+            return Ok(leaf_is_left);
+        }
+        // Both hold more than one node's worth together: even them out.
+        let total = n + sn;
+        let (ln, rn) = if leaf_is_left { (n, sn) } else { (sn, n) };
+        let new_ln = total / 2;
+        {
+            let (mut l, _) = self.write_node(left, tree, 0)?;
+            let (mut r, _) = self.write_node(right, tree, 0)?;
+            if new_ln > ln {
+                // Move the first entries of the right node to the left one.
+                let m = new_ln - ln;
+                self.copy_entries(&mut l, ln, &r, 0, m, 0)?;
+                self.shift_leaf_entries(&mut r, m, rn - m, 0)?;
+                self.zero_entries(&mut r, rn - m, rn, 0)?;
+            } else {
+                // Move the last entries of the left node to the right one.
+                let m = ln - new_ln;
+                self.shift_leaf_entries(&mut r, 0, rn, m)?;
+                self.copy_entries(&mut r, 0, &l, new_ln, m, 0)?;
+                self.zero_entries(&mut l, new_ln, ln, 0)?;
+            }
+            Self::set_nr(&mut l, new_ln)?;
+            Self::set_nr(&mut r, total - new_ln)?;
+            self.finish(&mut l)?;
+            self.finish(&mut r)?;
+        }
+        let right_min = {
+            let (r, _) = self.read_node(right, tree, 0)?;
+            self.key(&r, 0)?
+        };
+        let (mut p, _) = self.write_node(parent, tree, plevel)?;
+        self.set_key(&mut p, lidx + 1, right_min)?;
+        self.finish(&mut p)?;
+        Ok(true)
+    }
+
+    /// Moves leaf entries `from..from + cnt` to slots `to..to + cnt` (the
+    /// ranges may overlap; entries they overwrite are lost).
+    fn shift_leaf_entries(&self, b: &mut [u8], from: usize, cnt: usize, to: usize) -> Result<()> {
+        let f = NodeFormat::of_node(b)?;
+        let ks = f.key.size();
+        move_bytes(b, f.key_off(from), ks * cnt, f.key_off(to))?;
+        let (fo, vs) = f.val_off(0, from);
+        let (to_off, _) = f.val_off(0, to);
+        move_bytes(b, fo, vs * cnt, to_off)
+    }
+
+    /// Writes `new` over every separator of `path` that equals `old`: the
+    /// smallest key of a subtree changed from `old` to `new`.
+    fn replace_separator(
+        &self,
+        tree: usize,
+        path: &[(u64, usize, u8)],
+        old: u128,
+        new: u128,
+    ) -> Result<()> {
+        for &(pb, pidx, plev) in path {
+            let (mut p, _) = self.write_node(pb, tree, plev)?;
+            if self.key(&p, pidx)? == old {
+                self.set_key(&mut p, pidx, new)?;
+                self.finish(&mut p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Descends from the root to the leaf that would hold `k`, shadowing
+    /// every node on the way and refilling each non-root node that holds
+    /// only the minimum (borrowing from or merging with a sibling), so that
+    /// every node of the returned path can lose one entry. Returns the leaf
+    /// and the path of internal nodes above it.
+    fn descend_refilling(&mut self, tree: usize, k: u128) -> Result<(u64, Path)> {
+        let f = NodeFormat::of(tree)?;
         let root = self.shadow_root(tree)?;
-        let mut path = [(0u64, 0usize, 0u8); MAX_DEPTH];
-        let mut plen = 0usize;
+        let mut path = Path::default();
         let mut cur = root.block;
         let mut level = root.depth - 1;
         for _ in 0..=MAX_DEPTH {
             if level == 0 {
-                let (old, newmin) = {
-                    let (mut h, n) = self.write_node(cur, tree, 0)?;
-                    let i = self.search_ge(&h, n, k)?;
-                    if i >= n || self.key(&h, i)? != k {
-                        return Err(corrupt("btree: key vanished during remove", cur));
-                    }
-                    let old = self.leaf_val(&h, i)?;
-                    self.node_remove(&mut h, 0, n, i)?;
-                    let newmin = if i == 0 && n > 1 {
-                        Some(self.key(&h, 0)?)
-                    } else {
-                        None
-                    };
-                    self.finish(&mut h)?;
-                    (old, newmin)
-                };
-                if let Some(m) = newmin {
-                    for &(pb, pidx, plev) in path.iter().take(plen) {
-                        let (mut p, _) = self.write_node(pb, tree, plev)?;
-                        if self.key(&p, pidx)? == k {
-                            self.set_key(&mut p, pidx, m)?;
-                            self.finish(&mut p)?;
-                        }
-                    }
-                }
-                return Ok(Some(old));
+                return Ok((cur, path));
             }
             let (idx, n, child) = {
                 let (h, n) = self.write_node(cur, tree, level)?;
@@ -637,11 +878,7 @@ impl<I: BlockIo> Store<I> {
                 n
             };
             if cn > f.min_entries(cl) {
-                let slot = path
-                    .get_mut(plen)
-                    .ok_or(corrupt("btree: deeper than the maximum", cur))?;
-                *slot = (cur, idx, level);
-                plen += 1;
+                path.push(cur, idx, level)?;
                 cur = c2;
                 level = cl;
                 continue;
@@ -729,7 +966,7 @@ impl<I: BlockIo> Store<I> {
                     pn - 1
                 };
                 self.free_meta(right, rtx)?;
-                if plen == 0 && pn == 1 {
+                if path.len == 0 && pn == 1 {
                     // Root collapse.
                     let r = self.root(tree)?;
                     if let Some(x) = self.sb.roots.get_mut(tree) {
@@ -746,11 +983,7 @@ impl<I: BlockIo> Store<I> {
                 descend = left;
                 descend_idx = lidx;
             }
-            let slot = path
-                .get_mut(plen)
-                .ok_or(corrupt("btree: deeper than the maximum", cur))?;
-            *slot = (cur, descend_idx, level);
-            plen += 1;
+            path.push(cur, descend_idx, level)?;
             cur = descend;
             level = cl;
         }

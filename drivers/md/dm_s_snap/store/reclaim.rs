@@ -33,6 +33,11 @@ use super::io::BlockIo;
 use super::ops::{hi64, lo64, private_key, DELETING, DROPPED, ID_SPACE};
 use super::txn::Store;
 
+/// Exceptions one reclaim step removes at most. They come from one leaf, so
+/// that the step shadows the path and seals the leaf and each bitmap block
+/// once for all of them; the step keeps them in arrays on the stack.
+const RECLAIM_BATCH: usize = 64;
+
 /// What [`Store::reclaim`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reclaim {
@@ -96,9 +101,9 @@ impl<I: BlockIo> Store<I> {
         self.reclaimed
     }
 
-    /// Reclaims the space of deleted snapshots, for at most `budget` steps
-    /// (a step frees one exception or finishes one snapshot). Commits
-    /// nothing: the caller commits, as for any other change.
+    /// Reclaims the space of deleted snapshots: frees at most `budget`
+    /// exceptions (finishing a snapshot counts as one). Commits nothing: the
+    /// caller commits, as for any other change.
     ///
     /// [`Error::NoSpace`] means that metadata space ran out and a commit
     /// would not help: the reclaim can go on only once other operations
@@ -110,10 +115,9 @@ impl<I: BlockIo> Store<I> {
             if left == 0 {
                 break Ok(Reclaim::More);
             }
-            left -= 1;
-            match self.reclaim_step() {
-                Ok(true) => break Ok(Reclaim::Done),
-                Ok(false) => {}
+            match self.reclaim_step(left) {
+                Ok(None) => break Ok(Reclaim::Done),
+                Ok(Some(done)) => left = left.saturating_sub(done.max(1)),
                 Err(Error::NoSpace) if self.deferred != 0 || self.garbage_count != 0 => {
                     break Ok(Reclaim::NeedsCommit)
                 }
@@ -138,106 +142,159 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// One step of reclaim; returns true when no deleted snapshot is left.
-    fn reclaim_step(&mut self) -> Result<bool> {
+    /// One step of reclaim, freeing at most `max` exceptions, all from one
+    /// leaf; returns how many it freed (1 when it finished a snapshot), or
+    /// `None` when no deleted snapshot is left.
+    fn reclaim_step(&mut self, max: u64) -> Result<Option<u64>> {
         let e = self.sb.deleting_epoch;
         if e == 0 {
-            return Ok(true);
+            return Ok(None);
         }
-        if self.reclaim_private(e)? || self.reclaim_shared(e)? {
-            return Ok(false);
+        let max = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(RECLAIM_BATCH);
+        let freed = match self.reclaim_private(e, max)? {
+            0 => self.reclaim_shared(e, max)?,
+            n => n,
+        };
+        if freed != 0 {
+            return Ok(Some(freed as u64));
         }
         self.remove_table_entries(e)?;
         self.sb.deleting_epoch = self.next_deleting()?.unwrap_or(0);
         self.reclaim_cursor = 0;
         self.dirty = true;
-        Ok(self.sb.deleting_epoch == 0)
+        Ok(if self.sb.deleting_epoch == 0 {
+            None
+        } else {
+            Some(1)
+        })
     }
 
-    /// Step 1: removes one private exception of epoch `e`; false if none is
-    /// left.
-    fn reclaim_private(&mut self, e: u64) -> Result<bool> {
-        let Some((k, v)) = self.ceil(TREE_PRIVATE, private_key(e, 0))? else {
-            return Ok(false);
-        };
-        if hi64(k) != e {
-            return Ok(false);
-        }
-        self.ensure_beside_completions(self.op_need(TREE_PRIVATE))?;
-        if self.remove(TREE_PRIVATE, k)?.is_none() {
-            return Err(Error::Corrupt {
-                what: "btree: found key cannot be removed",
-                block: 0,
-            });
-        }
-        if v != PRIVATE_ZEROES {
-            self.free_data(lo64(v))?;
-        }
-        self.sb.private = self.sb.private.saturating_sub(1);
-        self.reclaimed += 1;
-        Ok(true)
-    }
-
-    /// Step 2: removes the next shared exception, from the scan cursor on,
-    /// whose range holds `e` and that no live snapshot needs; false if none
-    /// is left.
-    fn reclaim_shared(&mut self, e: u64) -> Result<bool> {
-        let mut from = Some(self.reclaim_cursor);
-        while let Some(f) = from {
-            let mut hit = None;
-            let end = self.scan_leaf(TREE_SHARED, f, |k, v| {
-                if hi64(v) <= e && e <= lo64(k) {
-                    hit = Some((k, v));
-                    Ok(false)
-                } else {
-                    Ok(true)
+    /// Step 1: removes up to `max` private exceptions of epoch `e`, from the
+    /// first leaf that holds any; returns how many (0 if none is left).
+    fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
+        let mut keys = [0u128; RECLAIM_BATCH];
+        let mut chunks = [0u64; RECLAIM_BATCH];
+        let (mut n, mut nchunks) = (0usize, 0usize);
+        let mut from = private_key(e, 0);
+        // The first key >= `from` is in the leaf that would hold `from` or
+        // starts the next one.
+        for _ in 0..2 {
+            let end = self.scan_leaf(TREE_PRIVATE, from, |k, v| {
+                if hi64(k) != e || n == max {
+                    return Ok(false);
                 }
+                if let (Some(ks), Some(cs)) = (keys.get_mut(n), chunks.get_mut(nchunks)) {
+                    *ks = k;
+                    n += 1;
+                    if v != PRIVATE_ZEROES {
+                        *cs = lo64(v);
+                        nchunks += 1;
+                    }
+                }
+                Ok(true)
             })?;
             match end {
-                ScanEnd::Stopped => {
-                    let (k, v) = hit.ok_or(Error::Internal("scan result"))?;
-                    if k < f {
-                        return Err(Error::Corrupt {
-                            what: "btree: keys out of order",
-                            block: 0,
-                        });
-                    }
-                    self.reclaim_cursor = k;
-                    if !self
-                        .first_lacking(hi64(k), hi64(v), lo64(k), DELETING)?
-                        .found
-                    {
-                        self.ensure_beside_completions(self.op_need(TREE_SHARED))?;
-                        if self.remove(TREE_SHARED, k)?.is_none() {
-                            return Err(Error::Corrupt {
-                                what: "btree: found key cannot be removed",
-                                block: 0,
-                            });
-                        }
-                        self.free_data(lo64(v))?;
-                        self.sb.shared = self.sb.shared.saturating_sub(1);
-                        self.reclaimed += 1;
-                        self.reclaim_cursor = k.saturating_add(1);
-                        return Ok(true);
-                    }
-                    from = k.checked_add(1);
+                ScanEnd::Next(next) if n == 0 && next > from => from = next,
+                ScanEnd::Next(_) if n == 0 => {
+                    return Err(Error::Corrupt {
+                        what: "btree: separators out of order",
+                        block: 0,
+                    })
                 }
-                ScanEnd::Next(n) => {
-                    if n <= f {
-                        return Err(Error::Corrupt {
-                            what: "btree: separators out of order",
-                            block: 0,
-                        });
-                    }
-                    from = Some(n);
-                }
-                ScanEnd::End => from = None,
-            }
-            if let Some(f) = from {
-                self.reclaim_cursor = f;
+                _ => break,
             }
         }
-        Ok(false)
+        if n == 0 {
+            return Ok(0);
+        }
+        let keys = keys.get(..n).ok_or(Error::Internal("reclaim batch"))?;
+        let chunks = chunks
+            .get_mut(..nchunks)
+            .ok_or(Error::Internal("reclaim batch"))?;
+        self.ensure_beside_completions(self.op_need(TREE_PRIVATE))?;
+        self.remove_in_leaf(TREE_PRIVATE, keys)?;
+        self.free_data_chunks(chunks)?;
+        self.sb.private = self.sb.private.saturating_sub(n as u64);
+        self.reclaimed += n as u64;
+        Ok(n)
+    }
+
+    /// Step 2: removes up to `max` shared exceptions whose range holds `e`
+    /// and that no live snapshot needs, all from the first leaf at or after
+    /// the scan cursor that holds any; returns how many (0 if none is left).
+    fn reclaim_shared(&mut self, e: u64, max: usize) -> Result<usize> {
+        let mut from = Some(self.reclaim_cursor);
+        while let Some(f) = from {
+            let mut found = [(0u128, 0u128); RECLAIM_BATCH];
+            let mut nfound = 0usize;
+            let mut seen: Option<u128> = None;
+            let end = self.scan_leaf(TREE_SHARED, f, |k, v| {
+                if nfound == max {
+                    return Ok(false);
+                }
+                seen = Some(k);
+                if hi64(v) <= e && e <= lo64(k) {
+                    if let Some(slot) = found.get_mut(nfound) {
+                        *slot = (k, v);
+                        nfound += 1;
+                    }
+                }
+                Ok(true)
+            })?;
+            if seen.is_some_and(|k| k < f) {
+                return Err(Error::Corrupt {
+                    what: "btree: keys out of order",
+                    block: 0,
+                });
+            }
+            // Where the scan goes on: after the last entry visited, or at the
+            // next leaf.
+            let after_seen = seen.map_or(Some(f), |k| k.checked_add(1));
+            from = match end {
+                ScanEnd::Stopped => after_seen,
+                ScanEnd::Next(next) if next <= f => {
+                    return Err(Error::Corrupt {
+                        what: "btree: separators out of order",
+                        block: 0,
+                    })
+                }
+                ScanEnd::Next(next) => Some(next),
+                ScanEnd::End => None,
+            };
+            self.reclaim_cursor = from.or(after_seen).unwrap_or(f);
+            let mut keys = [0u128; RECLAIM_BATCH];
+            let mut chunks = [0u64; RECLAIM_BATCH];
+            let mut n = 0usize;
+            for &(k, v) in found.get(..nfound).unwrap_or(&[]) {
+                if self
+                    .first_lacking(hi64(k), hi64(v), lo64(k), DELETING)?
+                    .found
+                {
+                    continue;
+                }
+                if let (Some(ks), Some(cs)) = (keys.get_mut(n), chunks.get_mut(n)) {
+                    *ks = k;
+                    *cs = lo64(v);
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            let keys = keys.get(..n).ok_or(Error::Internal("reclaim batch"))?;
+            let chunks = chunks
+                .get_mut(..n)
+                .ok_or(Error::Internal("reclaim batch"))?;
+            self.ensure_beside_completions(self.op_need(TREE_SHARED))?;
+            self.remove_in_leaf(TREE_SHARED, keys)?;
+            self.free_data_chunks(chunks)?;
+            self.sb.shared = self.sb.shared.saturating_sub(n as u64);
+            self.reclaimed += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
     }
 
     /// Step 3: removes the table entries of reclaimed epoch `e`. The id

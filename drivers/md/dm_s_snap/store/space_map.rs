@@ -344,6 +344,47 @@ impl<I: BlockIo> Store<I> {
         Ok(())
     }
 
+    /// Frees data chunks `chunks` (sorted here), each run of adjacent chunks
+    /// in one bitmap block with one bitmap change: freeing a leaf's worth
+    /// of chunks seals each bitmap block once, where [`Store::free_data`]
+    /// seals it for every chunk.
+    pub(crate) fn free_data_chunks(&mut self, chunks: &mut [u64]) -> Result<()> {
+        chunks.sort_unstable();
+        let mut rest: &[u64] = chunks;
+        while let Some((&first, _)) = rest.split_first() {
+            if !self.g.chunk_in_data_area(first) {
+                return Err(Error::Corrupt {
+                    what: "space map: chunk outside the data area",
+                    block: first,
+                });
+            }
+            let block = self.g.chunk_block(first);
+            let bitmap = block / self.g.bits_per_bitmap;
+            let mut len = 1;
+            while let Some(&c) = rest.get(len) {
+                let adjacent = first.checked_add(len as u64) == Some(c);
+                if !adjacent
+                    || !self.g.chunk_in_data_area(c)
+                    || self.g.chunk_block(c) / self.g.bits_per_bitmap != bitmap
+                {
+                    break;
+                }
+                len += 1;
+            }
+            self.free_blocks(block, len as u64 * self.g.chunk_blocks)?;
+            self.sb.data_chunks =
+                self.sb
+                    .data_chunks
+                    .checked_sub(len as u64)
+                    .ok_or(Error::Corrupt {
+                        what: "data chunk counter underflow",
+                        block: 0,
+                    })?;
+            rest = rest.get(len..).unwrap_or(&[]);
+        }
+        Ok(())
+    }
+
     /// Frees a metadata block whose header txid is `txid`.
     ///
     /// A block written in this transaction may still have a dirty buffer in

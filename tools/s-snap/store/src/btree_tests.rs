@@ -95,6 +95,88 @@ fn insert_remove_random_vs_btreemap() {
     }
 }
 
+/// The keys of the leaf that holds `from`, from `from` on.
+fn leaf_keys(s: &Store<Cache<MemDisk>>, tree: usize, from: u128) -> std::vec::Vec<u128> {
+    let mut keys = vec![];
+    s.scan_leaf(tree, from, |k, _| {
+        keys.push(k);
+        Ok(true)
+    })
+    .unwrap();
+    keys
+}
+
+#[test]
+fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
+    // Random inserts half-fill the nodes, appends fill them; runs removed
+    // from one leaf at a time leave leaves under-full, empty, first or last
+    // of their parent, so every merge and refill direction and the root
+    // collapse are exercised.
+    for seed in 1..=4u64 {
+        let mut s = store(8192, 48);
+        let mut rng = Rng(seed * 0x51_7CC1_B727);
+        let mut m = BTreeMap::new();
+        for k in 0..20_000u128 {
+            let k = if seed % 2 == 0 {
+                k << 4
+            } else {
+                (rng.next() % 400_000) as u128
+            };
+            let v = k as u64 as u128 + (1 << 39);
+            s.insert(TREE_PRIVATE, k, v).unwrap();
+            m.insert(k, v);
+        }
+        s.commit().unwrap();
+        check_clean(&s);
+        let mut round = 0u32;
+        while !m.is_empty() {
+            round += 1;
+            let probe = (rng.next() % 420_000) as u128;
+            let from = m
+                .range(probe..)
+                .next()
+                .or(m.iter().next_back())
+                .map(|(k, _)| *k)
+                .unwrap();
+            let in_leaf = leaf_keys(&s, TREE_PRIVATE, from);
+            // All of them, every other one, or the first few.
+            let run: std::vec::Vec<u128> = match rng.next() % 3 {
+                0 => in_leaf,
+                1 => in_leaf.into_iter().step_by(2).collect(),
+                _ => in_leaf
+                    .into_iter()
+                    .take(1 + (rng.next() % 40) as usize)
+                    .collect(),
+            };
+            s.remove_in_leaf(TREE_PRIVATE, &run).unwrap();
+            for k in &run {
+                m.remove(k);
+            }
+            if round % 13 == 0 {
+                s.commit().unwrap();
+                compare(&s, TREE_PRIVATE, &m, &mut rng);
+                check_clean(&s);
+            }
+        }
+        assert_eq!(s.info().roots[1].1, 1, "depth after removing all");
+        assert_eq!(s.ceil(TREE_PRIVATE, 0).unwrap(), None);
+        s.commit().unwrap();
+        check_clean(&s);
+    }
+}
+
+#[test]
+fn a_run_that_is_not_in_the_leaf_is_refused() {
+    let mut s = store(4096, 32);
+    for k in 0..2000u128 {
+        s.insert(TREE_PRIVATE, k * 2, k + (1 << 39)).unwrap();
+    }
+    s.commit().unwrap();
+    // Descending keys, and a key that is not in the tree.
+    assert!(s.remove_in_leaf(TREE_PRIVATE, &[4, 2]).is_err());
+    assert!(s.remove_in_leaf(TREE_PRIVATE, &[2, 3]).is_err());
+}
+
 #[test]
 fn deep_tree_sequential_and_reverse() {
     // Private tree: 270 entries per leaf, 225 per internal node; 120k
