@@ -277,6 +277,20 @@ impl BlockIo for CowIo {
         committed
     }
 
+    fn write_durably(&self, block: CowBlock<'_>) -> Result<(), store::Error> {
+        let nr = block.buffer.block();
+        // As for a commit: the write goes around the cache, from a copy. The buffer stays in
+        // the cache with the same contents (dirty if the store marked it so, and then written
+        // back again later, unchanged).
+        let mut data = self.take_shadow()?;
+        // The lengths are equal (type invariants of `CowIo` and `CowBlock`).
+        data.copy_from_slice(&block);
+        drop(block);
+        let written = self.client.write_block_durably(nr, &data).map_err(io_error);
+        self.put_shadow(data);
+        written
+    }
+
     fn crc32c(&self, seed: u32, data: &[u8]) -> u32 {
         crc32c(seed, data)
     }

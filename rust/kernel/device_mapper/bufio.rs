@@ -333,13 +333,23 @@ impl Client {
     /// Fails with `EINVAL` unless `data` is one block long and the block lies on the device,
     /// and with `EBUSY` if a buffer of the block is held or [`MAX_HELD`] buffers are.
     pub fn commit_block(&self, block: Sector, data: &VVec<u8>) -> Result {
+        self.with_block_held(block, data, Self::commit_held_block)
+    }
+
+    /// Checks `data` and `block` for a write of `data` to `block` around the cache, and runs
+    /// `write` while the block is in the held list: no `Buffer` of it exists now, and none can
+    /// be handed out meanwhile, so nothing dirties or reads the block's buffer.
+    fn with_block_held(
+        &self,
+        block: Sector,
+        data: &VVec<u8>,
+        write: impl FnOnce(&Self, Sector, &VVec<u8>) -> Result,
+    ) -> Result {
         if data.len() != self.block_size || block >= self.device_size() {
             return Err(EINVAL);
         }
-        // Keeps every `Buffer` of the block away until the write is done: none exists now, and
-        // none can be handed out meanwhile, so nothing dirties or reads the block's buffer.
         self.hold(block)?;
-        let result = self.commit_held_block(block, data);
+        let result = write(self, block, data);
         self.unhold(block);
         result
     }
@@ -351,6 +361,25 @@ impl Client {
         // dm-bufio frees it: the cache cannot serve its old contents after the write below.
         // SAFETY: By the type invariant the client is valid.
         unsafe { bindings::dm_bufio_forget(self.as_raw(), block) };
+        self.write_held_block_durably(block, data)
+    }
+
+    /// Writes `data` to block `block` around the cache, with `REQ_PREFLUSH | REQ_FUA`
+    /// (`dm_io()`), and waits, without writing back any dirty buffer first (a journal commit,
+    /// where [`Client::commit_block`] is a checkpoint). When it returns `Ok`, every write that
+    /// had completed before it and then `data` are on stable storage; a crash before leaves the
+    /// block unwritten, torn (the caller's checksum tells), or written with everything before
+    /// it durable too. A buffer of the block that the cache holds stays there as it is: if it
+    /// is dirty, its contents are written back later, over `data`.
+    ///
+    /// Fails with `EINVAL` unless `data` is one block long and the block lies on the device,
+    /// and with `EBUSY` if a buffer of the block is held or [`MAX_HELD`] buffers are.
+    pub fn write_block_durably(&self, block: Sector, data: &VVec<u8>) -> Result {
+        self.with_block_held(block, data, Self::write_held_block_durably)
+    }
+
+    /// The write of [`Client::write_block_durably`], once `block` is in the held list.
+    fn write_held_block_durably(&self, block: Sector, data: &VVec<u8>) -> Result {
         // CAST: A block size fits a `u64`; `block` is on the device, so the product does not
         // overflow (checked all the same).
         let sectors = (self.block_size >> 9) as u64;

@@ -7,7 +7,8 @@
 //! commit, no new copy (or whole-chunk snapshot write) starts (the commit barrier), so that
 //! the commit comes. Every commit serves every bio that waits for it (group commit). There is no
 //! periodic commit: nothing needs one, since every bio that needs durability waits for a
-//! commit of its own.
+//! commit of its own. The store makes a commit of nothing but origin copies one journal block
+//! (see `store/journal.rs`); a suspend or a teardown commits a checkpoint.
 
 use super::{OriginBio, Pool, SnapBio, State};
 use kernel::{block::bio::BioList, prelude::*, sync::Arc};
@@ -147,7 +148,9 @@ impl Pool {
         }
     }
 
-    /// Commits whatever the store holds (origin suspend, target teardown).
+    /// Commits whatever the store holds (origin suspend, target teardown), as a checkpoint: a
+    /// suspended or removed origin leaves no journal to replay, so tools reading the COW
+    /// device see everything.
     pub(crate) fn sync(self: &Arc<Self>) {
         let mut st = self.state.lock();
         while !st.pending.is_empty() {
@@ -158,7 +161,7 @@ impl Pool {
             return;
         }
         self.before_commit(&mut st);
-        match st.store.commit() {
+        match st.store.checkpoint() {
             Ok(()) => self.committed(&mut st),
             Err(e) => self.note_error(&mut st, e),
         }

@@ -517,7 +517,7 @@ impl<I: BlockIo> Store<I> {
             return Err(Error::Limit("value too large for its on-disk field"));
         }
         self.ensure(self.op_need(tree))?;
-        self.dirty = true;
+        self.touch();
         let mut root = self.shadow_root(tree)?;
         let rn = {
             let (_, n) = self.read_node(root.block, tree, root.depth - 1)?;
@@ -613,7 +613,7 @@ impl<I: BlockIo> Store<I> {
             return Ok(None);
         }
         self.ensure(self.op_need(tree))?;
-        self.dirty = true;
+        self.touch();
         let (leaf, path) = self.descend_refilling(tree, k)?;
         let (old, newmin) = {
             let (mut h, n) = self.write_node(leaf, tree, 0)?;
@@ -652,7 +652,7 @@ impl<I: BlockIo> Store<I> {
         }
         self.ensure(self.op_need(tree))?;
         let f = NodeFormat::of(tree)?;
-        self.dirty = true;
+        self.touch();
         let (leaf, path) = self.descend_refilling(tree, first)?;
         let vanished = corrupt("btree: key vanished during remove", leaf);
         let (left_n, old_min) = {

@@ -119,6 +119,9 @@ impl<I: BlockIo> Store<I> {
             mark(scratch, self.g.bitmap_slot(i, 0));
             mark(scratch, self.g.bitmap_slot(i, 1));
         }
+        for i in 0..u64::from(self.sb.journal_blocks) {
+            self.mark_block(&mut ck, scratch, self.sb.journal_start + i, "journal block");
+        }
         let mut n = Counts::default();
         // Metadata blocks released in the running transaction.
         let mut gb = self.garbage_head;
@@ -147,7 +150,8 @@ impl<I: BlockIo> Store<I> {
                 Some(n.data),
             );
         }
-        let fixed = self.g.fixed_end + 2 * self.g.grown_bitmaps();
+        let fixed =
+            self.g.fixed_end + 2 * self.g.grown_bitmaps() + u64::from(self.sb.journal_blocks);
         if fixed + n.nodes != sb.meta_blocks {
             ck.bad(
                 "metadata block counter differs from the btree nodes",
@@ -212,6 +216,7 @@ impl<I: BlockIo> Store<I> {
             ck.bad(
                 match what {
                     "btree node" => "btree node outside the data area",
+                    "journal block" => "journal block outside the data area",
                     _ => "released block outside the data area",
                 },
                 None,
@@ -614,13 +619,9 @@ impl<I: BlockIo> Store<I> {
                     .get(off..off + 7)
                     .is_some_and(|r| r.iter().all(|&x| x == 0));
             }
-            let end = SB_BLOCK_SIZE + 4;
-            ok &= h
-                .get(end..SB_ROLLBACK_EPOCH)
-                .is_some_and(|r| r.iter().all(|&x| x == 0));
             let end = SB_ROLLBACK_LEFT + 8;
             ok &= h
-                .get(end..SB_FIXED_BITMAPS)
+                .get(end..SB_JOURNAL_START)
                 .is_some_and(|r| r.iter().all(|&x| x == 0));
             ok &= h
                 .get(SB_FIXED_BITMAPS + 4..SB_DROPPED)

@@ -14,6 +14,11 @@ pub(crate) const BM_MAGIC: u32 = u32::from_le_bytes(*b"SSbm");
 pub(crate) const NODE_MAGIC: u32 = u32::from_le_bytes(*b"SSbt");
 /// Magic of a metadata block released within its own transaction.
 pub(crate) const GARBAGE_MAGIC: u32 = u32::from_le_bytes(*b"SSgb");
+/// Magic of a journal block.
+pub(crate) const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"SSjl");
+/// Magic of a journal block still being built (in the cache, which may write it early):
+/// replay ignores it.
+pub(crate) const JOURNAL_OPEN_MAGIC: u32 = u32::from_le_bytes(*b"SSjo");
 
 /// On-disk format version. Version 1 used one metadata block per chunk; a
 /// store of another version is refused, never converted or overwritten.
@@ -69,9 +74,17 @@ pub(crate) const SB_FLAG_ZEROES: u32 = 1 << 3;
 /// a module without rollbacks would serve the origin's old data and take the chunks left to
 /// roll back for private exceptions of no snapshot.
 pub(crate) const SB_FLAG_ROLLBACK: u32 = 1 << 4;
+/// Feature flag: the store has a metadata journal ([`SB_JOURNAL_START`], [`SB_JOURNAL_BLOCKS`]):
+/// a commit may be a journal block beside the superblock's state, which a module that does not
+/// replay it must not ignore.
+pub(crate) const SB_FLAG_JOURNAL: u32 = 1 << 5;
 /// The feature flags this version knows.
-pub(crate) const SB_KNOWN_FLAGS: u32 =
-    SB_FLAG_DROP_WHEN_FULL | SB_FLAG_DROPPED | SB_FLAG_GROWN | SB_FLAG_ZEROES | SB_FLAG_ROLLBACK;
+pub(crate) const SB_KNOWN_FLAGS: u32 = SB_FLAG_DROP_WHEN_FULL
+    | SB_FLAG_DROPPED
+    | SB_FLAG_GROWN
+    | SB_FLAG_ZEROES
+    | SB_FLAG_ROLLBACK
+    | SB_FLAG_JOURNAL;
 /// Private exception value that names no COW chunk: the snapshot reads the chunk as zeroes.
 /// COW chunk 0 holds the superblocks, so it is never a data chunk.
 pub(crate) const PRIVATE_ZEROES: u128 = 0;
@@ -81,8 +94,7 @@ pub(crate) const SB_ROOTS: usize = 128;
 pub(crate) const SB_ROOT_SIZE: usize = 16;
 /// Next chunk the data allocator tries.
 pub(crate) const SB_DATA_HINT: usize = 176;
-/// The metadata block size in bytes, [`BLOCK_SIZE`] (u32; zero up to the
-/// selector bits after it).
+/// The metadata block size in bytes, [`BLOCK_SIZE`] (u32).
 pub(crate) const SB_BLOCK_SIZE: usize = 184;
 /// Epoch of the snapshot the origin is being rolled back to (u64), 0 if none.
 pub(crate) const SB_ROLLBACK_EPOCH: usize = 192;
@@ -91,6 +103,11 @@ pub(crate) const SB_ROLLBACK_TOTAL: usize = 200;
 /// Chunks the running rollback has still to copy back (u64): entries of the private tree under
 /// [`ROLLBACK_KEY_EPOCH`].
 pub(crate) const SB_ROLLBACK_LEFT: usize = 208;
+/// Blocks of the journal area (u32), 0 if the store has none.
+pub(crate) const SB_JOURNAL_BLOCKS: usize = 188;
+/// First block of the journal area (u64), 0 if the store has none. Bytes 216 .. 232 stay
+/// zero: room for the root record of a fourth tree (see "Room for later versions").
+pub(crate) const SB_JOURNAL_START: usize = 232;
 /// Private-tree keys `(ROLLBACK_KEY_EPOCH << 64) | chunk` name the origin chunks a rollback
 /// has still to copy back; no snapshot has epoch 0.
 pub(crate) const ROLLBACK_KEY_EPOCH: u64 = 0;
@@ -100,6 +117,25 @@ pub(crate) const SB_FIXED_BITMAPS: usize = 240;
 pub(crate) const SB_DROPPED: usize = 248;
 /// First byte of the bitmap slot selector bits.
 pub(crate) const SB_SELECTOR: usize = 256;
+
+/// Journal block: the transaction id in the header is that of the writer's running
+/// transaction; at 24 the committed transaction id of the checkpoint it follows (u64), at 32
+/// its index in the journal area (u32), at 36 its record count (u32), records from 40. Its
+/// checksum covers bytes 4 to the end of the last record (see [`journal_crc`]).
+pub(crate) const JL_CHECKPOINT: usize = 24;
+/// See [`JL_CHECKPOINT`].
+pub(crate) const JL_INDEX: usize = 32;
+/// See [`JL_CHECKPOINT`].
+pub(crate) const JL_COUNT: usize = 36;
+/// See [`JL_CHECKPOINT`].
+pub(crate) const JL_RECORDS: usize = 40;
+/// A journal record: the key and the value of a shared exception an origin copy inserted (two
+/// u128, little-endian).
+pub(crate) const JL_RECORD_SIZE: usize = 32;
+/// Records a journal block holds.
+pub(crate) const JL_CAPACITY: usize = (BLOCK_SIZE - JL_RECORDS) / JL_RECORD_SIZE;
+/// Most blocks of a journal area: 1 MiB.
+pub(crate) const JOURNAL_MAX_BLOCKS: u64 = 256;
 
 /// Bitmap block: u32 index at 24, u32 zero at 28, bits from 32.
 pub(crate) const BM_INDEX: usize = 24;
@@ -271,6 +307,19 @@ pub(crate) fn block_crc<I: BlockIo>(io: &I, b: &[u8]) -> u32 {
 pub(crate) fn seal<I: BlockIo>(io: &I, b: &mut [u8]) -> Result<()> {
     let c = block_crc(io, b);
     wr32(b, OFF_CRC, c)
+}
+
+/// CRC-32C of a journal block holding `count` records: bytes 4 up to the end of the last
+/// record (a journal commit checksums what it writes, not the whole block).
+pub(crate) fn journal_crc<I: BlockIo>(io: &I, b: &[u8], count: usize) -> Result<u32> {
+    let end = count
+        .checked_mul(JL_RECORD_SIZE)
+        .and_then(|n| n.checked_add(JL_RECORDS))
+        .ok_or(Error::Internal("journal record count"))?;
+    let covered = b
+        .get(OFF_MAGIC..end)
+        .ok_or(Error::Internal("journal block too short"))?;
+    Ok(!io.crc32c(!0, covered))
 }
 
 /// True if the stored checksum matches.
@@ -659,6 +708,9 @@ pub(crate) struct SbState {
     pub(crate) rollback_left: u64,
     pub(crate) deleting_epoch: u64,
     pub(crate) roots: [Root; NR_TREES],
+    /// See [`SB_JOURNAL_START`] and [`SB_JOURNAL_BLOCKS`].
+    pub(crate) journal_start: u64,
+    pub(crate) journal_blocks: u32,
 }
 
 impl SbState {
@@ -697,6 +749,8 @@ impl SbState {
             rollback_left: rd64(b, SB_ROLLBACK_LEFT)?,
             deleting_epoch: rd64(b, SB_DELETING_EPOCH)?,
             roots,
+            journal_start: rd64(b, SB_JOURNAL_START)?,
+            journal_blocks: rd32(b, SB_JOURNAL_BLOCKS)?,
         })
     }
 
@@ -736,6 +790,9 @@ impl SbState {
         if self.rollback_epoch != 0 {
             flags |= SB_FLAG_ROLLBACK;
         }
+        if self.journal_blocks != 0 {
+            flags |= SB_FLAG_JOURNAL;
+        }
         wr32(b, SB_FLAGS, flags)?;
         wr64(b, SB_DELETING_EPOCH, self.deleting_epoch)?;
         for (t, r) in self.roots.iter().enumerate() {
@@ -746,13 +803,13 @@ impl SbState {
         }
         wr64(b, SB_DATA_HINT, self.data_hint)?;
         wr32(b, SB_BLOCK_SIZE, BLOCK_SIZE as u32)?;
-        let end = SB_BLOCK_SIZE + 4;
-        zero_bytes(b, end, SB_ROLLBACK_EPOCH - end)?;
+        wr32(b, SB_JOURNAL_BLOCKS, self.journal_blocks)?;
         wr64(b, SB_ROLLBACK_EPOCH, self.rollback_epoch)?;
         wr64(b, SB_ROLLBACK_TOTAL, self.rollback_total)?;
         wr64(b, SB_ROLLBACK_LEFT, self.rollback_left)?;
         let end = SB_ROLLBACK_LEFT + 8;
-        zero_bytes(b, end, SB_FIXED_BITMAPS - end)?;
+        zero_bytes(b, end, SB_JOURNAL_START - end)?;
+        wr64(b, SB_JOURNAL_START, self.journal_start)?;
         wr32(
             b,
             SB_FIXED_BITMAPS,

@@ -73,7 +73,7 @@ impl<I: BlockIo> Store<I> {
         self.sb.nr_bitmaps = u32::try_from(g.nr_bitmaps).map_err(|_| Error::Internal("bitmaps"))?;
         self.sb.meta_blocks += 2 * added;
         self.g = g;
-        self.dirty = true;
+        self.touch();
         Ok(target)
     }
 

@@ -46,6 +46,7 @@ mod error;
 mod format;
 mod grow;
 mod io;
+mod journal;
 #[cfg(any(CONFIG_DM_S_SNAP_KUNIT_TEST, feature = "model-test"))]
 pub mod model_test;
 mod ops;

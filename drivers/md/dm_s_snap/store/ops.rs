@@ -276,6 +276,11 @@ pub struct StoreInfo {
     /// Entries of a leaf / internal node of the shared-exception tree at
     /// most.
     pub node_capacity: (u64, u64),
+    /// First block and length of the journal area (0, 0 for none).
+    pub journal_area: (u64, u32),
+    /// Journal blocks committed since the checkpoint `committed_txid` (a read-only open
+    /// counts those it would replay). The durable state is the checkpoint and these.
+    pub journal_blocks: u32,
 }
 
 /// Result of looking for a live snapshot that lacks a private exception.
@@ -483,7 +488,7 @@ impl<I: BlockIo> Store<I> {
         let drop_when_full = policy == CowFullPolicy::Drop;
         if self.sb.drop_when_full != drop_when_full {
             self.sb.drop_when_full = drop_when_full;
-            self.dirty = true;
+            self.touch();
         }
         Ok(())
     }
@@ -515,6 +520,8 @@ impl<I: BlockIo> Store<I> {
             node_capacity: NodeFormat::of(TREE_SHARED)
                 .map(|f| (f.leaf_max as u64, f.int_max as u64))
                 .unwrap_or((0, 0)),
+            journal_area: (self.sb.journal_start, self.sb.journal_blocks),
+            journal_blocks: self.journal.committed,
         }
     }
 
@@ -563,7 +570,7 @@ impl<I: BlockIo> Store<I> {
                         return Ok(r);
                     }
                     Some((_, tx)) => {
-                        if tx == self.cur {
+                        if tx == self.cur && !self.running_txn_durable() {
                             r.uncommitted = true;
                         }
                     }
@@ -687,7 +694,8 @@ impl<I: BlockIo> Store<I> {
     pub(crate) fn preserve_for_origin_write(&mut self, chunk: u64) -> Result<OriginWrite> {
         Ok(match self.origin_chunk_needed(chunk)? {
             OriginDiscard::Keep => {
-                let cow = self.alloc_data()?;
+                // Recorded with the copy's exception when it completes.
+                let cow = self.recorded(|s| s.alloc_data())?;
                 self.outstanding += 1;
                 OriginWrite::Copy(CopyPlan { chunk, cow })
             }
@@ -771,7 +779,9 @@ impl<I: BlockIo> Store<I> {
     /// data may change now (`Pass`) or once the running transaction is committed.
     fn origin_chunk_needed(&self, chunk: u64) -> Result<OriginDiscard> {
         let (hi_prev, s_tx) = self.newest_shared(chunk)?.unwrap_or((0, 0));
-        let mut wait = s_tx == self.cur && hi_prev != 0;
+        let mut wait = s_tx == self.cur
+            && hi_prev != 0
+            && !self.shared_exception_durable(shared_key(chunk, hi_prev))?;
         if hi_prev < self.sb.last_epoch {
             let l = self.first_lacking(chunk, hi_prev + 1, self.sb.last_epoch, SNAPSHOT_FLAGS)?;
             if l.found {
@@ -820,13 +830,10 @@ impl<I: BlockIo> Store<I> {
             // one, which lacked a copy since its creation (privates are only ever removed
             // where a shared exception covers the snapshot), so no origin write reached the
             // chunk since: the copy is each one's data, which `snapshot_discard` relies on.
-            self.insert(
-                TREE_SHARED,
-                shared_key(c, last),
-                shared_val(lacking.first, plan.cow),
-            )?;
+            let (k, v) = (shared_key(c, last), shared_val(lacking.first, plan.cow));
+            self.recorded(|s| s.insert(TREE_SHARED, k, v))?;
             self.sb.shared = self.sb.shared.saturating_add(1);
-            Ok(())
+            self.journal_origin_copy(k, v)
         } else {
             // Meanwhile no snapshot needs it (deleted, or all unshared).
             self.free_data(plan.cow)

@@ -163,7 +163,7 @@ impl<I: BlockIo> Store<I> {
         self.remove_table_entries(e)?;
         self.sb.deleting_epoch = self.next_deleting()?.unwrap_or(0);
         self.reclaim_cursor = 0;
-        self.dirty = true;
+        self.touch();
         Ok(if self.sb.deleting_epoch == 0 {
             None
         } else {
@@ -209,16 +209,30 @@ impl<I: BlockIo> Store<I> {
         if n == 0 {
             return Ok(0);
         }
+        self.remove_batch(TREE_PRIVATE, &keys, n, &mut chunks, nchunks)?;
+        self.sb.private = self.sb.private.saturating_sub(n as u64);
+        Ok(n)
+    }
+
+    /// Removes the first `n` of `keys` (one leaf's) from `tree` and frees the first `nchunks`
+    /// of `chunks`, their data chunks.
+    fn remove_batch(
+        &mut self,
+        tree: usize,
+        keys: &[u128],
+        n: usize,
+        chunks: &mut [u64],
+        nchunks: usize,
+    ) -> Result<()> {
         let keys = keys.get(..n).ok_or(Error::Internal("reclaim batch"))?;
         let chunks = chunks
             .get_mut(..nchunks)
             .ok_or(Error::Internal("reclaim batch"))?;
-        self.ensure_beside_completions(self.op_need(TREE_PRIVATE))?;
-        self.remove_in_leaf(TREE_PRIVATE, keys)?;
+        self.ensure_beside_completions(self.op_need(tree))?;
+        self.remove_in_leaf(tree, keys)?;
         self.free_data_chunks(chunks)?;
-        self.sb.private = self.sb.private.saturating_sub(n as u64);
         self.reclaimed += n as u64;
-        Ok(n)
+        Ok(())
     }
 
     /// Step 2: removes up to `max` shared exceptions whose range holds `e`
@@ -283,15 +297,8 @@ impl<I: BlockIo> Store<I> {
             if n == 0 {
                 continue;
             }
-            let keys = keys.get(..n).ok_or(Error::Internal("reclaim batch"))?;
-            let chunks = chunks
-                .get_mut(..n)
-                .ok_or(Error::Internal("reclaim batch"))?;
-            self.ensure_beside_completions(self.op_need(TREE_SHARED))?;
-            self.remove_in_leaf(TREE_SHARED, keys)?;
-            self.free_data_chunks(chunks)?;
+            self.remove_batch(TREE_SHARED, &keys, n, &mut chunks, n)?;
             self.sb.shared = self.sb.shared.saturating_sub(n as u64);
-            self.reclaimed += n as u64;
             return Ok(n);
         }
         Ok(0)

@@ -150,7 +150,7 @@ impl<I: BlockIo> Store<I> {
         self.sb.rollback_epoch = e;
         self.sb.rollback_total = n;
         self.sb.rollback_left = n;
-        self.dirty = true;
+        self.touch();
         Ok(n)
     }
 

@@ -72,7 +72,7 @@ impl<I: BlockIo> Store<I> {
         if bit0 + len > self.g.bits_per_bitmap {
             return Err(Error::Internal("space map range straddles bitmap blocks"));
         }
-        self.dirty = true;
+        self.touch();
         let s = self.selector(i)?;
         let cur = self.g.bitmap_slot(i, s);
         let other = self.g.bitmap_slot(i, s ^ 1);
@@ -414,7 +414,7 @@ impl<I: BlockIo> Store<I> {
             }
             self.garbage_head = nr;
             self.garbage_count += 1;
-            self.dirty = true;
+            self.touch();
             Ok(())
         } else {
             self.free_blocks(nr, 1)

@@ -5,6 +5,7 @@
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::{BlockHandle, BlockIo};
+use super::journal::{journal_size, JournalState};
 
 /// A held block of the store's I/O.
 pub(crate) type H<'a, I> = <I as BlockIo>::Block<'a>;
@@ -42,6 +43,8 @@ pub struct Store<I: BlockIo> {
     pub(crate) deleting: u64,
     /// Chunks freed by the reclaim since open.
     pub(crate) reclaimed: u64,
+    /// The journal's position (see `journal.rs`).
+    pub(crate) journal: JournalState,
 }
 
 /// What a superblock slot holds.
@@ -133,6 +136,8 @@ impl<I: BlockIo> Store<I> {
         let g = Self::validate_state(&io, &st, None)?;
         let mut s = Self::new_obj(io, g, st, slot, 0, false);
         s.count_deleting()?;
+        // Reported, not replayed: nothing is written.
+        s.journal.committed = s.count_journal()?;
         Ok(s)
     }
 
@@ -154,6 +159,7 @@ impl<I: BlockIo> Store<I> {
             reclaim_cursor: 0,
             deleting: 0,
             reclaimed: 0,
+            journal: JournalState::default(),
         }
     }
 
@@ -240,6 +246,9 @@ impl<I: BlockIo> Store<I> {
             || st.rollback_left > st.rollback_total
         {
             return Err(bad("superblock: rollback fields disagree"));
+        }
+        if (flags & SB_FLAG_JOURNAL != 0) != (st.journal_blocks != 0) {
+            return Err(bad("superblock: journal flag and area disagree"));
         }
         if st.seq == 0 {
             return Err(bad("superblock: sequence number 0 (unfinished)"));
@@ -340,6 +349,17 @@ impl<I: BlockIo> Store<I> {
         {
             return Err(bad("superblock: usage counters out of range"));
         }
+        if st.journal_blocks != 0 {
+            let end = st.journal_start.checked_add(u64::from(st.journal_blocks));
+            let inside = end.is_some_and(|end| end <= g.nr_blocks)
+                && (st.journal_start..st.journal_start + u64::from(st.journal_blocks))
+                    .all(|nr| g.in_data_area(nr));
+            if !inside || st.journal_blocks as u64 > JOURNAL_MAX_BLOCKS {
+                return Err(bad("superblock: journal area outside the data area"));
+            }
+        } else if st.journal_start != 0 {
+            return Err(bad("superblock: journal area without blocks"));
+        }
         if st.shared > st.nr_chunks || st.private > st.nr_chunks {
             return Err(bad("superblock: exception counters out of range"));
         }
@@ -357,8 +377,10 @@ impl<I: BlockIo> Store<I> {
         )?;
         let bs = g.block_size;
         let txid = 1u64;
-        // The fixed area and the three root leaves are allocated.
-        let used_end = g.fixed_end + NR_TREES as u64;
+        // The fixed area, the three root leaves and the journal area are allocated.
+        let journal_start = g.fixed_end + NR_TREES as u64;
+        let journal_blocks = journal_size(g.nr_blocks);
+        let used_end = journal_start + u64::from(journal_blocks);
         for i in 0..g.nr_bitmaps {
             let nr = g.bitmap_slot(i, 0);
             let mut h = io.new_block(nr)?;
@@ -405,6 +427,13 @@ impl<I: BlockIo> Store<I> {
             h.set_verified();
             h.mark_dirty();
         }
+        // Zeroed, so that no block of an earlier store on the device passes for a journal
+        // block of this one.
+        for nr in journal_start..used_end {
+            let mut h = io.new_block(nr)?;
+            h.fill(0);
+            h.mark_dirty();
+        }
         io.write_dirty()?;
         let mut roots = [Root::default(); NR_TREES];
         for (t, r) in roots.iter_mut().enumerate() {
@@ -435,6 +464,12 @@ impl<I: BlockIo> Store<I> {
             rollback_left: 0,
             deleting_epoch: 0,
             roots,
+            journal_start: if journal_blocks == 0 {
+                0
+            } else {
+                journal_start
+            },
+            journal_blocks,
         };
         let mut h = io.new_block(0)?;
         if h.len() != bs {
@@ -483,6 +518,7 @@ impl<I: BlockIo> Store<I> {
         s.start_image()?;
         // A reclaim left unfinished goes on when the owner calls `reclaim`.
         s.count_deleting()?;
+        s.replay_journal()?;
         Ok(s)
     }
 
@@ -666,8 +702,20 @@ impl<I: BlockIo> Store<I> {
         // leaves the transaction half done (the garbage list released, a
         // superblock write cut short), and a later call must get `Failed`
         // rather than build on it.
-        let r = self.commit_inner();
+        let r = if self.journal_commit_possible() {
+            self.journal_commit()
+        } else {
+            self.commit_inner()
+        };
         self.guard(r)
+    }
+
+    /// Commits the running transaction as a checkpoint of the B+trees, even if a journal
+    /// block could commit it (for a clean stop: the journal is then empty). Fails with
+    /// [`Error::Busy`] while copy plans are outstanding.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.needs_checkpoint();
+        self.commit()
     }
 
     fn commit_inner(&mut self) -> Result<()> {
@@ -722,6 +770,7 @@ impl<I: BlockIo> Store<I> {
         self.deferred = 0;
         self.dirty = false;
         self.max_deleted_epoch = 0;
+        self.journal = JournalState::default();
         self.start_image()
     }
 

@@ -649,29 +649,20 @@ impl<D: Disk> BlockIo for Cache<D> {
             "commit block {} marked dirty: write-back could write it before the rest",
             block.nr
         );
-        let nr = block.nr;
-        let mut block = block;
-        let data = std::mem::take(&mut block.data);
         // Not released into the cache: the kernel's cache keeps the block's
         // previous contents (the in-progress image, written back below) and
         // then forgets it, and a release here could write the new contents
         // early (chaos write-back), before the rest.
-        std::mem::forget(block);
-        {
-            let mut st = self.st.borrow_mut();
-            st.held -= 1;
-            st.map.remove(&nr);
-        }
+        let (nr, data) = self.take_out(block);
         self.write_dirty_no_flush()?;
-        // REQ_PREFLUSH, then the write; the flush after it stands in for
-        // REQ_FUA (nothing else is written in between).
-        self.flush()?;
-        let ok = self.write_block(nr, &data);
-        self.st.borrow_mut().stats.writes += 1;
-        if !ok {
-            return Err(Error::Io("write failed"));
-        }
-        self.flush()
+        self.write_through(nr, &data)
+    }
+    fn write_durably(&self, block: CacheBlock<'_, D>) -> Result<(), Error> {
+        // Out of the cache, dirty or not: the write below puts the same
+        // contents on the device, and the kernel's cache may write its dirty
+        // copy again later.
+        let (nr, data) = self.take_out(block);
+        self.write_through(nr, &data)
     }
     fn crc32c(&self, seed: u32, data: &[u8]) -> u32 {
         !crc32c::crc32c_append(!seed, data)
@@ -679,6 +670,31 @@ impl<D: Disk> BlockIo for Cache<D> {
 }
 
 impl<D: Disk> Cache<D> {
+    /// Takes a held block out of the cache, without releasing it.
+    fn take_out(&self, block: CacheBlock<'_, D>) -> (u64, Box<[u8]>) {
+        let nr = block.nr;
+        let mut block = block;
+        let data = std::mem::take(&mut block.data);
+        std::mem::forget(block);
+        let mut st = self.st.borrow_mut();
+        st.held -= 1;
+        st.map.remove(&nr);
+        (nr, data)
+    }
+
+    /// Writes `data` to block `nr` with REQ_PREFLUSH | REQ_FUA: a flush,
+    /// the write, and a flush after it that stands in for REQ_FUA (nothing
+    /// else is written in between).
+    fn write_through(&self, nr: u64, data: &[u8]) -> Result<(), Error> {
+        self.flush()?;
+        let ok = self.write_block(nr, data);
+        self.st.borrow_mut().stats.writes += 1;
+        if !ok {
+            return Err(Error::Io("write failed"));
+        }
+        self.flush()
+    }
+
     /// Writes every dirty block, without a flush.
     fn write_dirty_no_flush(&self) -> Result<(), Error> {
         let mut st = self.st.borrow_mut();

@@ -70,9 +70,13 @@ fn device_size_rules_with_large_chunks() {
     )
     .unwrap();
     let u = s.usage();
+    // Two superblocks, two bitmap slots, three root leaves and the journal area, all in
+    // the first chunk.
+    let journal = s.info().journal_area.1 as u64;
+    assert_eq!(journal, 4, "journal blocks: 1/64 of the store");
     assert_eq!(
         (u.total_chunks, u.metadata_chunks, u.metadata_blocks),
-        (min, 1, 7)
+        (min, 1, 7 + journal)
     );
     assert_eq!(u.free_chunks, min - 1);
     // Every whole chunk but the first can hold data.
@@ -124,10 +128,13 @@ fn version_1_store_is_refused_and_not_written() {
 }
 
 /// Sets the feature flags of both superblocks of a store image (and their checksums).
+/// Sets the feature flags of both superblocks to `flags`, keeping the journal's (bit 5),
+/// which goes with the journal area every store of this size has.
 fn set_feature_flags(img: &mut [u8], flags: u32) {
     for slot in 0..2 {
         let b = &mut img[slot * 4096..(slot + 1) * 4096];
-        b[116..120].copy_from_slice(&flags.to_le_bytes());
+        let old = u32::from_le_bytes(b[116..120].try_into().unwrap());
+        b[116..120].copy_from_slice(&(flags | old & 32).to_le_bytes());
         let crc = crc32c::crc32c(&b[4..]);
         b[..4].copy_from_slice(&crc.to_le_bytes());
     }
@@ -141,9 +148,9 @@ fn unknown_feature_flags_are_refused() {
     s.create_snapshot(1).unwrap();
     s.commit().unwrap();
     let mut img = s.into_io().into_disk().to_vec();
-    // Bits 0 to 4 are this version's (drop policy, dropped snapshots, grown,
-    // zero-reading exceptions, rollback).
-    set_feature_flags(&mut img, 32);
+    // Bits 0 to 5 are this version's (drop policy, dropped snapshots, grown,
+    // zero-reading exceptions, rollback, journal).
+    set_feature_flags(&mut img, 64);
     let flags = Some(Error::Unsupported("superblock feature flags"));
     let io = Cache::new(MemDisk::from_vec(img.clone()), BS, 8);
     assert_eq!(Store::open_existing(io).err(), flags);
@@ -659,9 +666,10 @@ fn a_zero_reading_exception_is_refused_by_a_store_without_the_feature() {
     };
     s.snapshot_write_complete(u).unwrap();
     s.commit().unwrap();
+    // The feature flags but the journal's.
     let flags = |s: &Store<Cache<MemDisk>>| {
         let at = s.info().superblock_slot as usize * BS + 116;
-        u32::from_le_bytes(s.io().disk().to_vec()[at..at + 4].try_into().unwrap())
+        u32::from_le_bytes(s.io().disk().to_vec()[at..at + 4].try_into().unwrap()) & !32
     };
     assert_eq!(flags(&s), 0);
     assert_eq!(

@@ -16,14 +16,24 @@ const ORIGIN_CHUNKS: usize = 24;
 thread_local! {
     /// Recoveries that found a snapshot deletion pending.
     static PENDING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Recoveries that replayed journal blocks.
+    static REPLAYED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn log_len(d: &CrashDisk) -> usize {
     d.log_len()
 }
 
-/// Runs a workload on a crash disk; returns the harness (with logs).
-fn workload(seed: u64, ops: usize, dev_chunks: usize, cs: u32) -> Harness<CrashDisk> {
+/// Runs a workload on a crash disk; returns the harness (with logs). An `origin_heavy` one is
+/// mostly origin writes and commits, which the journal commits (snapshot creations, deletions
+/// and writes, which need checkpoints, are rare).
+fn workload(
+    seed: u64,
+    ops: usize,
+    dev_chunks: usize,
+    cs: u32,
+    origin_heavy: bool,
+) -> Harness<CrashDisk> {
     let disk = CrashDisk::new(vec![0; dev_chunks * cs as usize * 512]);
     let mut h = Harness::build_cs(disk, cs, ORIGIN_CHUNKS, 8, Some((seed, 3)), log_len);
     // Writes to chunks a snapshot already owns are not transactional
@@ -33,7 +43,21 @@ fn workload(seed: u64, ops: usize, dev_chunks: usize, cs: u32) -> Harness<CrashD
     let mut rng = Rng(seed | 1);
     let mut next_id = 1u32;
     for i in 0..ops {
-        match rng.below(22) {
+        let op = if origin_heavy {
+            // One op in 40 of each kind but origin writes (4..=11) and commits (16..=18).
+            match rng.below(40) {
+                0 => 0,
+                1 => 3,
+                2..=25 => 4,
+                26..=36 => 16,
+                37 => 12,
+                38 => 19,
+                _ => 21,
+            }
+        } else {
+            rng.below(22)
+        };
+        match op {
             0..=2 => {
                 h.create(next_id);
                 next_id += 1;
@@ -127,8 +151,9 @@ fn recover_from(
     // The committed state as found.
     let (t, pending) =
         match Store::open_existing(Cache::new(MemDisk::from_vec(img.clone()), chunk_bytes, 16)) {
-            Ok(s) => (s.info().committed_txid, s.info().deleting_epoch != 0),
-            Err(_) => (1, false), // not formatted yet: a read-write open formats
+            Ok(s) => (durable_id(&s), s.info().deleting_epoch != 0),
+            // Not formatted yet: a read-write open formats.
+            Err(_) => (1 << 16, false),
         };
     let io = Cache::new(MemDisk::from_vec(img), chunk_bytes, 16);
     let mut s = Store::open(io, h.cs).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
@@ -142,6 +167,7 @@ fn recover_from(
         .max()
         .unwrap_or(0);
     PENDING.with(|p| p.set(p.get() + pending as u64));
+    REPLAYED.with(|r| r.set(r.get() + u64::from(t & 0xffff != 0)));
     let entry = h
         .commits
         .iter()
@@ -187,7 +213,19 @@ fn crash_all_points(seed: u64, ops: usize, dev_chunks: usize) {
 }
 
 fn crash_all_points_cs(seed: u64, ops: usize, dev_chunks: usize, cs: u32) {
-    let h = workload(seed, ops, dev_chunks, cs);
+    crash_all_points_of(seed, ops, dev_chunks, cs, false);
+}
+
+/// Returns the journal commits of the workload.
+fn crash_all_points_of(
+    seed: u64,
+    ops: usize,
+    dev_chunks: usize,
+    cs: u32,
+    origin_heavy: bool,
+) -> usize {
+    let replayed_before = REPLAYED.with(|r| r.get());
+    let h = workload(seed, ops, dev_chunks, cs, origin_heavy);
     assert!(h.copies > 0 && h.commits.len() > 3, "workload too small");
     let st = h.s().io().stats();
     assert!(st.early_writes > 0, "no early write-back happened");
@@ -215,8 +253,16 @@ fn crash_all_points_cs(seed: u64, ops: usize, dev_chunks: usize, cs: u32) {
         );
         points += 1;
     }
+    // Where the workload committed through the journal, some crash points come after such a
+    // commit, and their recovery must replay it.
+    let replayed = REPLAYED.with(|r| r.get()) - replayed_before;
+    let journal_commits = h.commits.iter().filter(|c| c.0 & 0xffff != 0).count();
+    assert!(
+        journal_commits == 0 || replayed > 0,
+        "no recovery replayed the journal ({journal_commits} journal commits)"
+    );
     eprintln!(
-        "seed {seed}: {} events, {} commits, {} copies, {} unshares, {} NoSpace, {} early writes, {points} crash points x 3",
+        "seed {seed}: {} events, {} commits, {} copies, {} unshares, {} NoSpace, {} early writes, {points} crash points x 3, {journal_commits} journal commits, {replayed} recoveries replayed the journal",
         log.len(),
         h.commits.len(),
         h.copies,
@@ -224,6 +270,18 @@ fn crash_all_points_cs(seed: u64, ops: usize, dev_chunks: usize, cs: u32) {
         h.nospace,
         st.early_writes
     );
+    journal_commits
+}
+
+/// Mostly origin copies, on a store with a journal of 8 blocks: most commits are journal
+/// blocks, a full journal forces a checkpoint, and recoveries replay runs of journal blocks
+/// (and go on writing after them).
+#[test]
+fn crash_every_write_point_origin_copies_journaled() {
+    for (seed, cs) in [(0x5eed_0010, CS), (0x5eed_0011, 16)] {
+        let journal_commits = crash_all_points_of(seed, 500, 512 * 8 / cs as usize, cs, true);
+        assert!(journal_commits > 20, "{journal_commits} journal commits");
+    }
 }
 
 /// Chunks of two metadata blocks: data chunks and metadata share the

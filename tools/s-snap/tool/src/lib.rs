@@ -36,7 +36,7 @@ pub enum Cmd {
     /// Verify every invariant of the store (exit 0: clean, 1: problems,
     /// 2: usage or I/O error).
     ///
-    /// Opens the store at its last commit and walks all of its metadata: the
+    /// Opens the store at its last checkpoint and walks all of its metadata: the
     /// B+trees of shared exceptions, private exceptions and snapshots (node
     /// depth, fill and key order), the exceptions (every COW chunk inside the
     /// data area and used once, epoch ranges that do not overlap and that a
@@ -47,7 +47,10 @@ pub enum Cmd {
     /// Each problem is printed on a line of its own starting with "error:",
     /// then a line "PATH: N problem(s) found". A clean store gives one line
     /// "PATH: clean (...)" with the transaction id, the number of snapshots
-    /// and exceptions and the chunks in use.
+    /// and exceptions and the chunks in use. Origin copies committed through
+    /// the journal after the checkpoint are not part of it: the line counts
+    /// the journal blocks that the next read-write open (a table load)
+    /// replays. A suspended or removed origin leaves none.
     ///
     /// Exit status: 0 if the store is clean; 1 if problems were found, or if
     /// the device holds no s-snap store or one that cannot be opened (corrupt
@@ -72,8 +75,10 @@ pub enum Cmd {
     /// data and for metadata, free chunks, exception and snapshot counts),
     /// every snapshot (id, epoch and number of exceptions), every shared
     /// exception (origin chunk, range of snapshot epochs, COW chunk) and
-    /// every private exception (snapshot epoch, chunk, COW chunk). The store
-    /// is not checked first: run "s-snap-tool check" for that.
+    /// every private exception (snapshot epoch, chunk, COW chunk), as of the
+    /// last checkpoint; the superblock part says how many journal blocks the
+    /// next read-write open replays. The store is not checked first: run
+    /// "s-snap-tool check" for that.
     ///
     /// Exit status: 0 on success; 1 if the device holds no s-snap store or
     /// its metadata cannot be read (corrupt, unsupported format version); 2

@@ -82,9 +82,13 @@ fn check(path: &Path, max_problems: u64) -> Result<u8, ToolError> {
     if n == 0 {
         let _ = writeln!(
             out,
-            "{}: clean (txid {}, {} snapshots and {} being deleted, {} shared and {} private exceptions, {} of {} chunks used)",
+            "{}: clean (txid {}{}, {} snapshots and {} being deleted, {} shared and {} private exceptions, {} of {} chunks used)",
             path.display(),
             store.info().committed_txid,
+            match store.info().journal_blocks {
+                0 => String::new(),
+                n => format!(" and {n} journal block(s) to replay"),
+            },
             u.snapshots,
             u.deleting_snapshots,
             u.shared_exceptions,
@@ -148,6 +152,13 @@ struct JsonSuper {
     shared_root: JsonRoot,
     private_root: JsonRoot,
     snapshot_root: JsonRoot,
+    /// First block of the journal area (0: the store has none).
+    journal_start: u64,
+    /// Blocks of the journal area.
+    journal_blocks: u32,
+    /// Journal blocks committed after the checkpoint, which the next read-write open replays
+    /// (what `dump` shows is the checkpoint without them).
+    journal_to_replay: u32,
 }
 
 #[derive(Serialize)]
@@ -252,6 +263,9 @@ fn gather(store: &Store<Cache<FileDisk>>, exceptions: bool) -> Result<JsonDump, 
             shared_root: root(i.roots[0]),
             private_root: root(i.roots[1]),
             snapshot_root: root(i.roots[2]),
+            journal_start: i.journal_area.0,
+            journal_blocks: i.journal_area.1,
+            journal_to_replay: i.journal_blocks,
         },
         usage: JsonUsage {
             chunk_size: u.chunk_size,
@@ -314,6 +328,17 @@ fn print_text(d: &JsonDump, out: &mut impl Write) -> std::io::Result<()> {
         ("snapshot root", &s.snapshot_root),
     ] {
         writeln!(out, "  {name:<16} block {} depth {}", r.block, r.depth)?;
+    }
+    if s.journal_blocks == 0 {
+        writeln!(out, "  journal          none")?;
+    } else {
+        writeln!(
+            out,
+            "  journal          blocks {}..{}, {} to replay at the next read-write open",
+            s.journal_start,
+            s.journal_start + u64::from(s.journal_blocks),
+            s.journal_to_replay
+        )?;
     }
     let u = &d.usage;
     writeln!(out, "usage:")?;

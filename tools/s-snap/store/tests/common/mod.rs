@@ -102,6 +102,14 @@ fn no_pos<D>(_: &D) -> usize {
     0
 }
 
+/// Identity of a store's durable state: the transaction id of its last checkpoint and the
+/// journal blocks committed after it (a read-only open counts those a read-write open would
+/// replay). It grows with every commit.
+pub fn durable_id<D: Disk>(s: &Store<Cache<D>>) -> u64 {
+    let i = s.info();
+    i.committed_txid << 16 | u64::from(i.journal_blocks)
+}
+
 pub fn usage_baseline(u: &Usage) -> (u64, u64, u64, u64, u64) {
     (
         u.data_chunks,
@@ -163,7 +171,7 @@ impl<D: Disk> Harness<D> {
         };
         h.user_origin = h.origin.clone();
         h.open_disk(disk);
-        let txid = h.s().info().committed_txid;
+        let txid = durable_id(h.s());
         h.commits
             .push((txid, 0, (h.pos)(h.s().io().disk()), BTreeMap::new()));
         h.dropped_at.insert(txid, BTreeSet::new());
@@ -259,11 +267,11 @@ impl<D: Disk> Harness<D> {
     }
 
     pub fn delete(&mut self, id: u32) -> bool {
-        let before = self.s().info().committed_txid;
+        let before = durable_id(self.s());
         let r = self.sm().delete_snapshot(id);
         // A deletion only marks the snapshot: its space comes back through
         // `reclaim`.
-        assert_eq!(self.s().info().committed_txid, before, "delete committed");
+        assert_eq!(durable_id(self.s()), before, "delete committed");
         match r {
             Ok(()) => {
                 assert!(
@@ -485,7 +493,7 @@ impl<D: Disk> Harness<D> {
         let before = (self.pos)(self.s().io().disk());
         self.sm().commit().expect("commit");
         let after = (self.pos)(self.s().io().disk());
-        let txid = self.s().info().committed_txid;
+        let txid = durable_id(self.s());
         for (c, s, v) in std::mem::take(&mut self.pending) {
             self.issue_origin(c, s, v);
         }
@@ -503,7 +511,7 @@ impl<D: Disk> Harness<D> {
         io.write_dirty().unwrap();
         let disk = io.into_disk();
         self.open_disk(disk);
-        let txid = self.s().info().committed_txid;
+        let txid = durable_id(self.s());
         assert_eq!(txid, self.commits.last().unwrap().0);
     }
 
@@ -515,11 +523,7 @@ impl<D: Disk> Harness<D> {
         let disk = io.into_disk();
         self.open_disk(disk);
         let last = self.commits.last().unwrap();
-        assert_eq!(
-            self.s().info().committed_txid,
-            last.0,
-            "reopened at another commit"
-        );
+        assert_eq!(durable_id(self.s()), last.0, "reopened at another commit");
         self.snaps = last.3.clone();
         self.dropped = self.dropped_at[&last.0].clone();
         self.pending.clear();

@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The metadata journal: a commit of origin copies for the price of one block.
+//!
+//! A commit of the B+trees (a *checkpoint*) writes every block the transaction changed and
+//! then the superblock. Most commits of a busy origin record nothing but origin copies: each
+//! inserted one shared exception and took one data chunk. Such a commit writes one journal
+//! block instead, with `REQ_PREFLUSH | REQ_FUA`, listing the key and value of every exception
+//! inserted since the last commit; the transaction goes on, so its shadowed B+tree nodes and
+//! bitmap copies serve the next commits too, and the blocks it changed are written by the next
+//! checkpoint.
+//!
+//! The journal area is a run of blocks named by the superblock (format-time; a store formatted
+//! without one commits every transaction as a checkpoint). Journal block `i` follows block
+//! `i - 1` of the same checkpoint: it carries the checkpoint's committed transaction id and its
+//! index, and a checksum over what it holds. A checkpoint starts the journal again at block 0,
+//! which makes every block written after the previous checkpoint stale.
+//!
+//! Opening read-write replays the journal: the longest run of valid blocks from block 0 that
+//! name the superblock's checkpoint. First every recorded data chunk is taken, then every
+//! exception inserted, so that no B+tree node the inserts allocate lands on a recorded chunk.
+//! The replayed changes form the new session's running transaction, and its journal commits
+//! go on after the replayed blocks: the durable state is the same before and after the open.
+//!
+//! Any other change (snapshot create or delete, snapshot writes, discards, reclaim, rollback,
+//! growth, a copy given up) makes the next commit a checkpoint: a chunk it frees must not be
+//! taken by an origin copy that only the journal records, and replay knows origin copies only.
+//! A commit whose records do not fit in one block, or that finds the area full, is a
+//! checkpoint too.
+//!
+//! A journal block is built in the cache while the transaction runs: a cached block, marked
+//! dirty and sealed at each record, whose magic says it is still open. The cache may write it
+//! back early; replay ignores an open block. The commit gives it the magic of a committed
+//! block, seals it and writes it.
+
+use super::error::{Error, Result};
+use super::format::*;
+use super::io::{BlockHandle, BlockIo};
+use super::txn::Store;
+
+/// Blocks of the journal area of a store with `nr_blocks` metadata blocks: 1/64 of it, at
+/// most [`JOURNAL_MAX_BLOCKS`]; none below 4 blocks (stores of under 1 MiB).
+pub(crate) fn journal_size(nr_blocks: u64) -> u32 {
+    let n = (nr_blocks / 64).min(JOURNAL_MAX_BLOCKS);
+    if n < 4 {
+        0
+    } else {
+        // At most 256.
+        n as u32
+    }
+}
+
+/// The journal's position in the running transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JournalState {
+    /// Journal blocks committed since the last checkpoint (the next one goes to this index).
+    pub(crate) committed: u32,
+    /// Records in the journal block being built (index `committed`).
+    pub(crate) records: u32,
+    /// The running transaction changed more than the journal can record: the next commit is a
+    /// checkpoint.
+    pub(crate) checkpoint_needed: bool,
+    /// A change the journal records is being made (see [`Store::touch`]).
+    pub(crate) recording: bool,
+    /// An origin copy since the last commit is not in the journal (it could not take it).
+    pub(crate) unrecorded_copy: bool,
+}
+
+fn corrupt(what: &'static str, block: u64) -> Error {
+    Error::Corrupt { what, block }
+}
+
+impl<I: BlockIo> Store<I> {
+    /// Block number of journal block `i`.
+    fn journal_block(&self, i: u32) -> Result<u64> {
+        if i >= self.sb.journal_blocks {
+            return Err(Error::Internal("journal index past the area"));
+        }
+        self.sb
+            .journal_start
+            .checked_add(u64::from(i))
+            .ok_or(Error::Internal("journal block number"))
+    }
+
+    /// Validates journal block `i` written after the checkpoint `checkpoint`, committed
+    /// (`magic` [`JOURNAL_MAGIC`]) or being built ([`JOURNAL_OPEN_MAGIC`]); returns its record
+    /// count, or `None` if it is not one (never written since, torn, stale, or other magic).
+    fn journal_records(
+        &self,
+        b: &[u8],
+        i: u32,
+        checkpoint: u64,
+        magic: u32,
+    ) -> Result<Option<usize>> {
+        let nr = self.journal_block(i)?;
+        if rd32(b, OFF_MAGIC)? != magic
+            || rd64(b, OFF_BLOCKNR)? != nr
+            || rd64(b, JL_CHECKPOINT)? != checkpoint
+            || rd32(b, JL_INDEX)? != i
+        {
+            return Ok(None);
+        }
+        let count = rd32(b, JL_COUNT)? as usize;
+        if count == 0
+            || count > JL_CAPACITY
+            || journal_crc(&self.io, b, count)? != rd32(b, OFF_CRC)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(count))
+    }
+
+    /// Record `j` of a journal block: the key and the value of a shared exception.
+    fn journal_record(b: &[u8], j: usize) -> Result<(u128, u128)> {
+        let off = JL_RECORDS + j * JL_RECORD_SIZE;
+        let k = rd64(b, off)? as u128 | (rd64(b, off + 8)? as u128) << 64;
+        let v = rd64(b, off + 16)? as u128 | (rd64(b, off + 24)? as u128) << 64;
+        Ok((k, v))
+    }
+
+    /// The running transaction must be committed as a checkpoint.
+    pub(crate) fn needs_checkpoint(&mut self) {
+        self.journal.checkpoint_needed = true;
+    }
+
+    /// The running transaction changed: every change goes through here. Unless it is part of
+    /// a change the journal records ([`Store::recorded`]), the next commit is a checkpoint.
+    pub(crate) fn touch(&mut self) {
+        self.dirty = true;
+        if !self.journal.recording {
+            self.journal.checkpoint_needed = true;
+        }
+    }
+
+    /// Runs `f`, a part of a change that the journal records (an origin copy: the chunk it
+    /// takes, the exception it inserts), or that replay recreates from the journal.
+    pub(crate) fn recorded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let was = core::mem::replace(&mut self.journal.recording, true);
+        let r = f(self);
+        self.journal.recording = was;
+        r
+    }
+
+    /// Every change of the running transaction is durable: in the last checkpoint or in a
+    /// committed journal block. An exception in a B+tree leaf the running transaction wrote
+    /// is then no reason to wait for a commit.
+    pub(crate) fn running_txn_durable(&self) -> bool {
+        !self.dirty || (self.journal.records == 0 && !self.journal.checkpoint_needed)
+    }
+
+    /// Whether shared exception `k`, in a B+tree leaf the running transaction wrote, is
+    /// durable. Only origin copies insert shared exceptions, so it is unless it was inserted
+    /// since the last commit: recorded in the journal block being built, or not recorded.
+    pub(crate) fn shared_exception_durable(&self, k: u128) -> Result<bool> {
+        if self.journal.unrecorded_copy {
+            return Ok(false);
+        }
+        let count = self.journal.records as usize;
+        if count == 0 {
+            return Ok(true);
+        }
+        let i = self.journal.committed;
+        let nr = self.journal_block(i)?;
+        let h = self.io.read(nr)?;
+        if self.journal_records(&h, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)? != Some(count) {
+            return Err(corrupt("journal: block being built changed", nr));
+        }
+        for j in 0..count {
+            if Self::journal_record(&h, j)?.0 == k {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether the next commit can be a journal block: nothing but origin copies changed, the
+    /// area has room, and space is not short. The blocks a transaction frees (the B+tree nodes
+    /// and bitmap blocks it copied) become reusable only at a checkpoint, and the longer it
+    /// runs, the more they are: once they reach an eighth of what is free, or free space
+    /// nears the metadata reserve, commits are checkpoints again, so that no allocation fails
+    /// for space a checkpoint would give back.
+    pub(crate) fn journal_commit_possible(&self) -> bool {
+        if self.journal.checkpoint_needed || self.journal.committed >= self.sb.journal_blocks {
+            return false;
+        }
+        let Ok(free) = self.allocatable() else {
+            return false;
+        };
+        let held_back = self.deferred.saturating_add(self.garbage_count);
+        free >= 4 * self.meta_reserve() && held_back <= free / 8
+    }
+
+    /// Records the shared exception `(k, v)` an origin copy just inserted, in the journal
+    /// block being built; if the journal cannot take it, the next commit is a checkpoint.
+    pub(crate) fn journal_origin_copy(&mut self, k: u128, v: u128) -> Result<()> {
+        let count = self.journal.records as usize;
+        if !self.journal_commit_possible() || count >= JL_CAPACITY {
+            self.needs_checkpoint();
+            self.journal.unrecorded_copy = true;
+            return Ok(());
+        }
+        let i = self.journal.committed;
+        let nr = self.journal_block(i)?;
+        let mut h = if count == 0 {
+            let mut h = self.io.new_block(nr)?;
+            if h.len() != self.g.block_size {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            h.fill(0);
+            wr32(&mut h, OFF_MAGIC, JOURNAL_OPEN_MAGIC)?;
+            wr64(&mut h, OFF_BLOCKNR, nr)?;
+            wr64(&mut h, OFF_TXID, self.cur)?;
+            wr64(&mut h, JL_CHECKPOINT, self.sb.committed_txid)?;
+            wr32(&mut h, JL_INDEX, i)?;
+            h
+        } else {
+            let h = self.io.read(nr)?;
+            if self.journal_records(&h, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)?
+                != Some(count)
+            {
+                return Err(corrupt("journal: block being built changed", nr));
+            }
+            h
+        };
+        let off = JL_RECORDS + count * JL_RECORD_SIZE;
+        wr64(&mut h, off, k as u64)?;
+        wr64(&mut h, off + 8, (k >> 64) as u64)?;
+        wr64(&mut h, off + 16, v as u64)?;
+        wr64(&mut h, off + 24, (v >> 64) as u64)?;
+        wr32(&mut h, JL_COUNT, (count + 1) as u32)?;
+        let crc = journal_crc(&self.io, &h, count + 1)?;
+        wr32(&mut h, OFF_CRC, crc)?;
+        h.set_verified();
+        h.mark_dirty();
+        self.journal.records += 1;
+        Ok(())
+    }
+
+    /// Commits the running transaction by writing the journal block being built (if it holds
+    /// any record: otherwise every change is durable already).
+    pub(crate) fn journal_commit(&mut self) -> Result<()> {
+        if self.journal.records == 0 {
+            return Ok(());
+        }
+        let i = self.journal.committed;
+        let nr = self.journal_block(i)?;
+        let count = self.journal.records as usize;
+        let mut h = self.io.read(nr)?;
+        if self.journal_records(&h, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)? != Some(count) {
+            return Err(corrupt("journal: block being built changed", nr));
+        }
+        wr32(&mut h, OFF_MAGIC, JOURNAL_MAGIC)?;
+        let crc = journal_crc(&self.io, &h, count)?;
+        wr32(&mut h, OFF_CRC, crc)?;
+        h.mark_dirty();
+        self.io.write_durably(h)?;
+        self.journal.committed += 1;
+        self.journal.records = 0;
+        Ok(())
+    }
+
+    /// Journal blocks that follow the superblock's checkpoint (read-only opens report them;
+    /// a read-write open replays them).
+    pub(crate) fn count_journal(&self) -> Result<u32> {
+        let mut n = 0;
+        while n < self.sb.journal_blocks {
+            let h = self.io.read(self.journal_block(n)?)?;
+            if self
+                .journal_records(&h, n, self.sb.committed_txid, JOURNAL_MAGIC)?
+                .is_none()
+            {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Replays the journal into the running transaction (see the module documentation).
+    pub(crate) fn replay_journal(&mut self) -> Result<()> {
+        let blocks = self.count_journal()?;
+        let checkpoint = self.sb.committed_txid;
+        // Every recorded chunk first, then every insert.
+        for pass in 0..2 {
+            for i in 0..blocks {
+                let nr = self.journal_block(i)?;
+                let count = {
+                    let h = self.io.read(nr)?;
+                    self.journal_records(&h, i, checkpoint, JOURNAL_MAGIC)?
+                        .ok_or(corrupt("journal: block changed during replay", nr))?
+                };
+                for j in 0..count {
+                    let (k, v) = {
+                        let h = self.io.read(nr)?;
+                        Self::journal_record(&h, j)?
+                    };
+                    if pass == 0 {
+                        self.recorded(|s| s.replay_take(nr, v))?;
+                    } else {
+                        self.recorded(|s| s.replay_insert(nr, k, v))?;
+                    }
+                }
+            }
+        }
+        self.journal = JournalState {
+            committed: blocks,
+            ..JournalState::default()
+        };
+        Ok(())
+    }
+
+    /// Takes the data chunk of recorded exception value `v` (journal block `nr`).
+    fn replay_take(&mut self, nr: u64, v: u128) -> Result<()> {
+        let c = v as u64;
+        if !self.g.chunk_in_data_area(c) {
+            return Err(corrupt("journal: recorded chunk outside the data area", nr));
+        }
+        let committed = self.bm_update(self.g.chunk_block(c), self.g.chunk_blocks, true)?;
+        if committed != 0 {
+            return Err(corrupt(
+                "journal: recorded chunk used by the checkpoint",
+                nr,
+            ));
+        }
+        self.sb.data_chunks = self.sb.data_chunks.saturating_add(1);
+        Ok(())
+    }
+
+    /// Inserts recorded shared exception `(k, v)` (journal block `nr`).
+    fn replay_insert(&mut self, nr: u64, k: u128, v: u128) -> Result<()> {
+        let (hi, lo) = (k as u64, (v >> 64) as u64);
+        if lo == 0 || lo > hi || hi > self.sb.last_epoch {
+            return Err(corrupt("journal: recorded epoch range invalid", nr));
+        }
+        if self.lookup(TREE_SHARED, k)?.is_some() {
+            return Err(corrupt("journal: recorded exception exists", nr));
+        }
+        self.ensure(self.op_need(TREE_SHARED))?;
+        self.insert(TREE_SHARED, k, v)?;
+        self.sb.shared = self.sb.shared.saturating_add(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The metadata journal: a commit of origin copies is one journal block,
+//! everything else (and a full journal) a checkpoint, and a read-write open
+//! replays what the journal holds.
+
+mod common;
+
+use common::*;
+use s_snap_store::userspace::{Cache, MemDisk};
+use s_snap_store::{OriginWrite, Store};
+
+/// A store of 2,048 blocks (8 MiB): a journal of 32 blocks.
+fn open(disk: MemDisk) -> Store<Cache<MemDisk>> {
+    Store::open(Cache::new(disk, BS, 256), CS).unwrap()
+}
+
+/// Copies origin chunk `c` for the snapshots (the data write is the test's
+/// business; the store only needs it done before the completion).
+fn copy(s: &mut Store<Cache<MemDisk>>, c: u64) {
+    match s.origin_write_prepare(c).unwrap() {
+        OriginWrite::Copy(plan) => s.origin_write_complete(plan).unwrap(),
+        r => panic!("chunk {c}: {r:?}"),
+    }
+}
+
+fn journal_blocks(s: &Store<Cache<MemDisk>>) -> u32 {
+    s.info().journal_blocks
+}
+
+#[test]
+fn a_commit_of_origin_copies_writes_one_journal_block() {
+    let mut s = open(MemDisk::new(2048 * BS));
+    assert_eq!(s.info().journal_area.1, 32);
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let txid = s.info().committed_txid;
+    for round in 1..=5u32 {
+        let before = s.io().stats();
+        for c in 0..3 {
+            copy(&mut s, u64::from(round) * 10 + c);
+        }
+        s.commit().unwrap();
+        let after = s.io().stats();
+        // One block (the journal block) and its preflush and FUA; the
+        // B+tree and bitmap changes stay in the cache.
+        assert_eq!(
+            after.writes - before.writes,
+            1,
+            "round {round}: blocks written"
+        );
+        assert_eq!(after.flushes - before.flushes, 2, "round {round}: flushes");
+        assert_eq!(s.info().committed_txid, txid, "round {round}: checkpointed");
+        assert_eq!(journal_blocks(&s), round);
+    }
+    assert_eq!(s.usage().shared_exceptions, 15);
+    check_store(&s);
+}
+
+#[test]
+fn a_crash_keeps_what_the_journal_committed() {
+    let mut s = open(MemDisk::new(2048 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let checkpoint = s.info().committed_txid;
+    for c in 0..40 {
+        copy(&mut s, c);
+        if c % 4 == 3 {
+            s.commit().unwrap();
+        }
+    }
+    // Copies 40 and 41 are not committed: the crash loses them.
+    copy(&mut s, 40);
+    copy(&mut s, 41);
+    let io = s.into_io();
+    io.drop_all();
+    let disk = io.into_disk();
+    // A read-only open sees the checkpoint and counts the journal blocks.
+    let ro = Store::open_existing(Cache::new(MemDisk::from_vec(disk.to_vec()), BS, 64)).unwrap();
+    assert_eq!(ro.info().committed_txid, checkpoint);
+    assert_eq!(journal_blocks(&ro), 10);
+    assert_eq!(ro.usage().shared_exceptions, 0);
+    check_store(&ro);
+    // A read-write open replays them.
+    let mut s = open(disk);
+    assert_eq!(
+        (s.info().committed_txid, journal_blocks(&s)),
+        (checkpoint, 10)
+    );
+    assert_eq!(s.usage().shared_exceptions, 40);
+    assert_eq!(s.usage().data_chunks, 40);
+    let snap = s.snapshot_epoch(1).unwrap().unwrap();
+    let mut cows: Vec<u64> = (0..40)
+        .map(|c| match s.snapshot_lookup(snap, c).unwrap() {
+            s_snap_store::Location::Cow(x) => x,
+            l => panic!("chunk {c}: {l:?}"),
+        })
+        .collect();
+    cows.sort_unstable();
+    cows.dedup();
+    assert_eq!(cows.len(), 40, "replayed exceptions share chunks");
+    assert_eq!(
+        s.snapshot_lookup(snap, 40).unwrap(),
+        s_snap_store::Location::Origin
+    );
+    check_store(&s);
+    // The session goes on after the replayed blocks, and a crash after it
+    // replays both.
+    copy(&mut s, 40);
+    s.commit().unwrap();
+    assert_eq!(journal_blocks(&s), 11);
+    let io = s.into_io();
+    io.drop_all();
+    let s = open(io.into_disk());
+    assert_eq!(journal_blocks(&s), 11);
+    assert_eq!(s.usage().shared_exceptions, 41);
+    check_store(&s);
+}
+
+#[test]
+fn other_changes_and_a_full_journal_commit_a_checkpoint() {
+    let mut s = open(MemDisk::new(2048 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    copy(&mut s, 0);
+    s.commit().unwrap();
+    assert_eq!(journal_blocks(&s), 1);
+    // A snapshot create is not an origin copy.
+    let txid = s.info().committed_txid;
+    s.create_snapshot(2).unwrap();
+    copy(&mut s, 1);
+    s.commit().unwrap();
+    assert!(s.info().committed_txid > txid, "create not checkpointed");
+    assert_eq!(journal_blocks(&s), 0);
+    // 32 journal commits fill the area; the 33rd commit is a checkpoint.
+    let txid = s.info().committed_txid;
+    for c in 0..32 {
+        copy(&mut s, 100 + c);
+        s.commit().unwrap();
+        assert_eq!(s.info().committed_txid, txid);
+    }
+    assert_eq!(journal_blocks(&s), 32);
+    copy(&mut s, 200);
+    s.commit().unwrap();
+    assert!(
+        s.info().committed_txid > txid,
+        "full journal not checkpointed"
+    );
+    assert_eq!(journal_blocks(&s), 0);
+    // So does a forced checkpoint, and a commit with nothing new does
+    // nothing.
+    copy(&mut s, 201);
+    s.commit().unwrap();
+    let (txid, w) = (s.info().committed_txid, s.io().stats().writes);
+    s.commit().unwrap();
+    assert_eq!((s.info().committed_txid, s.io().stats().writes), (txid, w));
+    s.checkpoint().unwrap();
+    assert!(s.info().committed_txid > txid);
+    assert_eq!(journal_blocks(&s), 0);
+    check_store(&s);
+}
+
+#[test]
+fn a_store_under_one_mebibyte_has_no_journal() {
+    let mut s = open(MemDisk::new(255 * BS));
+    assert_eq!(s.info().journal_area, (0, 0));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let txid = s.info().committed_txid;
+    copy(&mut s, 0);
+    s.commit().unwrap();
+    assert!(
+        s.info().committed_txid > txid,
+        "no checkpoint without a journal"
+    );
+    check_store(&s);
+}
+
+#[test]
+fn an_origin_write_waits_only_for_copies_not_yet_committed() {
+    let mut s = open(MemDisk::new(2048 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    copy(&mut s, 5);
+    // The copy is not durable yet: a second write of the chunk waits.
+    assert_eq!(s.origin_write_prepare(5).unwrap(), OriginWrite::AfterCommit);
+    s.commit().unwrap();
+    // Journal-committed, in a leaf of the running transaction: it goes.
+    assert_eq!(journal_blocks(&s), 1);
+    assert_eq!(s.origin_write_prepare(5).unwrap(), OriginWrite::Proceed);
+    // Another copy in the same leaf, not committed, holds back only its own
+    // chunk.
+    copy(&mut s, 6);
+    assert_eq!(s.origin_write_prepare(5).unwrap(), OriginWrite::Proceed);
+    assert_eq!(s.origin_write_prepare(6).unwrap(), OriginWrite::AfterCommit);
+}
