@@ -9,11 +9,10 @@
 //! * Insert splits full nodes on the way down, remove refills minimal nodes
 //!   on the way down (borrow from or merge with a sibling), so every change
 //!   is a single descent. A run of keys of one leaf is removed in one
-//!   descent too ([`Store::remove_in_leaf`]): the leaf may fall under the
-//!   minimum and is then merged with or refilled from a sibling, which the
-//!   descent left its parent room for. Nodes written by an earlier
-//!   transaction are shadowed (copied to a new chunk, the old one freed
-//!   after commit).
+//!   descent too ([`Store::remove_in_leaf`]), as far as the leaf keeps its
+//!   minimum; refilling borrows half the difference from a sibling, so the
+//!   next run finds room again. Nodes written by an earlier transaction are
+//!   shadowed (copied to a new chunk, the old one freed after commit).
 //! * Depth is bounded by [`MAX_DEPTH`]; every loop is bounded by it.
 //! * At most three node handles are held at once, always for distinct block
 //!   numbers (checked, so corrupt pointers cannot alias handles).
@@ -637,15 +636,17 @@ impl<I: BlockIo> Store<I> {
         Ok(Some(old))
     }
 
-    /// Removes `keys`, which must be ascending, present, and all in the leaf
-    /// that holds the first of them (as a scan of one leaf finds them), in
-    /// one descent: the path is shadowed and the leaf sealed once for all of
-    /// them, where [`Store::remove`] pays that for each key. A leaf left
-    /// under-full is then merged with or refilled from a sibling; the
-    /// descent left its parent room to lose an entry.
-    pub(crate) fn remove_in_leaf(&mut self, tree: usize, keys: &[u128]) -> Result<()> {
+    /// Removes a prefix of `keys`, which must be ascending, present, and all
+    /// in the leaf that holds the first of them (as a scan of one leaf finds
+    /// them), in one descent: the path is shadowed and the leaf sealed once
+    /// for all of them, where [`Store::remove`] pays that for each key.
+    /// Returns how many it removed: as many as leave the leaf its minimum
+    /// (the descent refilled it above that), or one entry if it is the last
+    /// leaf of the tree, which may hold fewer; at least one. The caller
+    /// removes the rest with another call.
+    pub(crate) fn remove_in_leaf(&mut self, tree: usize, keys: &[u128]) -> Result<usize> {
         let Some(&first) = keys.first() else {
-            return Ok(());
+            return Ok(0);
         };
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::Internal("btree: keys to remove not ascending"));
@@ -654,14 +655,36 @@ impl<I: BlockIo> Store<I> {
         let f = NodeFormat::of(tree)?;
         self.touch();
         let (leaf, path) = self.descend_refilling(tree, first)?;
+        // The last leaf of the tree is on the path of last children.
+        let mut last = true;
+        for &(pb, pidx, plev) in path.nodes() {
+            let (_, pn) = self.read_node(pb, tree, plev)?;
+            last &= pidx + 1 == pn;
+        }
         let vanished = corrupt("btree: key vanished during remove", leaf);
-        let (left_n, old_min) = {
+        let (removed, old_min, new_min) = {
             let (mut h, n) = self.write_node(leaf, tree, 0)?;
+            let room = if path.nodes().is_empty() {
+                n
+            } else if last {
+                n.saturating_sub(1)
+            } else {
+                n.saturating_sub(f.min_entries(0))
+            };
+            let take = keys.len().min(room);
+            if take == 0 {
+                return Err(Error::Internal(
+                    "btree: no room to remove from a refilled leaf",
+                ));
+            }
+            let run = keys
+                .get(..take)
+                .ok_or(Error::Internal("btree: run length"))?;
             let old_min = self.key(&h, 0)?;
             // Every key is looked for before the leaf changes: a failed
             // removal leaves it as it was.
             let start = self.search_ge(&h, n, first)?;
-            let mut want = keys.iter().copied();
+            let mut want = run.iter().copied();
             let mut next = want.next();
             for i in start..n {
                 if next == Some(self.key(&h, i)?) {
@@ -671,8 +694,8 @@ impl<I: BlockIo> Store<I> {
             if next.is_some() {
                 return Err(vanished);
             }
-            let mut next = keys.first().copied();
-            let mut rest = keys.iter().copied().skip(1);
+            let mut next = run.first().copied();
+            let mut rest = run.iter().copied().skip(1);
             let mut kept = start;
             for i in start..n {
                 if next == Some(self.key(&h, i)?) {
@@ -680,151 +703,42 @@ impl<I: BlockIo> Store<I> {
                     continue;
                 }
                 if kept != i {
-                    self.shift_leaf_entries(&mut h, i, 1, kept)?;
+                    self.shift_entries(&mut h, 0, i, 1, kept)?;
                 }
                 kept += 1;
             }
             self.zero_entries(&mut h, kept, n, 0)?;
             Self::set_nr(&mut h, kept)?;
-            self.finish(&mut h)?;
-            (kept, old_min)
-        };
-        let mut path = path;
-        let leaf_stays = match path.nodes().last().copied() {
-            Some(parent) if left_n < f.min_entries(0) => {
-                self.refill_leaf(tree, &mut path, parent, leaf, left_n)?
-            }
-            _ => true,
-        };
-        if leaf_stays {
-            let (h, n) = self.read_node(leaf, tree, 0)?;
-            if n > 0 {
-                let new_min = self.key(&h, 0)?;
-                drop(h);
-                if new_min != old_min {
-                    self.replace_separator(tree, path.nodes(), old_min, new_min)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings an under-full `leaf` (entry `idx` of `parent`, holding `n`
-    /// entries) back to the minimum: merged with a sibling when both fit in
-    /// one node, else refilled from it. Returns false if the leaf was merged
-    /// into its left sibling and freed. A root left with one child is
-    /// replaced by that child (and `path` emptied).
-    fn refill_leaf(
-        &mut self,
-        tree: usize,
-        path: &mut Path,
-        (parent, idx, plevel): (u64, usize, u8),
-        leaf: u64,
-        n: usize,
-    ) -> Result<bool> {
-        let f = NodeFormat::of(tree)?;
-        let pn = {
-            let (_, pn) = self.write_node(parent, tree, plevel)?;
-            pn
-        };
-        if pn < 2 {
-            return Err(corrupt("btree: internal node with a single child", parent));
-        }
-        let leaf_is_left = idx + 1 < pn;
-        let sidx = if leaf_is_left { idx + 1 } else { idx - 1 };
-        let sib = {
-            let (h, _) = self.write_node(parent, tree, plevel)?;
-            self.child(&h, sidx)?
-        };
-        if sib == parent || sib == leaf {
-            return Err(corrupt("btree: sibling pointer aliases a node", parent));
-        }
-        let s2 = self.shadow(sib, tree, 0)?;
-        self.repoint(tree, parent, plevel, sidx, sib, s2)?;
-        if s2 == leaf || s2 == parent {
-            return Err(corrupt("space map: live node marked free", s2));
-        }
-        let (lidx, left, right) = if leaf_is_left {
-            (idx, leaf, s2)
-        } else {
-            (sidx, s2, leaf)
-        };
-        let sn = {
-            let (_, sn) = self.read_node(s2, tree, 0)?;
-            sn
-        };
-        if n + sn <= f.max_entries(0) {
-            // Merge the right node into the left one.
-            {
-                let (mut l, ln) = self.write_node(left, tree, 0)?;
-                let (r, rn) = self.read_node(right, tree, 0)?;
-                self.copy_entries(&mut l, ln, &r, 0, rn, 0)?;
-                Self::set_nr(&mut l, ln + rn)?;
-                self.finish(&mut l)?;
-            }
-            let pn = {
-                let (mut p, pn) = self.write_node(parent, tree, plevel)?;
-                self.node_remove(&mut p, plevel, pn, lidx + 1)?;
-                self.finish(&mut p)?;
-                pn - 1
-            };
-            self.free_meta(right, self.cur)?;
-            if path.len == 1 && pn == 1 {
-                // The root has one child left: the merged leaf replaces it.
-                if let Some(x) = self.sb.roots.get_mut(tree) {
-                    *x = Root {
-                        block: left,
-                        depth: 1,
-                    };
-                }
-                self.free_meta(parent, self.cur)?;
-                *path = Path::default();
-            }
-            return Ok(leaf_is_left);
-        }
-        // Both hold more than one node's worth together: even them out.
-        let total = n + sn;
-        let (ln, rn) = if leaf_is_left { (n, sn) } else { (sn, n) };
-        let new_ln = total / 2;
-        {
-            let (mut l, _) = self.write_node(left, tree, 0)?;
-            let (mut r, _) = self.write_node(right, tree, 0)?;
-            if new_ln > ln {
-                // Move the first entries of the right node to the left one.
-                let m = new_ln - ln;
-                self.copy_entries(&mut l, ln, &r, 0, m, 0)?;
-                self.shift_leaf_entries(&mut r, m, rn - m, 0)?;
-                self.zero_entries(&mut r, rn - m, rn, 0)?;
+            let new_min = if kept > 0 {
+                Some(self.key(&h, 0)?)
             } else {
-                // Move the last entries of the left node to the right one.
-                let m = ln - new_ln;
-                self.shift_leaf_entries(&mut r, 0, rn, m)?;
-                self.copy_entries(&mut r, 0, &l, new_ln, m, 0)?;
-                self.zero_entries(&mut l, new_ln, ln, 0)?;
-            }
-            Self::set_nr(&mut l, new_ln)?;
-            Self::set_nr(&mut r, total - new_ln)?;
-            self.finish(&mut l)?;
-            self.finish(&mut r)?;
-        }
-        let right_min = {
-            let (r, _) = self.read_node(right, tree, 0)?;
-            self.key(&r, 0)?
+                None
+            };
+            self.finish(&mut h)?;
+            (take, old_min, new_min)
         };
-        let (mut p, _) = self.write_node(parent, tree, plevel)?;
-        self.set_key(&mut p, lidx + 1, right_min)?;
-        self.finish(&mut p)?;
-        Ok(true)
+        if let Some(m) = new_min.filter(|&m| m != old_min) {
+            self.replace_separator(tree, path.nodes(), old_min, m)?;
+        }
+        Ok(removed)
     }
 
-    /// Moves leaf entries `from..from + cnt` to slots `to..to + cnt` (the
-    /// ranges may overlap; entries they overwrite are lost).
-    fn shift_leaf_entries(&self, b: &mut [u8], from: usize, cnt: usize, to: usize) -> Result<()> {
+    /// Moves the entries `from..from + cnt` of a node at `level` to slots
+    /// `to..to + cnt` (the ranges may overlap; entries they overwrite are
+    /// lost).
+    fn shift_entries(
+        &self,
+        b: &mut [u8],
+        level: u8,
+        from: usize,
+        cnt: usize,
+        to: usize,
+    ) -> Result<()> {
         let f = NodeFormat::of_node(b)?;
         let ks = f.key.size();
         move_bytes(b, f.key_off(from), ks * cnt, f.key_off(to))?;
-        let (fo, vs) = f.val_off(0, from);
-        let (to_off, _) = f.val_off(0, to);
+        let (fo, vs) = f.val_off(level, from);
+        let (to_off, _) = f.val_off(level, to);
         move_bytes(b, fo, vs * cnt, to_off)
     }
 
@@ -902,7 +816,9 @@ impl<I: BlockIo> Store<I> {
             let descend_idx;
             let descend;
             if sn > f.min_entries(cl) {
-                // Borrow one entry from the sibling.
+                // Borrow from the sibling: half the difference, so that a run of removals
+                // (Store::remove_in_leaf) finds room in the child again, and no more than
+                // leaves the sibling its minimum.
                 let s2 = self.shadow(sib, tree, cl)?;
                 self.repoint(tree, cur, level, sidx, sib, s2)?;
                 if s2 == c2 || s2 == cur {
@@ -912,19 +828,24 @@ impl<I: BlockIo> Store<I> {
                 {
                     let (mut c, cn) = self.write_node(c2, tree, cl)?;
                     let (mut s, sn) = self.write_node(s2, tree, cl)?;
+                    let m = (sn.saturating_sub(cn) / 2)
+                        .max(1)
+                        .min(sn - f.min_entries(cl));
+                    if cn + m > f.max_entries(cl) {
+                        return Err(Error::Internal("btree: borrow overflow"));
+                    }
                     if child_is_left {
-                        let k0 = self.key(&s, 0)?;
-                        let v0 = self.entry_val(&s, cl, 0)?;
-                        self.node_insert(&mut c, cl, cn, cn, k0, v0)?;
-                        self.node_remove(&mut s, cl, sn, 0)?;
+                        self.copy_entries(&mut c, cn, &s, 0, m, cl)?;
+                        self.shift_entries(&mut s, cl, m, sn - m, 0)?;
                         newsep = self.key(&s, 0)?;
                     } else {
-                        let kl = self.key(&s, sn - 1)?;
-                        let vl = self.entry_val(&s, cl, sn - 1)?;
-                        self.node_insert(&mut c, cl, cn, 0, kl, vl)?;
-                        self.node_remove(&mut s, cl, sn, sn - 1)?;
-                        newsep = kl;
+                        self.shift_entries(&mut c, cl, 0, cn, m)?;
+                        self.copy_entries(&mut c, 0, &s, sn - m, m, cl)?;
+                        newsep = self.key(&c, 0)?;
                     }
+                    self.zero_entries(&mut s, sn - m, sn, cl)?;
+                    Self::set_nr(&mut c, cn + m)?;
+                    Self::set_nr(&mut s, sn - m)?;
                     self.finish(&mut c)?;
                     self.finish(&mut s)?;
                 }

@@ -175,8 +175,9 @@ impl<I: BlockIo> Store<I> {
     /// first leaf that holds any; returns how many (0 if none is left).
     fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
         let mut keys = [0u128; RECLAIM_BATCH];
+        // Their data chunks; 0 (never a data chunk) for one that reads zeroes.
         let mut chunks = [0u64; RECLAIM_BATCH];
-        let (mut n, mut nchunks) = (0usize, 0usize);
+        let mut n = 0usize;
         let mut from = private_key(e, 0);
         // The first key >= `from` is in the leaf that would hold `from` or
         // starts the next one.
@@ -185,13 +186,10 @@ impl<I: BlockIo> Store<I> {
                 if hi64(k) != e || n == max {
                     return Ok(false);
                 }
-                if let (Some(ks), Some(cs)) = (keys.get_mut(n), chunks.get_mut(nchunks)) {
+                if let (Some(ks), Some(cs)) = (keys.get_mut(n), chunks.get_mut(n)) {
                     *ks = k;
+                    *cs = if v == PRIVATE_ZEROES { 0 } else { lo64(v) };
                     n += 1;
-                    if v != PRIVATE_ZEROES {
-                        *cs = lo64(v);
-                        nchunks += 1;
-                    }
                 }
                 Ok(true)
             })?;
@@ -209,30 +207,34 @@ impl<I: BlockIo> Store<I> {
         if n == 0 {
             return Ok(0);
         }
-        self.remove_batch(TREE_PRIVATE, &keys, n, &mut chunks, nchunks)?;
-        self.sb.private = self.sb.private.saturating_sub(n as u64);
-        Ok(n)
+        let removed = self.remove_batch(TREE_PRIVATE, &keys, &mut chunks, n)?;
+        self.sb.private = self.sb.private.saturating_sub(removed as u64);
+        Ok(removed)
     }
 
-    /// Removes the first `n` of `keys` (one leaf's) from `tree` and frees the first `nchunks`
-    /// of `chunks`, their data chunks.
+    /// Removes a prefix of the first `n` of `keys` (one leaf's) from `tree` (as many as
+    /// [`Store::remove_in_leaf`] can) and frees their data chunks, `chunks` (0: none);
+    /// returns how many.
     fn remove_batch(
         &mut self,
         tree: usize,
         keys: &[u128],
-        n: usize,
         chunks: &mut [u64],
-        nchunks: usize,
-    ) -> Result<()> {
+        n: usize,
+    ) -> Result<usize> {
         let keys = keys.get(..n).ok_or(Error::Internal("reclaim batch"))?;
-        let chunks = chunks
-            .get_mut(..nchunks)
-            .ok_or(Error::Internal("reclaim batch"))?;
         self.ensure_beside_completions(self.op_need(tree))?;
-        self.remove_in_leaf(tree, keys)?;
+        let removed = self.remove_in_leaf(tree, keys)?;
+        let chunks = chunks
+            .get_mut(..removed)
+            .ok_or(Error::Internal("reclaim batch"))?;
+        // Those that read zeroes (0) sort first.
+        chunks.sort_unstable();
+        let zeroes = chunks.iter().take_while(|&&c| c == 0).count();
+        let chunks = chunks.get_mut(zeroes..).unwrap_or(&mut []);
         self.free_data_chunks(chunks)?;
-        self.reclaimed += n as u64;
-        Ok(())
+        self.reclaimed += removed as u64;
+        Ok(removed)
     }
 
     /// Step 2: removes up to `max` shared exceptions whose range holds `e`
@@ -297,9 +299,13 @@ impl<I: BlockIo> Store<I> {
             if n == 0 {
                 continue;
             }
-            self.remove_batch(TREE_SHARED, &keys, n, &mut chunks, n)?;
-            self.sb.shared = self.sb.shared.saturating_sub(n as u64);
-            return Ok(n);
+            let removed = self.remove_batch(TREE_SHARED, &keys, &mut chunks, n)?;
+            self.sb.shared = self.sb.shared.saturating_sub(removed as u64);
+            // The next step goes on at the first one the leaf had no room to lose.
+            if let Some(&k) = keys.get(removed).filter(|_| removed < n) {
+                self.reclaim_cursor = k;
+            }
+            return Ok(removed);
         }
         Ok(0)
     }

@@ -109,15 +109,18 @@ fn leaf_keys(s: &Store<Cache<MemDisk>>, tree: usize, from: u128) -> std::vec::Ve
 #[test]
 fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
     // Random inserts half-fill the nodes, appends fill them; runs removed
-    // from one leaf at a time leave leaves under-full, empty, first or last
-    // of their parent, so every merge and refill direction and the root
-    // collapse are exercised.
-    for seed in 1..=4u64 {
-        let mut s = store(8192, 48);
+    // from one leaf at a time, first or last of its parent, take leaves to
+    // their minimum, and the refills before the next run borrow and merge
+    // in every direction, down to the root's collapse. Seed 5 appends
+    // 80,000 keys: a tree of depth 3 whose last nodes of each level hold
+    // few entries.
+    for seed in 1..=5u64 {
+        let keys = if seed == 5 { 80_000 } else { 20_000u128 };
+        let mut s = store(if seed == 5 { 16384 } else { 8192 }, 48);
         let mut rng = Rng(seed * 0x51_7CC1_B727);
         let mut m = BTreeMap::new();
-        for k in 0..20_000u128 {
-            let k = if seed % 2 == 0 {
+        for k in 0..keys {
+            let k = if seed % 2 == 0 || seed == 5 {
                 k << 4
             } else {
                 (rng.next() % 400_000) as u128
@@ -128,10 +131,14 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
         }
         s.commit().unwrap();
         check_clean(&s);
+        if seed == 5 {
+            assert_eq!(s.info().roots[1].1, 3, "depth");
+        }
+        let every = if seed == 5 { 211 } else { 13 };
         let mut round = 0u32;
         while !m.is_empty() {
             round += 1;
-            let probe = (rng.next() % 420_000) as u128;
+            let probe = (rng.next() % (keys as u64 * 16 + 20_000)) as u128;
             let from = m
                 .range(probe..)
                 .next()
@@ -148,11 +155,12 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
                     .take(1 + (rng.next() % 40) as usize)
                     .collect(),
             };
-            s.remove_in_leaf(TREE_PRIVATE, &run).unwrap();
-            for k in &run {
+            let removed = s.remove_in_leaf(TREE_PRIVATE, &run).unwrap();
+            assert!(removed >= 1 && removed <= run.len());
+            for k in &run[..removed] {
                 m.remove(k);
             }
-            if round % 13 == 0 {
+            if round % every == 0 {
                 s.commit().unwrap();
                 compare(&s, TREE_PRIVATE, &m, &mut rng);
                 check_clean(&s);
