@@ -277,17 +277,19 @@ impl BlockIo for CowIo {
         committed
     }
 
-    fn write_durably(&self, block: CowBlock<'_>) -> Result<(), store::Error> {
-        let nr = block.buffer.block();
-        // As for a commit: the write goes around the cache, from a copy. The buffer stays in
-        // the cache with the same contents (dirty if the store marked it so, and then written
-        // back again later, unchanged).
-        let mut data = self.take_shadow()?;
-        // The lengths are equal (type invariants of `CowIo` and `CowBlock`).
-        data.copy_from_slice(&block);
-        drop(block);
-        let written = self.client.write_block_durably(nr, &data).map_err(io_error);
-        self.put_shadow(data);
+    fn write_durably(&self, nr: u64, data: &[u8]) -> Result<(), store::Error> {
+        // As for a commit: the write goes around the cache, from a copy.
+        let mut shadow = self.take_shadow()?;
+        if shadow.len() != data.len() {
+            self.put_shadow(shadow);
+            return Err(store::Error::Io("journal block of wrong size"));
+        }
+        shadow.copy_from_slice(data);
+        let written = self
+            .client
+            .write_block_durably(nr, &shadow)
+            .map_err(io_error);
+        self.put_shadow(shadow);
         written
     }
 

@@ -326,11 +326,13 @@ impl BlockIo for MemDevice {
         Ok(())
     }
 
-    fn write_durably(&self, block: MemBlock<'_>) -> Result<(), Error> {
-        let range = self.block_range(block.nr)?;
-        self.disk.borrow_mut()[range].copy_from_slice(&block.data);
-        // Released into the cache as it is (dirty if marked so).
-        drop(block);
+    fn write_durably(&self, nr: u64, data: &[u8]) -> Result<(), Error> {
+        let range = self.block_range(nr)?;
+        if data.len() != range.len() {
+            return Err(Error::Io("journal block of wrong size"));
+        }
+        self.disk.borrow_mut()[range.clone()].copy_from_slice(data);
+        self.cache.borrow_mut()[range].copy_from_slice(data);
         Ok(())
     }
 

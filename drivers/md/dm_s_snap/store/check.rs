@@ -122,6 +122,19 @@ impl<I: BlockIo> Store<I> {
         for i in 0..u64::from(self.sb.journal_blocks) {
             self.mark_block(&mut ck, scratch, self.sb.journal_start + i, "journal block");
         }
+        // Chunks whose frees wait for the checkpoint, and the blocks listing them.
+        let listed = self.deferred_frees(|nr, chunks| {
+            self.mark_block(&mut ck, scratch, nr, "released block");
+            for c in chunks {
+                self.mark_data_chunk(&mut ck, scratch, c);
+            }
+            Ok(())
+        });
+        match listed {
+            Ok(()) => {}
+            Err(Error::Io(s)) => return Err(Error::Io(s)),
+            Err(_) => ck.bad("deferred free list broken", Some(self.deferred_head), None),
+        }
         let mut n = Counts::default();
         // Metadata blocks released in the running transaction.
         let mut gb = self.garbage_head;
@@ -150,8 +163,10 @@ impl<I: BlockIo> Store<I> {
                 Some(n.data),
             );
         }
-        let fixed =
-            self.g.fixed_end + 2 * self.g.grown_bitmaps() + u64::from(self.sb.journal_blocks);
+        let fixed = self.g.fixed_end
+            + 2 * self.g.grown_bitmaps()
+            + u64::from(self.sb.journal_blocks)
+            + self.deferred_blocks;
         if fixed + n.nodes != sb.meta_blocks {
             ck.bad(
                 "metadata block counter differs from the btree nodes",

@@ -16,8 +16,10 @@ pub(crate) const NODE_MAGIC: u32 = u32::from_le_bytes(*b"SSbt");
 pub(crate) const GARBAGE_MAGIC: u32 = u32::from_le_bytes(*b"SSgb");
 /// Magic of a journal block.
 pub(crate) const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"SSjl");
-/// Magic of a journal block still being built (in the cache, which may write it early):
-/// replay ignores it.
+/// Magic of a block of the list of deferred chunk frees (see `Store::free_data`).
+pub(crate) const DEFERRED_MAGIC: u32 = u32::from_le_bytes(*b"SSdf");
+/// Magic of a journal block still being built (in the staging block, which the cache may
+/// write at any time): replay never takes it.
 pub(crate) const JOURNAL_OPEN_MAGIC: u32 = u32::from_le_bytes(*b"SSjo");
 
 /// On-disk format version. Version 1 used one metadata block per chunk; a
@@ -150,6 +152,16 @@ pub(crate) const NODE_KEYS: usize = HDR_SIZE;
 
 /// Garbage block: u64 next at 24.
 pub(crate) const GB_NEXT: usize = 24;
+
+/// Block of deferred chunk frees: the next block of the list at 24 (u64, 0 for none), the
+/// entry count at 32 (u32), entries (u64 chunk numbers) from 40.
+pub(crate) const DF_NEXT: usize = 24;
+/// See [`DF_NEXT`].
+pub(crate) const DF_COUNT: usize = 32;
+/// See [`DF_NEXT`].
+pub(crate) const DF_ENTRIES: usize = 40;
+/// Entries of a block of deferred chunk frees.
+pub(crate) const DF_CAPACITY: usize = (BLOCK_SIZE - DF_ENTRIES) / 8;
 
 /// Maximum B+tree depth (levels, a root leaf is depth 1).
 pub(crate) const MAX_DEPTH: usize = 16;

@@ -92,11 +92,11 @@ pub trait BlockIo {
     /// of a transaction whose last block is `block` (see the module
     /// documentation).
     fn commit_block(&self, block: Self::Block<'_>) -> Result<(), Error>;
-    /// Writes the contents of `block` to its block with REQ_PREFLUSH | REQ_FUA and waits for
-    /// that, without writing any dirty block first: when it returns, every write that
-    /// completed before it, and then `block`, are on stable storage (a journal commit). The
-    /// block may be marked dirty; the cache may keep it, and write it back again later.
-    fn write_durably(&self, block: Self::Block<'_>) -> Result<(), Error>;
+    /// Writes `data` (one block) to block `nr` around the cache with REQ_PREFLUSH | REQ_FUA and
+    /// waits for that, without writing any dirty block first: when it returns, every write
+    /// that completed before it, and then `data`, are on stable storage (a journal commit).
+    /// The store never has a dirty block `nr` in the cache, nor holds one.
+    fn write_durably(&self, nr: u64, data: &[u8]) -> Result<(), Error>;
     /// Raw CRC-32C (Castagnoli) update without pre- or post-inversion, like
     /// the kernel's `crc32c(seed, data, len)`. The store computes checksums
     /// as `!crc32c(!0, data)`, which is the standard CRC-32C.

@@ -28,10 +28,13 @@
 //! A commit whose records do not fit in one block, or that finds the area full, is a
 //! checkpoint too.
 //!
-//! A journal block is built in the cache while the transaction runs: a cached block, marked
-//! dirty and sealed at each record, whose magic says it is still open. The cache may write it
-//! back early; replay ignores an open block. The commit gives it the magic of a committed
-//! block, seals it and writes it.
+//! A journal block is built in the cache while the transaction runs, in the last block of the
+//! area (the *staging block*, never replayed): a cached block, marked dirty and sealed at each
+//! record, whose magic says it is still open. The cache may write it back at any time, to the
+//! staging block only. The commit gives it the magic, number and checksum of journal block
+//! `i` and writes that image to block `i` around the cache; journal blocks themselves are
+//! never dirty in the cache, so no write-back of an older image can land on one after its
+//! commit.
 
 use super::error::{Error, Result};
 use super::format::*;
@@ -71,9 +74,20 @@ fn corrupt(what: &'static str, block: u64) -> Error {
 }
 
 impl<I: BlockIo> Store<I> {
+    /// Journal blocks of the area: all but the staging block.
+    fn journal_slots(&self) -> u32 {
+        self.sb.journal_blocks.saturating_sub(1)
+    }
+
+    /// Block number of the staging block, where the next journal block is built.
+    fn staging_block(&self) -> Result<u64> {
+        self.journal_block(0)?;
+        Ok(self.sb.journal_start + u64::from(self.journal_slots()))
+    }
+
     /// Block number of journal block `i`.
     fn journal_block(&self, i: u32) -> Result<u64> {
-        if i >= self.sb.journal_blocks {
+        if i >= self.journal_slots() {
             return Err(Error::Internal("journal index past the area"));
         }
         self.sb
@@ -82,17 +96,18 @@ impl<I: BlockIo> Store<I> {
             .ok_or(Error::Internal("journal block number"))
     }
 
-    /// Validates journal block `i` written after the checkpoint `checkpoint`, committed
-    /// (`magic` [`JOURNAL_MAGIC`]) or being built ([`JOURNAL_OPEN_MAGIC`]); returns its record
-    /// count, or `None` if it is not one (never written since, torn, stale, or other magic).
+    /// Validates the image of journal block `i`, at block `nr` (block `i`, or the staging
+    /// block), written after the checkpoint `checkpoint`, committed (`magic`
+    /// [`JOURNAL_MAGIC`]) or being built ([`JOURNAL_OPEN_MAGIC`]); returns its record count,
+    /// or `None` if it is not one (never written since, torn, stale, or other magic).
     fn journal_records(
         &self,
         b: &[u8],
+        nr: u64,
         i: u32,
         checkpoint: u64,
         magic: u32,
     ) -> Result<Option<usize>> {
-        let nr = self.journal_block(i)?;
         if rd32(b, OFF_MAGIC)? != magic
             || rd64(b, OFF_BLOCKNR)? != nr
             || rd64(b, JL_CHECKPOINT)? != checkpoint
@@ -160,9 +175,11 @@ impl<I: BlockIo> Store<I> {
             return Ok(true);
         }
         let i = self.journal.committed;
-        let nr = self.journal_block(i)?;
+        let nr = self.staging_block()?;
         let h = self.io.read(nr)?;
-        if self.journal_records(&h, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)? != Some(count) {
+        if self.journal_records(&h, nr, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)?
+            != Some(count)
+        {
             return Err(corrupt("journal: block being built changed", nr));
         }
         for j in 0..count {
@@ -180,7 +197,7 @@ impl<I: BlockIo> Store<I> {
     /// nears the metadata reserve, commits are checkpoints again, so that no allocation fails
     /// for space a checkpoint would give back.
     pub(crate) fn journal_commit_possible(&self) -> bool {
-        if self.journal.checkpoint_needed || self.journal.committed >= self.sb.journal_blocks {
+        if self.journal.checkpoint_needed || self.journal.committed >= self.journal_slots() {
             return false;
         }
         let Ok(free) = self.allocatable() else {
@@ -200,7 +217,7 @@ impl<I: BlockIo> Store<I> {
             return Ok(());
         }
         let i = self.journal.committed;
-        let nr = self.journal_block(i)?;
+        let nr = self.staging_block()?;
         let mut h = if count == 0 {
             let mut h = self.io.new_block(nr)?;
             if h.len() != self.g.block_size {
@@ -215,7 +232,7 @@ impl<I: BlockIo> Store<I> {
             h
         } else {
             let h = self.io.read(nr)?;
-            if self.journal_records(&h, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)?
+            if self.journal_records(&h, nr, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)?
                 != Some(count)
             {
                 return Err(corrupt("journal: block being built changed", nr));
@@ -243,17 +260,23 @@ impl<I: BlockIo> Store<I> {
             return Ok(());
         }
         let i = self.journal.committed;
+        let staging = self.staging_block()?;
         let nr = self.journal_block(i)?;
         let count = self.journal.records as usize;
-        let mut h = self.io.read(nr)?;
-        if self.journal_records(&h, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)? != Some(count) {
-            return Err(corrupt("journal: block being built changed", nr));
+        let mut h = self.io.read(staging)?;
+        if self.journal_records(&h, staging, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)?
+            != Some(count)
+        {
+            return Err(corrupt("journal: block being built changed", staging));
         }
+        // The staging block becomes block i's committed image (the next record starts it
+        // again); the cache may write that to the staging block too, where it is never read.
         wr32(&mut h, OFF_MAGIC, JOURNAL_MAGIC)?;
+        wr64(&mut h, OFF_BLOCKNR, nr)?;
         let crc = journal_crc(&self.io, &h, count)?;
         wr32(&mut h, OFF_CRC, crc)?;
         h.mark_dirty();
-        self.io.write_durably(h)?;
+        self.io.write_durably(nr, &h)?;
         self.journal.committed += 1;
         self.journal.records = 0;
         Ok(())
@@ -263,10 +286,11 @@ impl<I: BlockIo> Store<I> {
     /// a read-write open replays them).
     pub(crate) fn count_journal(&self) -> Result<u32> {
         let mut n = 0;
-        while n < self.sb.journal_blocks {
-            let h = self.io.read(self.journal_block(n)?)?;
+        while n < self.journal_slots() {
+            let nr = self.journal_block(n)?;
+            let h = self.io.read(nr)?;
             if self
-                .journal_records(&h, n, self.sb.committed_txid, JOURNAL_MAGIC)?
+                .journal_records(&h, nr, n, self.sb.committed_txid, JOURNAL_MAGIC)?
                 .is_none()
             {
                 break;
@@ -286,7 +310,7 @@ impl<I: BlockIo> Store<I> {
                 let nr = self.journal_block(i)?;
                 let count = {
                     let h = self.io.read(nr)?;
-                    self.journal_records(&h, i, checkpoint, JOURNAL_MAGIC)?
+                    self.journal_records(&h, nr, i, checkpoint, JOURNAL_MAGIC)?
                         .ok_or(corrupt("journal: block changed during replay", nr))?
                 };
                 for j in 0..count {

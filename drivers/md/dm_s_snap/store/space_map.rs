@@ -329,6 +329,12 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Frees a data chunk.
+    ///
+    /// While committed journal blocks follow the checkpoint, the chunk may be one they name
+    /// (a copy made since the checkpoint): a crash before the next checkpoint replays its
+    /// exception, so nothing may be written to it until then. It stays allocated in the
+    /// bitmap, is counted free but not allocatable, and is listed for the next checkpoint
+    /// to free ([`Store::release_deferred_frees`]).
     pub(crate) fn free_data(&mut self, c: u64) -> Result<()> {
         if !self.g.chunk_in_data_area(c) {
             return Err(Error::Corrupt {
@@ -336,7 +342,11 @@ impl<I: BlockIo> Store<I> {
                 block: c,
             });
         }
-        self.free_blocks(self.g.chunk_block(c), self.g.chunk_blocks)?;
+        if self.journal.committed > 0 {
+            self.defer_free(c)?;
+        } else {
+            self.free_blocks(self.g.chunk_block(c), self.g.chunk_blocks)?;
+        }
         self.sb.data_chunks = self.sb.data_chunks.checked_sub(1).ok_or(Error::Corrupt {
             what: "data chunk counter underflow",
             block: 0,
@@ -349,6 +359,12 @@ impl<I: BlockIo> Store<I> {
     /// of chunks seals each bitmap block once, where [`Store::free_data`]
     /// seals it for every chunk.
     pub(crate) fn free_data_chunks(&mut self, chunks: &mut [u64]) -> Result<()> {
+        if self.journal.committed > 0 {
+            for &c in chunks.iter() {
+                self.free_data(c)?;
+            }
+            return Ok(());
+        }
         chunks.sort_unstable();
         let mut rest: &[u64] = chunks;
         while let Some((&first, _)) = rest.split_first() {
@@ -382,6 +398,107 @@ impl<I: BlockIo> Store<I> {
                     })?;
             rest = rest.get(len..).unwrap_or(&[]);
         }
+        Ok(())
+    }
+
+    /// Lists data chunk `c` to be freed by the next checkpoint (see [`Store::free_data`]).
+    fn defer_free(&mut self, c: u64) -> Result<()> {
+        self.touch();
+        let full = self.deferred_blocks == 0 || {
+            let h = self.read_valid(self.deferred_head, DEFERRED_MAGIC)?;
+            rd32(&h, DF_COUNT)? as usize >= DF_CAPACITY
+        };
+        if full {
+            let nr = self.alloc_meta()?;
+            let mut h = self.io.new_block(nr)?;
+            if h.len() != self.g.block_size {
+                return Err(Error::Io("block handle of wrong size"));
+            }
+            h.fill(0);
+            wr32(&mut h, OFF_MAGIC, DEFERRED_MAGIC)?;
+            wr64(&mut h, OFF_BLOCKNR, nr)?;
+            wr64(&mut h, OFF_TXID, self.cur)?;
+            wr64(&mut h, DF_NEXT, self.deferred_head)?;
+            seal(&self.io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+            self.deferred_head = nr;
+            self.deferred_blocks += 1;
+        }
+        {
+            let mut h = self.read_valid(self.deferred_head, DEFERRED_MAGIC)?;
+            let n = rd32(&h, DF_COUNT)? as usize;
+            wr64(&mut h, DF_ENTRIES + 8 * n, c)?;
+            wr32(&mut h, DF_COUNT, n as u32 + 1)?;
+            seal(&self.io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+        }
+        // Counted free, allocatable only after the checkpoint.
+        self.deferred = self.deferred.saturating_add(self.g.chunk_blocks);
+        Ok(())
+    }
+
+    /// The deferred chunk frees, block by block: `f(block, chunks)` for each block of the
+    /// list (for the checker).
+    pub(crate) fn deferred_frees(
+        &self,
+        mut f: impl FnMut(u64, &mut dyn Iterator<Item = u64>) -> Result<()>,
+    ) -> Result<()> {
+        let mut nr = self.deferred_head;
+        for _ in 0..self.deferred_blocks {
+            let h = self.read_valid(nr, DEFERRED_MAGIC)?;
+            if rd64(&h, OFF_TXID)? != self.cur {
+                return Err(Error::Internal("deferred frees of another transaction"));
+            }
+            let n = (rd32(&h, DF_COUNT)? as usize).min(DF_CAPACITY);
+            let next = rd64(&h, DF_NEXT)?;
+            let mut chunks = (0..n).filter_map(|j| rd64(&h, DF_ENTRIES + 8 * j).ok());
+            f(nr, &mut chunks)?;
+            nr = next;
+        }
+        Ok(())
+    }
+
+    /// At a checkpoint: frees the chunks whose frees were deferred to it, and the blocks of
+    /// their list (freed in their own transaction: their dirty buffers are written by the
+    /// commit before anything can reuse them, as the released blocks').
+    pub(crate) fn release_deferred_frees(&mut self) -> Result<()> {
+        while self.deferred_blocks != 0 {
+            let nr = self.deferred_head;
+            let (next, n) = {
+                let h = self.read_valid(nr, DEFERRED_MAGIC)?;
+                if rd64(&h, OFF_TXID)? != self.cur {
+                    return Err(Error::Internal("deferred frees of another transaction"));
+                }
+                (
+                    rd64(&h, DF_NEXT)?,
+                    (rd32(&h, DF_COUNT)? as usize).min(DF_CAPACITY),
+                )
+            };
+            for j in 0..n {
+                let c = {
+                    let h = self.read_valid(nr, DEFERRED_MAGIC)?;
+                    rd64(&h, DF_ENTRIES + 8 * j)?
+                };
+                if !self.g.chunk_in_data_area(c) {
+                    return Err(Error::Corrupt {
+                        what: "space map: deferred chunk outside the data area",
+                        block: c,
+                    });
+                }
+                self.bm_update(self.g.chunk_block(c), self.g.chunk_blocks, false)?;
+            }
+            // Unlinked before its block is freed, as the released blocks are.
+            self.deferred_head = next;
+            self.deferred_blocks -= 1;
+            self.bm_update(nr, 1, false)?;
+            self.sb.meta_blocks = self.sb.meta_blocks.checked_sub(1).ok_or(Error::Corrupt {
+                what: "metadata block counter underflow",
+                block: 0,
+            })?;
+        }
+        self.deferred_head = 0;
         Ok(())
     }
 

@@ -45,6 +45,10 @@ pub struct Store<I: BlockIo> {
     pub(crate) reclaimed: u64,
     /// The journal's position (see `journal.rs`).
     pub(crate) journal: JournalState,
+    /// Head and length of the list of chunk frees deferred to the next checkpoint (see
+    /// `Store::free_data`).
+    pub(crate) deferred_head: u64,
+    pub(crate) deferred_blocks: u64,
 }
 
 /// What a superblock slot holds.
@@ -160,6 +164,8 @@ impl<I: BlockIo> Store<I> {
             deleting: 0,
             reclaimed: 0,
             journal: JournalState::default(),
+            deferred_head: 0,
+            deferred_blocks: 0,
         }
     }
 
@@ -684,7 +690,8 @@ impl<I: BlockIo> Store<I> {
     /// Blocks one btree insert or remove may allocate in `tree`.
     pub(crate) fn op_need(&self, tree: usize) -> u64 {
         let d = self.sb.roots.get(tree).map(|r| r.depth as u64).unwrap_or(0);
-        2 * d + 3
+        // And a block of deferred chunk frees.
+        2 * d + 4
     }
 
     /// Commits the running transaction: all changes since the previous
@@ -714,8 +721,15 @@ impl<I: BlockIo> Store<I> {
     /// block could commit it (for a clean stop: the journal is then empty). Fails with
     /// [`Error::Busy`] while copy plans are outstanding.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.needs_checkpoint();
-        self.commit()
+        self.writable()?;
+        if self.outstanding != 0 {
+            return Err(Error::Busy);
+        }
+        if !self.dirty {
+            return Ok(());
+        }
+        let r = self.commit_inner();
+        self.guard(r)
     }
 
     fn commit_inner(&mut self) -> Result<()> {
@@ -745,6 +759,7 @@ impl<I: BlockIo> Store<I> {
         // The last entry links to 0 (the head of an empty list); keep that
         // true even if a damaged list is longer than its count.
         self.garbage_head = 0;
+        self.release_deferred_frees()?;
 
         // One write with REQ_PREFLUSH | REQ_FUA commits: the new superblock
         // goes to the slot of the in-progress image once every other dirty

@@ -22,3 +22,5 @@ pub mod userspace;
 
 #[cfg(test)]
 mod btree_tests;
+#[cfg(test)]
+mod journal_tests;

@@ -657,12 +657,21 @@ impl<D: Disk> BlockIo for Cache<D> {
         self.write_dirty_no_flush()?;
         self.write_through(nr, &data)
     }
-    fn write_durably(&self, block: CacheBlock<'_, D>) -> Result<(), Error> {
-        // Out of the cache, dirty or not: the write below puts the same
-        // contents on the device, and the kernel's cache may write its dirty
-        // copy again later.
-        let (nr, data) = self.take_out(block);
-        self.write_through(nr, &data)
+    fn write_durably(&self, nr: u64, data: &[u8]) -> Result<(), Error> {
+        {
+            let mut st = self.st.borrow_mut();
+            if let Some(e) = st.map.get(&nr) {
+                assert!(
+                    e.data.is_some() && !e.dirty,
+                    "block {nr} written around the cache is held or dirty"
+                );
+                // The clean copy would be stale after the write.
+                let tick = e.tick;
+                st.lru.remove(&tick);
+                st.map.remove(&nr);
+            }
+        }
+        self.write_through(nr, data)
     }
     fn crc32c(&self, seed: u32, data: &[u8]) -> u32 {
         !crc32c::crc32c_append(!seed, data)

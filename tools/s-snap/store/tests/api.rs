@@ -92,8 +92,9 @@ fn device_size_rules_with_large_chunks() {
             other => panic!("chunk {c}: {other:?}"),
         }
     }
-    // The metadata reserve and the nodes written keep some chunks back.
-    assert!(copies >= min - 4, "only {copies} copies in {min} chunks");
+    // The metadata reserve (40 blocks here), what one completion may need (12) and the
+    // nodes written keep some chunks back.
+    assert!(copies >= min - 5, "only {copies} copies in {min} chunks");
     s.commit().unwrap();
     check_store(&s);
 }
