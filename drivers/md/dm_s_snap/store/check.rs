@@ -104,7 +104,7 @@ impl<I: BlockIo> Store<I> {
         if scratch.len() < self.check_scratch_len() {
             return Err(Error::Invalid("check scratch too small"));
         }
-        if self.outstanding != 0 {
+        if self.outstanding != 0 || self.journal.writing {
             return Err(Error::Busy);
         }
         scratch.fill(0);

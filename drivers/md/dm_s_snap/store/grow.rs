@@ -25,7 +25,7 @@ impl<I: BlockIo> Store<I> {
     /// Errors: [`Error::Busy`] while plans are outstanding.
     pub fn grow(&mut self, nr_chunks: u64) -> Result<u64> {
         self.writable()?;
-        if self.outstanding != 0 {
+        if self.outstanding != 0 || self.journal.writing {
             return Err(Error::Busy);
         }
         let r = self.grow_inner(nr_chunks);

@@ -53,12 +53,22 @@ pub(crate) fn journal_size(nr_blocks: u64) -> u32 {
     }
 }
 
+/// Bits of [`JournalState::writing_keys`]: a key the filter holds is one of the block being
+/// written with a probability of about 0.9 at a full block.
+const WRITING_FILTER_BITS: usize = 1024;
+
 /// The journal's position in the running transaction.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct JournalState {
-    /// Journal blocks committed since the last checkpoint (the next one goes to this index).
+    /// Journal blocks committed since the last checkpoint.
     pub(crate) committed: u32,
-    /// Records in the journal block being built (index `committed`).
+    /// Journal block `committed` is being written (see [`Store::journal_commit_start`]); the
+    /// block being built is the next one.
+    pub(crate) writing: bool,
+    /// The keys recorded in the block being written, as a Bloom filter of one hash: an
+    /// exception not in it is not in that block.
+    pub(crate) writing_keys: [u64; WRITING_FILTER_BITS / 64],
+    /// Records in the journal block being built.
     pub(crate) records: u32,
     /// The running transaction changed more than the journal can record: the next commit is a
     /// checkpoint.
@@ -73,10 +83,30 @@ fn corrupt(what: &'static str, block: u64) -> Error {
     Error::Corrupt { what, block }
 }
 
+/// The bit of key `k` in [`JournalState::writing_keys`].
+fn writing_filter_bit(k: u128) -> (usize, u64) {
+    // Fibonacci hashing of both halves: neighbouring chunks spread over the filter.
+    let h = ((k as u64) ^ ((k >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // CAST: The top 10 bits, below `WRITING_FILTER_BITS`.
+    let bit = (h >> 54) as usize;
+    (bit / 64, 1 << (bit % 64))
+}
+
 impl<I: BlockIo> Store<I> {
     /// Journal blocks of the area: all but the staging block.
     fn journal_slots(&self) -> u32 {
         self.sb.journal_blocks.saturating_sub(1)
+    }
+
+    /// Index of the journal block being built: the one after the block being written, if any.
+    fn building_index(&self) -> u32 {
+        self.journal.committed + u32::from(self.journal.writing)
+    }
+
+    /// Committed journal blocks, or one being written, may name data chunks: a chunk freed
+    /// now must not be reused before the next checkpoint.
+    pub(crate) fn journal_names_chunks(&self) -> bool {
+        self.journal.committed > 0 || self.journal.writing
     }
 
     /// Block number of the staging block, where the next journal block is built.
@@ -160,21 +190,29 @@ impl<I: BlockIo> Store<I> {
     /// committed journal block. An exception in a B+tree leaf the running transaction wrote
     /// is then no reason to wait for a commit.
     pub(crate) fn running_txn_durable(&self) -> bool {
-        !self.dirty || (self.journal.records == 0 && !self.journal.checkpoint_needed)
+        !self.dirty
+            || (self.journal.records == 0
+                && !self.journal.checkpoint_needed
+                && !self.journal.writing)
     }
 
     /// Whether shared exception `k`, in a B+tree leaf the running transaction wrote, is
     /// durable. Only origin copies insert shared exceptions, so it is unless it was inserted
-    /// since the last commit: recorded in the journal block being built, or not recorded.
+    /// since the last commit: recorded in the journal block being built or being written, or
+    /// not recorded.
     pub(crate) fn shared_exception_durable(&self, k: u128) -> Result<bool> {
         if self.journal.unrecorded_copy {
+            return Ok(false);
+        }
+        let (word, bit) = writing_filter_bit(k);
+        if self.journal.writing && self.journal.writing_keys[word] & bit != 0 {
             return Ok(false);
         }
         let count = self.journal.records as usize;
         if count == 0 {
             return Ok(true);
         }
-        let i = self.journal.committed;
+        let i = self.building_index();
         let nr = self.staging_block()?;
         let h = self.io.read(nr)?;
         if self.journal_records(&h, nr, i, self.sb.committed_txid, JOURNAL_OPEN_MAGIC)?
@@ -197,7 +235,7 @@ impl<I: BlockIo> Store<I> {
     /// nears the metadata reserve, commits are checkpoints again, so that no allocation fails
     /// for space a checkpoint would give back.
     pub(crate) fn journal_commit_possible(&self) -> bool {
-        if self.journal.checkpoint_needed || self.journal.committed >= self.journal_slots() {
+        if self.journal.checkpoint_needed || self.building_index() >= self.journal_slots() {
             return false;
         }
         let Ok(free) = self.allocatable() else {
@@ -205,6 +243,12 @@ impl<I: BlockIo> Store<I> {
         };
         let held_back = self.deferred.saturating_add(self.garbage_count);
         free >= 4 * self.meta_reserve() && held_back <= free / 8
+    }
+
+    /// Whether the next commit will be a journal block (see
+    /// [`Store::journal_commit_possible`]), once a journal write in flight has ended.
+    pub fn next_commit_is_journal(&self) -> bool {
+        self.journal_commit_possible()
     }
 
     /// Records the shared exception `(k, v)` an origin copy just inserted, in the journal
@@ -216,7 +260,7 @@ impl<I: BlockIo> Store<I> {
             self.journal.unrecorded_copy = true;
             return Ok(());
         }
-        let i = self.journal.committed;
+        let i = self.building_index();
         let nr = self.staging_block()?;
         let mut h = if count == 0 {
             let mut h = self.io.new_block(nr)?;
@@ -254,12 +298,69 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Commits the running transaction by writing the journal block being built (if it holds
-    /// any record: otherwise every change is durable already).
+    /// any record: otherwise every change is durable already), and waits.
     pub(crate) fn journal_commit(&mut self) -> Result<()> {
-        if self.journal.records == 0 {
+        let staging = self.staging_block()?;
+        let Some(nr) = self.seal_journal_block(None)? else {
             return Ok(());
+        };
+        // Whatever fails now, the block is no longer being written.
+        let written = self
+            .io
+            .read(staging)
+            .and_then(|h| self.io.write_durably(nr, &h));
+        self.end_journal_write(written)
+    }
+
+    /// Starts a journal commit whose write the caller makes, so that the transaction goes on
+    /// while it is in flight: seals the journal block being built, copies its image into
+    /// `image` (one block) and returns the block number to write it to with `REQ_PREFLUSH |
+    /// REQ_FUA` (as [`BlockIo::write_durably`] does); `None` if there is nothing to write (no
+    /// record since the last commit: the running transaction is durable).
+    ///
+    /// Until [`Store::journal_commit_end`] reports the write, the exceptions of the block are
+    /// not durable, records go to the next block, and no other commit can be made
+    /// ([`Error::Busy`]). A crash meanwhile recovers with or without the block. Copy plans may
+    /// be outstanding: the block records only completed copies.
+    ///
+    /// Errors: [`Error::Busy`] unless [`Store::commit_beside_plans_possible`] (a journal block
+    /// cannot commit the running transaction, or a write is in flight).
+    pub fn journal_commit_start(&mut self, image: &mut [u8]) -> Result<Option<u64>> {
+        self.writable()?;
+        if self.journal.writing || !self.journal_commit_possible() {
+            return Err(Error::Busy);
         }
-        let i = self.journal.committed;
+        if image.len() != self.g.block_size {
+            return Err(Error::Invalid("journal image of wrong size"));
+        }
+        let r = self.seal_journal_block(Some(image));
+        self.guard(r)
+    }
+
+    /// Reports the write of the block [`Store::journal_commit_start`] returned: once `written`
+    /// is `Ok`, its exceptions are durable. A failed write fails the store: whether the block
+    /// reached the device is unknown, and the next commit would have to follow it.
+    pub fn journal_commit_end(&mut self, written: Result<()>) -> Result<()> {
+        if !self.journal.writing {
+            return Err(Error::Invalid("no journal write in flight"));
+        }
+        let r = self.end_journal_write(written);
+        self.guard(r)
+    }
+
+    /// Whether a journal write started by [`Store::journal_commit_start`] is in flight.
+    pub fn journal_writing(&self) -> bool {
+        self.journal.writing
+    }
+
+    /// Turns the block being built into the committed image of its journal block, in the
+    /// staging block's buffer, copies it into `image` if given, and marks the block as being
+    /// written; returns its block number, or `None` if it holds no record.
+    fn seal_journal_block(&mut self, image: Option<&mut [u8]>) -> Result<Option<u64>> {
+        if self.journal.records == 0 {
+            return Ok(None);
+        }
+        let i = self.building_index();
         let staging = self.staging_block()?;
         let nr = self.journal_block(i)?;
         let count = self.journal.records as usize;
@@ -269,6 +370,11 @@ impl<I: BlockIo> Store<I> {
         {
             return Err(corrupt("journal: block being built changed", staging));
         }
+        let mut keys = [0u64; WRITING_FILTER_BITS / 64];
+        for j in 0..count {
+            let (word, bit) = writing_filter_bit(Self::journal_record(&h, j)?.0);
+            keys[word] |= bit;
+        }
         // The staging block becomes block i's committed image (the next record starts it
         // again); the cache may write that to the staging block too, where it is never read.
         wr32(&mut h, OFF_MAGIC, JOURNAL_MAGIC)?;
@@ -276,9 +382,26 @@ impl<I: BlockIo> Store<I> {
         let crc = journal_crc(&self.io, &h, count)?;
         wr32(&mut h, OFF_CRC, crc)?;
         h.mark_dirty();
-        self.io.write_durably(nr, &h)?;
-        self.journal.committed += 1;
+        if let Some(image) = image {
+            image.copy_from_slice(&h);
+        }
+        self.journal.writing = true;
+        self.journal.writing_keys = keys;
         self.journal.records = 0;
+        Ok(Some(nr))
+    }
+
+    /// The write of the block being written ended with `written`. Any error fails the store:
+    /// the block may or may not have reached the device, and the block being built names the
+    /// index after it.
+    fn end_journal_write(&mut self, written: Result<()>) -> Result<()> {
+        self.journal.writing = false;
+        self.journal.writing_keys = [0; WRITING_FILTER_BITS / 64];
+        if written.is_err() {
+            self.failed = true;
+        }
+        written?;
+        self.journal.committed += 1;
         Ok(())
     }
 

@@ -23,8 +23,10 @@
 //! Caller contract in short:
 //!
 //! * The data of a [`CopyPlan`] / [`UnsharePlan`] must be written before the
-//!   plan is completed, and plans must be completed or aborted before
-//!   [`Store::commit`] (which returns [`Error::Busy`] otherwise).
+//!   plan is completed, and plans must be completed or aborted before a
+//!   checkpoint ([`Store::commit`] returns [`Error::Busy`] otherwise, unless
+//!   the commit is a journal block, which records only completed plans; see
+//!   [`Store::commit_beside_plans_possible`]).
 //! * An origin write for which [`Store::origin_write_prepare`] did not say
 //!   [`OriginWrite::Proceed`] must not be issued before a commit that
 //!   started after the plan was completed (or after the answer) has

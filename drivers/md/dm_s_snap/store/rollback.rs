@@ -100,7 +100,7 @@ impl<I: BlockIo> Store<I> {
     /// the list of chunks does not fit the metadata space (nothing changed then).
     pub fn start_rollback(&mut self, id: u32) -> Result<u64> {
         self.writable()?;
-        if self.outstanding != 0 {
+        if self.outstanding != 0 || self.journal.writing {
             return Err(Error::Busy);
         }
         self.not_rolling_back()?;

@@ -342,7 +342,7 @@ impl<I: BlockIo> Store<I> {
                 block: c,
             });
         }
-        if self.journal.committed > 0 {
+        if self.journal_names_chunks() {
             self.defer_free(c)?;
         } else {
             self.free_blocks(self.g.chunk_block(c), self.g.chunk_blocks)?;
@@ -359,7 +359,7 @@ impl<I: BlockIo> Store<I> {
     /// of chunks seals each bitmap block once, where [`Store::free_data`]
     /// seals it for every chunk.
     pub(crate) fn free_data_chunks(&mut self, chunks: &mut [u64]) -> Result<()> {
-        if self.journal.committed > 0 {
+        if self.journal_names_chunks() {
             for &c in chunks.iter() {
                 self.free_data(c)?;
             }

@@ -695,11 +695,15 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Commits the running transaction: all changes since the previous
-    /// commit become durable atomically. Fails with [`Error::Busy`] while
-    /// copy plans are outstanding. Does nothing if nothing changed.
+    /// commit become durable atomically. Does nothing if nothing changed.
+    ///
+    /// Fails with [`Error::Busy`] while a journal write is in flight
+    /// ([`Store::journal_commit_start`]), or while copy plans are outstanding unless the commit
+    /// is a journal block ([`Store::commit_beside_plans_possible`]): a plan changes nothing the
+    /// journal records until it completes, so its chunk is free again after a crash.
     pub fn commit(&mut self) -> Result<()> {
         self.writable()?;
-        if self.outstanding != 0 {
+        if !self.commit_beside_plans_possible() {
             return Err(Error::Busy);
         }
         if !self.dirty {
@@ -717,12 +721,19 @@ impl<I: BlockIo> Store<I> {
         self.guard(r)
     }
 
+    /// Whether [`Store::commit`] may run now: no journal write is in flight, and no copy plan
+    /// is outstanding or the commit is a journal block, which records only completed origin
+    /// copies.
+    pub fn commit_beside_plans_possible(&self) -> bool {
+        !self.journal.writing && (self.outstanding == 0 || self.journal_commit_possible())
+    }
+
     /// Commits the running transaction as a checkpoint of the B+trees, even if a journal
     /// block could commit it (for a clean stop: the journal is then empty). Fails with
-    /// [`Error::Busy`] while copy plans are outstanding.
+    /// [`Error::Busy`] while copy plans are outstanding or a journal write is in flight.
     pub fn checkpoint(&mut self) -> Result<()> {
         self.writable()?;
-        if self.outstanding != 0 {
+        if self.outstanding != 0 || self.journal.writing {
             return Err(Error::Busy);
         }
         if !self.dirty {
@@ -733,7 +744,7 @@ impl<I: BlockIo> Store<I> {
     }
 
     fn commit_inner(&mut self) -> Result<()> {
-        if self.outstanding != 0 {
+        if self.outstanding != 0 || self.journal.writing {
             return Err(Error::Busy);
         }
         // Release the metadata blocks freed in their own transaction; their

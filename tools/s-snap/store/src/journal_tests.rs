@@ -52,3 +52,45 @@ fn a_chunk_the_journal_names_is_not_reused_before_the_checkpoint() {
     assert_eq!(s.snapshot_lookup(snap, 0).unwrap(), Location::Cow(c));
     assert_eq!(read(&s, c), 0xAA);
 }
+
+/// The same while the journal block that names the chunk is still being written: it may reach
+/// the device, so its chunks are held back as a committed block's are.
+#[test]
+fn a_chunk_of_a_journal_block_in_flight_is_not_reused_before_the_checkpoint() {
+    use crate::BlockIo;
+    let io = Cache::new(MemDisk::new(2048 * BS), BS, 256);
+    let mut s = Store::open(io, 8).unwrap();
+    let snap = s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    let OriginWrite::Copy(plan) = s.origin_write_prepare(0).unwrap() else {
+        panic!("copy expected");
+    };
+    let c = plan.cow();
+    s.io().write_data(c, 0, &[0xAA; BS]).unwrap();
+    s.origin_write_complete(plan).unwrap();
+    let mut image = [0u8; BS];
+    let nr = s.journal_commit_start(&mut image).unwrap().unwrap();
+    // While the block is in flight, the snapshot unshares the chunk and a copy is steered to
+    // the chunk that frees.
+    let SnapWritePlan::Unshare(u) = s.snapshot_write_prepare(snap, 0).unwrap() else {
+        panic!("unshare expected");
+    };
+    s.io().write_data(u.to(), 0, &[0xCC; BS]).unwrap();
+    s.snapshot_write_complete(u).unwrap();
+    s.sb.data_hint = c;
+    let OriginWrite::Copy(plan) = s.origin_write_prepare(1).unwrap() else {
+        panic!("copy expected");
+    };
+    assert_ne!(plan.cow(), c, "a chunk of the block in flight was reused");
+    s.io().write_data(plan.cow(), 0, &[0xBB; BS]).unwrap();
+    s.origin_write_complete(plan).unwrap();
+    // The block lands; a crash follows before the checkpoint.
+    s.io().write_durably(nr, &image).unwrap();
+    s.journal_commit_end(Ok(())).unwrap();
+    let io = s.into_io();
+    io.drop_all();
+    let s = Store::open(io, 8).unwrap();
+    let snap = s.snapshot_epoch(1).unwrap().unwrap();
+    assert_eq!(s.snapshot_lookup(snap, 0).unwrap(), Location::Cow(c));
+    assert_eq!(read(&s, c), 0xAA);
+}

@@ -15,7 +15,7 @@ fn open(disk: MemDisk) -> Store<Cache<MemDisk>> {
 
 /// Copies origin chunk `c` for the snapshots (the data write is the test's
 /// business; the store only needs it done before the completion).
-fn copy(s: &mut Store<Cache<MemDisk>>, c: u64) {
+fn copy<D: s_snap_store::userspace::Disk>(s: &mut Store<Cache<D>>, c: u64) {
     match s.origin_write_prepare(c).unwrap() {
         OriginWrite::Copy(plan) => s.origin_write_complete(plan).unwrap(),
         r => panic!("chunk {c}: {r:?}"),
@@ -192,4 +192,153 @@ fn an_origin_write_waits_only_for_copies_not_yet_committed() {
     copy(&mut s, 6);
     assert_eq!(s.origin_write_prepare(5).unwrap(), OriginWrite::Proceed);
     assert_eq!(s.origin_write_prepare(6).unwrap(), OriginWrite::AfterCommit);
+}
+
+/// A journal write the caller makes (the kernel's commit work): the transaction goes on while
+/// it is in flight, and a crash before, during or after it recovers a consistent state.
+#[test]
+fn a_journal_write_in_flight_lets_the_transaction_go_on() {
+    use s_snap_store::{BlockIo, Error};
+    let mut s = open(MemDisk::new(2048 * BS));
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    for c in 0..3 {
+        copy(&mut s, c);
+    }
+    // A copy in flight does not hold a journal commit back: it records completed copies.
+    let OriginWrite::Copy(plan) = s.origin_write_prepare(10).unwrap() else {
+        panic!("copy expected");
+    };
+    assert!(s.commit_beside_plans_possible());
+    let mut image = vec![0u8; BS];
+    let nr = s
+        .journal_commit_start(&mut image)
+        .unwrap()
+        .expect("a block to write");
+    assert!(s.journal_writing());
+    // Until the write is reported, its copies are not durable and no other commit is made.
+    assert_eq!(s.origin_write_prepare(0).unwrap(), OriginWrite::AfterCommit);
+    assert_eq!(s.commit(), Err(Error::Busy));
+    assert_eq!(s.checkpoint(), Err(Error::Busy));
+    assert_eq!(s.journal_commit_start(&mut image), Err(Error::Busy));
+    assert!(!s.commit_beside_plans_possible());
+    // The transaction goes on: what completes now goes into the next block.
+    s.origin_write_complete(plan).unwrap();
+    copy(&mut s, 3);
+    let before_write = s.io().disk().to_vec();
+    s.io().write_durably(nr, &image).unwrap();
+    let after_write = s.io().disk().to_vec();
+    s.journal_commit_end(Ok(())).unwrap();
+    assert!(!s.journal_writing());
+    assert_eq!(s.origin_write_prepare(0).unwrap(), OriginWrite::Proceed);
+    assert_eq!(s.origin_write_prepare(3).unwrap(), OriginWrite::AfterCommit);
+    s.commit().unwrap();
+    assert_eq!(journal_blocks(&s), 2);
+    assert_eq!(s.usage().shared_exceptions, 5);
+    check_store(&s);
+    let after_next = s.io().disk().to_vec();
+    for (image, blocks, shared) in [
+        (before_write, 0, 0),
+        (after_write, 1, 3),
+        (after_next, 2, 5),
+    ] {
+        let s = open(MemDisk::from_vec(image));
+        assert_eq!(
+            (journal_blocks(&s), s.usage().shared_exceptions),
+            (blocks, shared)
+        );
+        check_store(&s);
+    }
+}
+
+/// A journal write that fails leaves the device in doubt: the store fails, and a reopen
+/// finds a consistent state.
+#[test]
+fn a_failed_journal_write_fails_the_store() {
+    use s_snap_store::Error;
+    // Whatever the error (even one that is not fatal elsewhere): the block may have reached
+    // the device, and the block being built already names the index after it.
+    for error in [Error::Io("test: write failed"), Error::NoSpace] {
+        let mut s = open(MemDisk::new(2048 * BS));
+        s.create_snapshot(1).unwrap();
+        s.commit().unwrap();
+        copy(&mut s, 0);
+        let mut image = vec![0u8; BS];
+        s.journal_commit_start(&mut image).unwrap().unwrap();
+        copy(&mut s, 1);
+        assert_eq!(s.journal_commit_end(Err(error)), Err(error));
+        assert!(!s.journal_writing());
+        assert_eq!(s.origin_write_prepare(2).map(|_| ()), Err(Error::Failed));
+        assert_eq!(s.commit(), Err(Error::Failed));
+        let io = s.into_io();
+        io.drop_all();
+        let s = open(io.into_disk());
+        assert_eq!(s.usage().shared_exceptions, 0);
+        check_store(&s);
+    }
+}
+
+/// A memory disk whose writes or flushes fail once armed.
+struct FailingDisk {
+    inner: MemDisk,
+    fail_writes: std::cell::Cell<bool>,
+    fail_flushes: std::cell::Cell<bool>,
+}
+
+impl s_snap_store::userspace::Disk for FailingDisk {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(off, buf)
+    }
+    fn write_at(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        if self.fail_writes.get() {
+            return Err(std::io::Error::other("injected write error"));
+        }
+        self.inner.write_at(off, data)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        if self.fail_flushes.get() {
+            return Err(std::io::Error::other("injected flush error"));
+        }
+        self.inner.flush()
+    }
+}
+
+/// A journal commit whose write or flush fails fails the store, and leaves no write in flight
+/// (a target waiting for one would wait for ever); reopened, the store holds the last commit
+/// and is consistent.
+#[test]
+fn a_journal_commit_that_fails_fails_the_store() {
+    use s_snap_store::userspace::Disk;
+    use s_snap_store::Error;
+    for fail_writes in [true, false] {
+        let disk = FailingDisk {
+            inner: MemDisk::new(2048 * BS),
+            fail_writes: false.into(),
+            fail_flushes: false.into(),
+        };
+        let mut s = Store::open(Cache::new(disk, BS, 256), CS).unwrap();
+        s.create_snapshot(1).unwrap();
+        s.commit().unwrap();
+        copy(&mut s, 0);
+        s.commit().unwrap();
+        copy(&mut s, 1);
+        let disk = s.io().disk();
+        disk.fail_writes.set(fail_writes);
+        disk.fail_flushes.set(!fail_writes);
+        assert!(matches!(s.commit(), Err(Error::Io(_))), "{fail_writes}");
+        assert!(!s.journal_writing());
+        assert_eq!(s.origin_write_prepare(2).map(|_| ()), Err(Error::Failed));
+        let io = s.into_io();
+        io.drop_all();
+        let disk = io.into_disk();
+        let mut image = vec![0u8; disk.size() as usize];
+        disk.read_at(0, &mut image).unwrap();
+        let s = open(MemDisk::from_vec(image));
+        assert_eq!(journal_blocks(&s), 1);
+        assert_eq!(s.usage().shared_exceptions, 1);
+        check_store(&s);
+    }
 }
