@@ -26,6 +26,7 @@ use kernel::{
     crc32c::crc32c,
     device_mapper::{bufio, DmDev},
     prelude::*,
+    sync::Arc,
 };
 
 /// Buffers kept in reserve so that the store always makes progress: it holds at most a
@@ -35,6 +36,20 @@ const RESERVED_BUFFERS: u32 = 20;
 /// Shadow blocks allocated up front: the store holds at most two handles at a time.
 const SHADOWS: usize = 2;
 
+/// Writes the image of a journal block, which `Store::journal_commit_start` handed out, while
+/// the store goes on: the pool's commit work holds one during the write.
+pub(crate) struct JournalWriter {
+    client: Arc<bufio::Client>,
+}
+
+impl JournalWriter {
+    /// Writes `image` to block `nr` around the cache, with `REQ_PREFLUSH | REQ_FUA`, and
+    /// waits (see [`bufio::Client::write_block_durably`]).
+    pub(crate) fn write(&self, nr: u64, image: &VVec<u8>) -> Result<(), store::Error> {
+        self.client.write_block_durably(nr, image).map_err(io_error)
+    }
+}
+
 /// Metadata access to the COW device through a dm-bufio client.
 ///
 /// # Invariants
@@ -42,7 +57,8 @@ const SHADOWS: usize = 2;
 /// Every shadow in `shadows` (and of every live [`CowBlock`]) is `block_size` bytes long, the
 /// client's block size.
 pub(crate) struct CowIo {
-    client: Pin<KBox<bufio::Client>>,
+    /// Shared with the [`JournalWriter`]s handed out, which write outside the store's lock.
+    client: Arc<bufio::Client>,
     /// The device's size in metadata blocks, as of creation or [`CowIo::update_size`].
     nr_blocks: Cell<u64>,
     block_size: usize,
@@ -56,7 +72,7 @@ impl CowIo {
     pub(crate) fn new(cow: &DmDev) -> Result<Self> {
         const BLOCK_SECTORS: Sector = (store::META_BLOCK_SIZE / 512) as Sector;
         let nr_blocks = cow.nr_sectors() / BLOCK_SECTORS;
-        let client = KBox::pin_init(
+        let client = Arc::pin_init(
             bufio::Client::new(cow, store::META_BLOCK_SIZE as u32, RESERVED_BUFFERS),
             GFP_KERNEL,
         )?;
@@ -79,6 +95,14 @@ impl CowIo {
     pub(crate) fn update_size(&self, cow: &DmDev) {
         const BLOCK_SECTORS: Sector = (store::META_BLOCK_SIZE / 512) as Sector;
         self.nr_blocks.set(cow.nr_sectors() / BLOCK_SECTORS);
+    }
+
+    /// A writer of journal blocks for commits made outside the store's lock (see
+    /// `Store::journal_commit_start`).
+    pub(crate) fn journal_writer(&self) -> JournalWriter {
+        JournalWriter {
+            client: self.client.clone(),
+        }
     }
 
     /// Takes a shadow block from the pool, or allocates one if the pool is empty (which the
@@ -240,17 +264,12 @@ impl BlockIo for CowIo {
     }
 
     fn read(&self, nr: u64) -> Result<CowBlock<'_>, store::Error> {
-        let buffer = self.client.as_ref().get_ref().read(nr).map_err(io_error)?;
+        let buffer = self.client.read(nr).map_err(io_error)?;
         self.block(buffer, true)
     }
 
     fn new_block(&self, nr: u64) -> Result<CowBlock<'_>, store::Error> {
-        let buffer = self
-            .client
-            .as_ref()
-            .get_ref()
-            .new_buffer(nr)
-            .map_err(io_error)?;
+        let buffer = self.client.new_buffer(nr).map_err(io_error)?;
         self.block(buffer, false)
     }
 

@@ -21,9 +21,11 @@
 //!   chunk are in flight, so that a read never sees data written after it was issued and never
 //!   reads a chunk that is being freed.
 //!
-//! At most one copy per chunk is in flight. The store refuses to commit while copies are
-//! outstanding, so when a commit is wanted no new copy is started until those in flight are
-//! done ("commit barrier"); bios held back meanwhile are retried after the commit.
+//! At most one copy per chunk is in flight. A commit of completed origin copies is a journal
+//! block, written while the worker goes on and copies continue (see [`commit`]). Any other
+//! commit is a checkpoint, which the store refuses while copies are outstanding, so when one
+//! is wanted no new copy is started until those in flight are done ("commit barrier"); bios
+//! held back meanwhile are retried after the commit.
 
 //!
 //! The worker's parts live in files of their own: [`copies`] (chunk copies and their
@@ -99,6 +101,8 @@ struct InFlight {
     direct_writes: [AtomicU32; READ_BUCKETS],
     /// Origin writes issued to the origin device and not completed yet.
     origin_writes: AtomicU32,
+    /// The worker has bios waiting for reads (or direct writes) to drain.
+    read_waiters: AtomicBool,
 }
 
 /// Per-bio data of origin bios.
@@ -168,6 +172,9 @@ pub(crate) struct Pool {
     overwrites: Overwrites,
     /// The worker's queue: in the I/O path, so it must make progress under memory pressure.
     wq: OwnedQueue,
+    /// The commit work's queue (journal writes, see `pool/commit.rs`): of its own, so that
+    /// the worker goes on while a write is in flight.
+    commit_wq: OwnedQueue,
     #[pin]
     state: Mutex<State>,
     #[pin]
@@ -180,16 +187,18 @@ pub(crate) struct Pool {
     drained: CondVar,
     /// Snapshot I/O in flight per bucket of chunks.
     in_flight: InFlight,
-    /// The worker has bios waiting for reads (or direct writes) to drain.
-    read_waiters: AtomicBool,
     /// A rollback runs: `map` sends every origin bio to the worker.
     rolling_back: AtomicBool,
     #[pin]
     work: Work<Pool>,
+    /// Writes the journal block the worker sealed.
+    #[pin]
+    commit_work: Work<Pool, 2>,
 }
 
 impl_has_work! {
     impl HasWork<Self> for Pool { self.work }
+    impl HasWork<Self, 2> for Pool { self.commit_work }
 }
 
 /// Why [`Pool::open`] failed, for the table error message.
@@ -239,6 +248,30 @@ impl Pool {
             1,
             &crate::THIS_MODULE,
         )?;
+        let commit_wq = OwnedQueue::new(
+            c_str!("s-snap-commit"),
+            OwnedQueue::MEM_RECLAIM,
+            1,
+            &crate::THIS_MODULE,
+        )?;
+        let state = State {
+            store,
+            pending: KVec::new(),
+            commits: Committer::new(store::META_BLOCK_SIZE)?,
+            held_origin: BioList::default(),
+            held_snap: BioList::default(),
+            quiescing: 0,
+            active: KVec::new(),
+            failed: false,
+            cow_full: false,
+            suspended: false,
+            reclaim_paused: false,
+            reclaim_steps: 0,
+            rolled_back: KVec::new(),
+            rollback_stalled: false,
+            rollback_waits_for_space: false,
+            space_events: SpaceEvents::default(),
+        };
         let pool = Arc::pin_init(
             pin_init!(Self {
                 origin: origin.clone(),
@@ -249,24 +282,8 @@ impl Pool {
                 copies,
                 overwrites: Overwrites::new(),
                 wq,
-                state <- new_mutex!(State {
-                    store,
-                    pending: KVec::new(),
-                    commits: Committer::default(),
-                    held_origin: BioList::default(),
-                    held_snap: BioList::default(),
-                    quiescing: 0,
-                    active: KVec::new(),
-                    failed: false,
-                    cow_full: false,
-                    suspended: false,
-                    reclaim_paused: false,
-                    reclaim_steps: 0,
-                    rolled_back: KVec::new(),
-                    rollback_stalled: false,
-                    rollback_waits_for_space: false,
-                    space_events: SpaceEvents::default(),
-                }, "s_snap::Pool::state"),
+                commit_wq,
+                state <- new_mutex!(state, "s_snap::Pool::state"),
                 inbox <- new_spinlock!(Inbox::default(), "s_snap::Pool::inbox"),
                 map_cache <- new_spinlock!(map_cache, "s_snap::Pool::map_cache"),
                 drained <- new_condvar!("s_snap::Pool::drained"),
@@ -274,10 +291,11 @@ impl Pool {
                     reads: [const { AtomicU32::new(0) }; READ_BUCKETS],
                     direct_writes: [const { AtomicU32::new(0) }; READ_BUCKETS],
                     origin_writes: AtomicU32::new(0),
+                    read_waiters: AtomicBool::new(false),
                 },
-                read_waiters: AtomicBool::new(false),
                 rolling_back,
                 work <- new_work!("s_snap::Pool::work"),
+                commit_work <- new_work!("s_snap::Pool::commit_work"),
             }),
             GFP_KERNEL,
         )?;
@@ -296,7 +314,7 @@ impl Pool {
     /// Queues the worker.
     pub(crate) fn kick(self: &Arc<Self>) {
         // Already queued is fine: the queued run will see what this one would have.
-        let _ = self.wq.enqueue(self.clone());
+        let _ = self.wq.enqueue::<_, 0>(self.clone());
     }
 
     /// Hands an origin bio to the worker (from `map`: does not sleep).
@@ -373,7 +391,7 @@ impl Pool {
         };
         if let Some(count) = self.in_flight.reads.get(b) {
             if count.fetch_sub(1, Ordering::AcqRel) == 1
-                && self.read_waiters.load(Ordering::Acquire)
+                && self.in_flight.read_waiters.load(Ordering::Acquire)
             {
                 self.kick();
             }
@@ -387,7 +405,7 @@ impl Pool {
         };
         if let Some(count) = self.in_flight.direct_writes.get(b) {
             if count.fetch_sub(1, Ordering::AcqRel) == 1
-                && self.read_waiters.load(Ordering::Acquire)
+                && self.in_flight.read_waiters.load(Ordering::Acquire)
             {
                 self.kick();
             }
@@ -404,7 +422,7 @@ impl Pool {
 
     fn run_worker(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        self.read_waiters.store(false, Ordering::Release);
+        self.in_flight.read_waiters.store(false, Ordering::Release);
         self.complete_copies(&mut st);
 
         let retry_origin = core::mem::take(&mut st.held_origin);
@@ -442,5 +460,13 @@ impl WorkItem for Pool {
 
     fn run(this: Arc<Pool>) {
         this.run_worker();
+    }
+}
+
+impl WorkItem<2> for Pool {
+    type Pointer = Arc<Pool>;
+
+    fn run(this: Arc<Pool>) {
+        this.write_journal();
     }
 }

@@ -13,6 +13,15 @@ impl Pool {
     /// reference goes in a destructor (see [`CopyTracker`]).
     pub(crate) fn teardown(&self) {
         self.copies.wait_idle();
+        // The worker queues journal writes, whose end runs the worker again: flush both until
+        // no write is in flight (after the target's `sync`, the first round finds none).
+        loop {
+            self.wq.flush();
+            self.commit_wq.flush();
+            if !self.state.lock().store.journal_writing() {
+                break;
+            }
+        }
         self.wq.flush();
     }
 
@@ -31,7 +40,7 @@ impl Pool {
         if !st.failed {
             return Ok(());
         }
-        while !st.pending.is_empty() {
+        while Self::checkpoint_waits(&st) {
             self.kick();
             self.drained.wait(&mut st);
         }

@@ -20,7 +20,7 @@ impl Pool {
         st.quiescing += 1;
         // Before the in-flight counts are read: `map` raises them before it looks (`MapCache`).
         self.map_cache.lock().clear();
-        while !st.pending.is_empty()
+        while Self::checkpoint_waits(&st)
             || self.in_flight.origin_writes.load(Ordering::Acquire) != 0
             || (!st.failed && st.commits.origin_waiting())
         {
@@ -39,6 +39,7 @@ impl Pool {
                     self.note_error(&mut st, e);
                     return Err(e.into());
                 }
+                st.commits.mark_clean();
                 self.committed(&mut st);
                 let none = st.store.usage().snapshots == 0;
                 self.map_cache.lock().set_no_snapshots(none);

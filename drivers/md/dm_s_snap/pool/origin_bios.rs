@@ -58,7 +58,7 @@ impl Pool {
             return;
         }
         if self.reads_pending(chunk) {
-            self.read_waiters.store(true, Ordering::Release);
+            self.in_flight.read_waiters.store(true, Ordering::Release);
             st.held_origin.push_back(bio);
             // The last read may have ended before the flag was seen.
             if !self.reads_pending(chunk) {

@@ -137,7 +137,7 @@ impl Pool {
                 return Ok(ChunkRollback::AfterCommit);
             }
             OriginWrite::Proceed if self.reads_pending(chunk) => {
-                self.read_waiters.store(true, Ordering::Release);
+                self.in_flight.read_waiters.store(true, Ordering::Release);
                 // The last one may have ended before the flag was seen.
                 if !self.reads_pending(chunk) {
                     self.kick();
@@ -200,9 +200,8 @@ impl Pool {
     }
 
     /// Copies back some of the chunks the running rollback lists, after the bios of this run
-    /// were dealt with, keeping up to [`ROLLBACK_IN_FLIGHT`] in flight. Not while a commit is
-    /// wanted (no new copy may start then), a message handler quiesces, or the origin is
-    /// suspended.
+    /// were dealt with, keeping up to [`ROLLBACK_IN_FLIGHT`] in flight. Not while the commit
+    /// barrier holds new copies back (see [`Pool::barrier`]) or the origin is suspended.
     pub(super) fn rollback_some(self: &Arc<Self>, st: &mut State) {
         if st.failed
             || st.suspended

@@ -224,7 +224,7 @@ impl Pool {
         if !busy(self) {
             return Some(bio);
         }
-        self.read_waiters.store(true, Ordering::Release);
+        self.in_flight.read_waiters.store(true, Ordering::Release);
         st.held_snap.push_back(bio);
         // The last one may have ended before the flag was seen.
         if !busy(self) {
