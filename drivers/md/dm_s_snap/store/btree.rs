@@ -309,14 +309,7 @@ impl<I: BlockIo> Store<I> {
     /// Allocates and initializes a node holding the single entry (k0, v0).
     fn new_node(&mut self, tree: usize, level: u8, k0: u128, v0: u128) -> Result<u64> {
         let nr = self.alloc_meta()?;
-        let mut h = self.io.new_block(nr)?;
-        if h.len() != self.g.block_size {
-            return Err(Error::Io("block handle of wrong size"));
-        }
-        h.fill(0);
-        wr32(&mut h, OFF_MAGIC, NODE_MAGIC)?;
-        wr64(&mut h, OFF_BLOCKNR, nr)?;
-        wr64(&mut h, OFF_TXID, self.cur)?;
+        let mut h = new_block_with_header(&self.io, self.g.block_size, nr, NODE_MAGIC, self.cur)?;
         wr8(&mut h, NODE_TREE, tree as u8 + 1)?;
         wr8(&mut h, NODE_LEVEL, level)?;
         self.node_insert(&mut h, level, 0, 0, k0, v0)?;

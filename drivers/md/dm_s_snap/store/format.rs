@@ -315,6 +315,26 @@ pub(crate) fn block_crc<I: BlockIo>(io: &I, b: &[u8]) -> u32 {
     !io.crc32c(!0, data)
 }
 
+/// A new block `nr` of `io` (whose blocks are `block_size` bytes), zeroed, with the common
+/// header: `magic`, the block number and `txid`. Not sealed: the caller fills it in first.
+pub(crate) fn new_block_with_header<I: BlockIo>(
+    io: &I,
+    block_size: usize,
+    nr: u64,
+    magic: u32,
+    txid: u64,
+) -> Result<I::Block<'_>> {
+    let mut h = io.new_block(nr)?;
+    if h.len() != block_size {
+        return Err(Error::Io("block handle of wrong size"));
+    }
+    h.fill(0);
+    wr32(&mut h, OFF_MAGIC, magic)?;
+    wr64(&mut h, OFF_BLOCKNR, nr)?;
+    wr64(&mut h, OFF_TXID, txid)?;
+    Ok(h)
+}
+
 /// Stores the checksum of a block.
 pub(crate) fn seal<I: BlockIo>(io: &I, b: &mut [u8]) -> Result<()> {
     let c = block_crc(io, b);

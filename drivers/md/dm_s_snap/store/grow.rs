@@ -83,14 +83,8 @@ impl<I: BlockIo> Store<I> {
     /// nothing refers to it (its selector bit is 0, as for every bitmap past the old count).
     fn write_added_bitmap(&self, g: &Geometry, i: u64) -> Result<()> {
         let nr = g.bitmap_slot(i, 0);
-        let mut h = self.io.new_block(nr)?;
-        if h.len() != g.block_size {
-            return Err(Error::Io("block handle of wrong size"));
-        }
-        h.fill(0);
-        wr32(&mut h, OFF_MAGIC, BM_MAGIC)?;
-        wr64(&mut h, OFF_BLOCKNR, nr)?;
-        wr64(&mut h, OFF_TXID, self.sb.committed_txid)?;
+        let mut h =
+            new_block_with_header(&self.io, g.block_size, nr, BM_MAGIC, self.sb.committed_txid)?;
         wr32(
             &mut h,
             BM_INDEX,

@@ -263,14 +263,13 @@ impl<I: BlockIo> Store<I> {
         let i = self.building_index();
         let nr = self.staging_block()?;
         let mut h = if count == 0 {
-            let mut h = self.io.new_block(nr)?;
-            if h.len() != self.g.block_size {
-                return Err(Error::Io("block handle of wrong size"));
-            }
-            h.fill(0);
-            wr32(&mut h, OFF_MAGIC, JOURNAL_OPEN_MAGIC)?;
-            wr64(&mut h, OFF_BLOCKNR, nr)?;
-            wr64(&mut h, OFF_TXID, self.cur)?;
+            let mut h = new_block_with_header(
+                &self.io,
+                self.g.block_size,
+                nr,
+                JOURNAL_OPEN_MAGIC,
+                self.cur,
+            )?;
             wr64(&mut h, JL_CHECKPOINT, self.sb.committed_txid)?;
             wr32(&mut h, JL_INDEX, i)?;
             h

@@ -410,14 +410,8 @@ impl<I: BlockIo> Store<I> {
         };
         if full {
             let nr = self.alloc_meta()?;
-            let mut h = self.io.new_block(nr)?;
-            if h.len() != self.g.block_size {
-                return Err(Error::Io("block handle of wrong size"));
-            }
-            h.fill(0);
-            wr32(&mut h, OFF_MAGIC, DEFERRED_MAGIC)?;
-            wr64(&mut h, OFF_BLOCKNR, nr)?;
-            wr64(&mut h, OFF_TXID, self.cur)?;
+            let mut h =
+                new_block_with_header(&self.io, self.g.block_size, nr, DEFERRED_MAGIC, self.cur)?;
             wr64(&mut h, DF_NEXT, self.deferred_head)?;
             seal(&self.io, &mut h)?;
             h.set_verified();
@@ -516,14 +510,13 @@ impl<I: BlockIo> Store<I> {
         })?;
         if txid == self.cur {
             {
-                let mut h = self.io.new_block(nr)?;
-                if h.len() != self.g.block_size {
-                    return Err(Error::Io("block handle of wrong size"));
-                }
-                h.fill(0);
-                wr32(&mut h, OFF_MAGIC, GARBAGE_MAGIC)?;
-                wr64(&mut h, OFF_BLOCKNR, nr)?;
-                wr64(&mut h, OFF_TXID, self.cur)?;
+                let mut h = new_block_with_header(
+                    &self.io,
+                    self.g.block_size,
+                    nr,
+                    GARBAGE_MAGIC,
+                    self.cur,
+                )?;
                 wr64(&mut h, GB_NEXT, self.garbage_head)?;
                 seal(&self.io, &mut h)?;
                 h.set_verified();

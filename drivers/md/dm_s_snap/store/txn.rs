@@ -389,14 +389,7 @@ impl<I: BlockIo> Store<I> {
         let used_end = journal_start + u64::from(journal_blocks);
         for i in 0..g.nr_bitmaps {
             let nr = g.bitmap_slot(i, 0);
-            let mut h = io.new_block(nr)?;
-            if h.len() != bs {
-                return Err(Error::Io("block handle of wrong size"));
-            }
-            h.fill(0);
-            wr32(&mut h, OFF_MAGIC, BM_MAGIC)?;
-            wr64(&mut h, OFF_BLOCKNR, nr)?;
-            wr64(&mut h, OFF_TXID, txid)?;
+            let mut h = new_block_with_header(io, bs, nr, BM_MAGIC, txid)?;
             wr32(
                 &mut h,
                 BM_INDEX,
@@ -418,14 +411,7 @@ impl<I: BlockIo> Store<I> {
         }
         for t in 0..NR_TREES {
             let nr = g.fixed_end + t as u64;
-            let mut h = io.new_block(nr)?;
-            if h.len() != bs {
-                return Err(Error::Io("block handle of wrong size"));
-            }
-            h.fill(0);
-            wr32(&mut h, OFF_MAGIC, NODE_MAGIC)?;
-            wr64(&mut h, OFF_BLOCKNR, nr)?;
-            wr64(&mut h, OFF_TXID, txid)?;
+            let mut h = new_block_with_header(io, bs, nr, NODE_MAGIC, txid)?;
             wr8(&mut h, NODE_TREE, t as u8 + 1)?;
             wr8(&mut h, NODE_LEVEL, 0)?;
             wr16(&mut h, NODE_NR, 0)?;
