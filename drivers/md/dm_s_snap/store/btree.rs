@@ -35,6 +35,21 @@ pub(crate) enum ScanEnd {
     End,
 }
 
+/// Where a leaf lies in the key space ([`Store::leaf_span`]).
+pub(crate) struct LeafSpan {
+    /// Its first and last key; `None` if it is empty (an empty root).
+    pub(crate) keys: Option<(u128, u128)>,
+    /// Its number of entries.
+    pub(crate) len: usize,
+    /// The first key of the next leaf, if any.
+    pub(crate) next: Option<u128>,
+    /// It is the root: the tree has no other node.
+    pub(crate) root: bool,
+}
+
+/// Values [`Store::drop_leaf`] hands to its caller at a time.
+pub(crate) const DROP_BATCH: usize = 32;
+
 fn corrupt(what: &'static str, block: u64) -> Error {
     Error::Corrupt { what, block }
 }
@@ -238,12 +253,9 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Visits the entries with key >= `from` in the leaf that would hold
-    /// `from`, calling `f(key, value)` until it returns `false`.
-    pub(crate) fn scan_leaf<F>(&self, tree: usize, from: u128, mut f: F) -> Result<ScanEnd>
-    where
-        F: FnMut(u128, u128) -> Result<bool>,
-    {
+    /// Reads the leaf that would hold `k`: its handle, its number of
+    /// entries and the first key of the next leaf, if any.
+    fn find_leaf(&self, tree: usize, k: u128) -> Result<(H<'_, I>, usize, Option<u128>)> {
         let root = self.root(tree)?;
         let mut nr = root.block;
         let mut level = root.depth.wrapping_sub(1);
@@ -251,20 +263,9 @@ impl<I: BlockIo> Store<I> {
         for _ in 0..MAX_DEPTH {
             let (h, n) = self.read_node(nr, tree, level)?;
             if level == 0 {
-                let mut i = self.search_ge(&h, n, from)?;
-                while i < n {
-                    let k = self.key(&h, i)?;
-                    if !f(k, self.leaf_val(&h, i)?)? {
-                        return Ok(ScanEnd::Stopped);
-                    }
-                    i += 1;
-                }
-                return Ok(match next {
-                    Some(k) => ScanEnd::Next(k),
-                    None => ScanEnd::End,
-                });
+                return Ok((h, n, next));
             }
-            let idx = self.search_le(&h, n, from)?.unwrap_or(0);
+            let idx = self.search_le(&h, n, k)?.unwrap_or(0);
             if idx + 1 < n {
                 next = Some(self.key(&h, idx + 1)?);
             }
@@ -272,6 +273,42 @@ impl<I: BlockIo> Store<I> {
             level -= 1;
         }
         Err(corrupt("btree: deeper than the maximum", root.block))
+    }
+
+    /// Visits the entries with key >= `from` in the leaf that would hold
+    /// `from`, calling `f(key, value)` until it returns `false`.
+    pub(crate) fn scan_leaf<F>(&self, tree: usize, from: u128, mut f: F) -> Result<ScanEnd>
+    where
+        F: FnMut(u128, u128) -> Result<bool>,
+    {
+        let (h, n, next) = self.find_leaf(tree, from)?;
+        let mut i = self.search_ge(&h, n, from)?;
+        while i < n {
+            let k = self.key(&h, i)?;
+            if !f(k, self.leaf_val(&h, i)?)? {
+                return Ok(ScanEnd::Stopped);
+            }
+            i += 1;
+        }
+        Ok(match next {
+            Some(k) => ScanEnd::Next(k),
+            None => ScanEnd::End,
+        })
+    }
+
+    /// Where the leaf that would hold `k` lies in the key space.
+    pub(crate) fn leaf_span(&self, tree: usize, k: u128) -> Result<LeafSpan> {
+        let (h, n, next) = self.find_leaf(tree, k)?;
+        let keys = match n.checked_sub(1) {
+            Some(last) => Some((self.key(&h, 0)?, self.key(&h, last)?)),
+            None => None,
+        };
+        Ok(LeafSpan {
+            keys,
+            len: n,
+            next,
+            root: self.root(tree)?.depth == 1,
+        })
     }
 
     /// Returns a writable version of node `nr`, copying it if an earlier
@@ -716,6 +753,105 @@ impl<I: BlockIo> Store<I> {
         Ok(removed)
     }
 
+    /// Removes the whole leaf whose keys run from `first` and that holds
+    /// `len` entries (as [`Store::leaf_span`] found it), in one descent
+    /// that stops at its parent: the leaf itself is neither copied nor
+    /// sealed, but unlinked and freed. Before it is unlinked, `each(self,
+    /// values)` sees its values in key order, [`DROP_BATCH`] at a time, to
+    /// free what they point to.
+    ///
+    /// Returns false, having changed only the shape of the path above it,
+    /// if the tree has no internal node (the caller removes the keys with
+    /// [`Store::remove_in_leaf`], which may empty a root leaf).
+    pub(crate) fn drop_leaf<F>(
+        &mut self,
+        tree: usize,
+        first: u128,
+        len: usize,
+        mut each: F,
+    ) -> Result<bool>
+    where
+        F: FnMut(&mut Self, &[u128]) -> Result<()>,
+    {
+        if self.root(tree)?.depth < 2 {
+            return Ok(false);
+        }
+        self.ensure(self.op_need(tree))?;
+        self.touch();
+        let (parent, plevel, path) = self.descend_refilling_to(tree, first, 1)?;
+        if plevel == 0 {
+            return Ok(false);
+        }
+        let (pidx, pn, leaf) = {
+            let (p, pn) = self.write_node(parent, tree, plevel)?;
+            let pidx = self.search_le(&p, pn, first)?.unwrap_or(0);
+            if self.key(&p, pidx)? != first {
+                return Err(Error::Internal(
+                    "btree: dropped leaf does not start a subtree",
+                ));
+            }
+            (pidx, pn, self.child(&p, pidx)?)
+        };
+        if plevel != 1 {
+            return Err(Error::Internal(
+                "btree: descent stopped above the leaves' parents",
+            ));
+        }
+        if pn < 2 {
+            return Err(corrupt("btree: internal node with a single child", parent));
+        }
+        if leaf == parent {
+            return Err(corrupt("btree: node is its own child", parent));
+        }
+        let leaf_tx = {
+            let (h, n) = self.read_node(leaf, tree, 0)?;
+            if n != len || n == 0 || self.key(&h, 0)? != first {
+                return Err(Error::Internal(
+                    "btree: dropped leaf changed since it was read",
+                ));
+            }
+            rd64(&h, OFF_TXID)?
+        };
+        let mut vals = [0u128; DROP_BATCH];
+        let mut done = 0;
+        while done < len {
+            let m = (len - done).min(DROP_BATCH);
+            {
+                let (h, _) = self.read_node(leaf, tree, 0)?;
+                for (j, v) in vals.iter_mut().take(m).enumerate() {
+                    *v = self.leaf_val(&h, done + j)?;
+                }
+            }
+            each(self, vals.get(..m).unwrap_or(&[]))?;
+            done += m;
+        }
+        let new_min = {
+            let (mut p, _) = self.write_node(parent, tree, plevel)?;
+            self.node_remove(&mut p, plevel, pn, pidx)?;
+            let new_min = self.key(&p, 0)?;
+            self.finish(&mut p)?;
+            new_min
+        };
+        self.free_meta(leaf, leaf_tx)?;
+        if path.len == 0 && pn == 2 {
+            // The root has one child left, which replaces it.
+            let only = {
+                let (p, _) = self.write_node(parent, tree, plevel)?;
+                self.child(&p, 0)?
+            };
+            if let Some(x) = self.sb.roots.get_mut(tree) {
+                *x = Root {
+                    block: only,
+                    depth: plevel,
+                };
+            }
+            self.free_meta(parent, self.cur)?;
+        } else if pidx == 0 {
+            self.replace_separator(tree, path.nodes(), first, new_min)?;
+        }
+        Ok(true)
+    }
+
     /// Moves the entries `from..from + cnt` of a node at `level` to slots
     /// `to..to + cnt` (the ranges may overlap; entries they overwrite are
     /// lost).
@@ -760,14 +896,26 @@ impl<I: BlockIo> Store<I> {
     /// every node of the returned path can lose one entry. Returns the leaf
     /// and the path of internal nodes above it.
     fn descend_refilling(&mut self, tree: usize, k: u128) -> Result<(u64, Path)> {
+        match self.descend_refilling_to(tree, k, 0)? {
+            (leaf, 0, path) => Ok((leaf, path)),
+            _ => Err(Error::Internal("btree: descent stopped above the leaves")),
+        }
+    }
+
+    /// [`Store::descend_refilling`] that stops at the node of level `stop`
+    /// that would hold `k`, or above it if the tree is not that deep (a
+    /// root collapse on the way can make it shallower). Returns the node,
+    /// its level and the path above it; the node was shadowed and, unless it
+    /// is the root, refilled, and the leaves under it were not touched.
+    fn descend_refilling_to(&mut self, tree: usize, k: u128, stop: u8) -> Result<(u64, u8, Path)> {
         let f = NodeFormat::of(tree)?;
         let root = self.shadow_root(tree)?;
         let mut path = Path::default();
         let mut cur = root.block;
         let mut level = root.depth - 1;
         for _ in 0..=MAX_DEPTH {
-            if level == 0 {
-                return Ok((cur, path));
+            if level <= stop {
+                return Ok((cur, level, path));
             }
             let (idx, n, child) = {
                 let (h, n) = self.write_node(cur, tree, level)?;

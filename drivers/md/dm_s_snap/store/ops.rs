@@ -525,6 +525,36 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
+    /// Is there a snapshot with epoch in `lo..=hi` whose table entry carries none of the flags
+    /// in `skip`? If not, no chunk's shared exception with that range is needed by any (see
+    /// [`Store::first_lacking`]), whatever private exceptions there are.
+    pub(crate) fn any_snapshot_in(&self, lo: u64, hi: u64, skip: u128) -> Result<bool> {
+        let limit = self.table_len_bound();
+        let mut from = lo;
+        for _ in 0..limit {
+            if from > hi {
+                return Ok(false);
+            }
+            let Some((k, v)) = self.ceil(TREE_SNAPS, from as u128)? else {
+                return Ok(false);
+            };
+            if k >= ID_SPACE || lo64(k) > hi {
+                return Ok(false);
+            }
+            if v & skip == 0 {
+                return Ok(true);
+            }
+            from = match lo64(k).checked_add(1) {
+                Some(x) => x,
+                None => return Ok(false),
+            };
+        }
+        Err(Error::Corrupt {
+            what: "snapshot table longer than its counter",
+            block: 0,
+        })
+    }
+
     /// Is there a snapshot with epoch in `lo..=hi` that has no private exception for `chunk`,
     /// among those whose table entry carries none of the flags in `skip`? Stops at the first
     /// one. Origin writes skip deleted and dropped snapshots ([`SNAPSHOT_FLAGS`]); the removal

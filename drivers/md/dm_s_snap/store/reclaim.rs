@@ -15,6 +15,13 @@
 //!    no live snapshot needs any more is removed and its chunk freed;
 //! 3. the snapshot's table entries are removed.
 //!
+//! Steps 1 and 2 work leaf by leaf. A leaf whose every entry goes (all of
+//! a snapshot's private exceptions, or shared exceptions that only deleted
+//! snapshots needed: the common case once the oldest snapshots go) is
+//! dropped whole: unlinked from its parent and freed without being copied,
+//! its data chunks freed in runs. Otherwise its entries go in batches, as
+//! many as leave the leaf its minimum.
+//!
 //! Any number of snapshots may be waiting: they are reclaimed one after the
 //! other, in epoch order. The one in progress is the superblock's
 //! `deleting_epoch`; the others are found by their [`DELETING`] flag. The
@@ -26,7 +33,7 @@
 //! once: the id index then names the new epoch, and step 3 removes an id
 //! entry only while it still names the reclaimed epoch.
 
-use super::btree::ScanEnd;
+use super::btree::{LeafSpan, ScanEnd};
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::BlockIo;
@@ -174,6 +181,15 @@ impl<I: BlockIo> Store<I> {
     /// Step 1: removes up to `max` private exceptions of epoch `e`, from the
     /// first leaf that holds any; returns how many (0 if none is left).
     fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
+        if let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0))? {
+            // It starts at or after e's first key: its last key tells whether all are e's.
+            if let Some((first, _)) = span.keys.filter(|&(_, last)| hi64(last) == e) {
+                if self.drop_reclaimed_leaf(TREE_PRIVATE, first, span.len)? {
+                    self.sb.private = self.sb.private.saturating_sub(span.len as u64);
+                    return Ok(span.len);
+                }
+            }
+        }
         let mut keys = [0u128; RECLAIM_BATCH];
         // Their data chunks; 0 (never a data chunk) for one that reads zeroes.
         let mut chunks = [0u64; RECLAIM_BATCH];
@@ -241,6 +257,17 @@ impl<I: BlockIo> Store<I> {
     /// and that no live snapshot needs, all from the first leaf at or after
     /// the scan cursor that holds any; returns how many (0 if none is left).
     fn reclaim_shared(&mut self, e: u64, max: usize) -> Result<usize> {
+        if let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor)? {
+            if let Some((first, _)) = span.keys {
+                if self.leaf_only_for_deleted(first, e)?
+                    && self.drop_reclaimed_leaf(TREE_SHARED, first, span.len)?
+                {
+                    self.sb.shared = self.sb.shared.saturating_sub(span.len as u64);
+                    self.reclaim_cursor = span.next.unwrap_or(first);
+                    return Ok(span.len);
+                }
+            }
+        }
         let mut from = Some(self.reclaim_cursor);
         while let Some(f) = from {
             let mut found = [(0u128, 0u128); RECLAIM_BATCH];
@@ -279,14 +306,28 @@ impl<I: BlockIo> Store<I> {
                 ScanEnd::Next(next) => Some(next),
                 ScanEnd::End => None,
             };
-            self.reclaim_cursor = from.or(after_seen).unwrap_or(f);
+            // The cursor moves past this leaf's entries only once they are
+            // removed: a step that fails for want of space (and is retried
+            // after a commit) must not skip them.
+            let past = from.or(after_seen).unwrap_or(f);
             let mut keys = [0u128; RECLAIM_BATCH];
             let mut chunks = [0u64; RECLAIM_BATCH];
             let mut n = 0usize;
+            let mut live_in: Option<((u64, u64), bool)> = None;
             for &(k, v) in found.get(..nfound).unwrap_or(&[]) {
-                if self
-                    .first_lacking(hi64(k), hi64(v), lo64(k), DELETING)?
-                    .found
+                let range = (hi64(v), lo64(k));
+                let live = match live_in {
+                    Some((r, live)) if r == range => live,
+                    _ => {
+                        let live = self.any_snapshot_in(range.0, range.1, DELETING)?;
+                        live_in = Some((range, live));
+                        live
+                    }
+                };
+                if live
+                    && self
+                        .first_lacking(hi64(k), range.0, range.1, DELETING)?
+                        .found
                 {
                     continue;
                 }
@@ -297,17 +338,101 @@ impl<I: BlockIo> Store<I> {
                 }
             }
             if n == 0 {
+                self.reclaim_cursor = past;
                 continue;
             }
             let removed = self.remove_batch(TREE_SHARED, &keys, &mut chunks, n)?;
             self.sb.shared = self.sb.shared.saturating_sub(removed as u64);
             // The next step goes on at the first one the leaf had no room to lose.
-            if let Some(&k) = keys.get(removed).filter(|_| removed < n) {
-                self.reclaim_cursor = k;
-            }
+            self.reclaim_cursor = match keys.get(removed).filter(|_| removed < n) {
+                Some(&k) => k,
+                None => past,
+            };
             return Ok(removed);
         }
         Ok(0)
+    }
+
+    /// The leaf of `tree` that holds the first key >= `from`, if it holds
+    /// no key below `from` and is not the root: one the reclaim may drop
+    /// whole.
+    fn leaf_from(&self, tree: usize, from: u128) -> Result<Option<LeafSpan>> {
+        let mut span = self.leaf_span(tree, from)?;
+        if let (Some((_, last)), Some(next)) = (span.keys, span.next) {
+            if last < from {
+                if next <= from {
+                    return Err(Error::Corrupt {
+                        what: "btree: separators out of order",
+                        block: 0,
+                    });
+                }
+                span = self.leaf_span(tree, next)?;
+            }
+        }
+        Ok(match span.keys {
+            Some((first, _)) if first >= from && !span.root => Some(span),
+            _ => None,
+        })
+    }
+
+    /// Do the shared exceptions of the leaf starting at `first` all hold
+    /// epoch `e` in their range, and that range the same for all, with no
+    /// snapshot in it but deleted ones? (Then none is needed any more.)
+    fn leaf_only_for_deleted(&self, first: u128, e: u64) -> Result<bool> {
+        let mut range: Option<(u64, u64)> = None;
+        let mut uniform = true;
+        self.scan_leaf(TREE_SHARED, first, |k, v| {
+            let r = (hi64(v), lo64(k));
+            uniform = r.0 <= e && e <= r.1 && range.map_or(true, |x| x == r);
+            range = Some(r);
+            Ok(uniform)
+        })?;
+        match range {
+            Some((lo, hi)) if uniform => Ok(!self.any_snapshot_in(lo, hi, DELETING)?),
+            _ => Ok(false),
+        }
+    }
+
+    /// Drops the leaf of `tree` that starts at `first` and holds `len`
+    /// entries, every one of them reclaimed, and frees their data chunks
+    /// (in runs of adjacent ones); returns false if it cannot be dropped
+    /// whole (see [`Store::drop_leaf`]).
+    fn drop_reclaimed_leaf(&mut self, tree: usize, first: u128, len: usize) -> Result<bool> {
+        // What the step may allocate is checked before it changes anything, so that it
+        // never fails halfway (its chunks freed, its leaf still there): the descent's
+        // shadows, and one block of deferred frees, which holds more than a leaf.
+        if len > DF_CAPACITY {
+            return Err(Error::Internal(
+                "reclaim: leaf larger than a deferred-free block",
+            ));
+        }
+        self.ensure_beside_completions(self.op_need(tree))?;
+        // The run of adjacent chunks not freed yet: (first, count).
+        let mut run = (0u64, 0u64);
+        let dropped = self.drop_leaf(tree, first, len, |s, vals| {
+            for &v in vals {
+                if tree == TREE_PRIVATE && v == PRIVATE_ZEROES {
+                    continue;
+                }
+                let c = lo64(v);
+                if run.1 != 0 && run.0.checked_add(run.1) == Some(c) {
+                    run.1 += 1;
+                    continue;
+                }
+                if run.1 != 0 {
+                    s.free_data_run(run.0, run.1)?;
+                }
+                run = (c, 1);
+            }
+            Ok(())
+        })?;
+        if run.1 != 0 {
+            self.free_data_run(run.0, run.1)?;
+        }
+        if dropped {
+            self.reclaimed += len as u64;
+        }
+        Ok(dropped)
     }
 
     /// Step 3: removes the table entries of reclaimed epoch `e`. The id

@@ -359,44 +359,54 @@ impl<I: BlockIo> Store<I> {
     /// of chunks seals each bitmap block once, where [`Store::free_data`]
     /// seals it for every chunk.
     pub(crate) fn free_data_chunks(&mut self, chunks: &mut [u64]) -> Result<()> {
+        chunks.sort_unstable();
+        let mut rest: &[u64] = chunks;
+        while let Some((&first, _)) = rest.split_first() {
+            let mut len = 1;
+            while rest.get(len).copied() == first.checked_add(len as u64) {
+                len += 1;
+            }
+            self.free_data_run(first, len as u64)?;
+            rest = rest.get(len..).unwrap_or(&[]);
+        }
+        Ok(())
+    }
+
+    /// Frees the `len` adjacent data chunks from `first`, with one bitmap
+    /// change per bitmap block they lie in.
+    pub(crate) fn free_data_run(&mut self, first: u64, len: u64) -> Result<()> {
+        let end = first
+            .checked_add(len)
+            .ok_or(Error::Internal("chunk range"))?;
         if self.journal_names_chunks() {
-            for &c in chunks.iter() {
+            for c in first..end {
                 self.free_data(c)?;
             }
             return Ok(());
         }
-        chunks.sort_unstable();
-        let mut rest: &[u64] = chunks;
-        while let Some((&first, _)) = rest.split_first() {
-            if !self.g.chunk_in_data_area(first) {
+        let mut c = first;
+        while c < end {
+            if !self.g.chunk_in_data_area(c) {
                 return Err(Error::Corrupt {
                     what: "space map: chunk outside the data area",
-                    block: first,
+                    block: c,
                 });
             }
-            let block = self.g.chunk_block(first);
+            let block = self.g.chunk_block(c);
             let bitmap = block / self.g.bits_per_bitmap;
-            let mut len = 1;
-            while let Some(&c) = rest.get(len) {
-                let adjacent = first.checked_add(len as u64) == Some(c);
-                if !adjacent
-                    || !self.g.chunk_in_data_area(c)
-                    || self.g.chunk_block(c) / self.g.bits_per_bitmap != bitmap
-                {
-                    break;
-                }
-                len += 1;
+            let mut n = 1;
+            while c + n < end
+                && self.g.chunk_in_data_area(c + n)
+                && self.g.chunk_block(c + n) / self.g.bits_per_bitmap == bitmap
+            {
+                n += 1;
             }
-            self.free_blocks(block, len as u64 * self.g.chunk_blocks)?;
-            self.sb.data_chunks =
-                self.sb
-                    .data_chunks
-                    .checked_sub(len as u64)
-                    .ok_or(Error::Corrupt {
-                        what: "data chunk counter underflow",
-                        block: 0,
-                    })?;
-            rest = rest.get(len..).unwrap_or(&[]);
+            self.free_blocks(block, n * self.g.chunk_blocks)?;
+            self.sb.data_chunks = self.sb.data_chunks.checked_sub(n).ok_or(Error::Corrupt {
+                what: "data chunk counter underflow",
+                block: 0,
+            })?;
+            c += n;
         }
         Ok(())
     }

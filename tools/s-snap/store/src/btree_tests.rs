@@ -146,6 +146,31 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
                 .map(|(k, _)| *k)
                 .unwrap();
             let in_leaf = leaf_keys(&s, TREE_PRIVATE, from);
+            // The whole leaf at once, unless it is the root.
+            let span = s.leaf_span(TREE_PRIVATE, from).unwrap();
+            if rng.next() % 4 == 0 && !span.root {
+                let (first, last) = span.keys.unwrap();
+                let in_leaf = leaf_keys(&s, TREE_PRIVATE, first);
+                assert_eq!(
+                    (Some(&first), Some(&last)),
+                    (in_leaf.first(), in_leaf.last())
+                );
+                assert_eq!(span.len, in_leaf.len());
+                let mut seen = std::vec::Vec::new();
+                let dropped = s
+                    .drop_leaf(TREE_PRIVATE, first, span.len, |_, vals| {
+                        seen.extend_from_slice(vals);
+                        Ok(())
+                    })
+                    .unwrap();
+                assert!(dropped);
+                let want: std::vec::Vec<u128> = in_leaf.iter().map(|k| m[k]).collect();
+                assert_eq!(seen, want, "values handed out by drop_leaf");
+                for k in &in_leaf {
+                    m.remove(k);
+                }
+                continue;
+            }
             // All of them, every other one, or the first few.
             let run: std::vec::Vec<u128> = match rng.next() % 3 {
                 0 => in_leaf,
