@@ -78,7 +78,7 @@ impl<I: BlockIo> Store<I> {
         let other = self.g.bitmap_slot(i, s ^ 1);
         // At most two handles at a time: the current copy, and the committed one or the copy
         // this transaction starts.
-        let mut committed = 0;
+        let committed;
         let h = self.read_valid(cur, BM_MAGIC)?;
         self.check_bm_index(&h, cur, i)?;
         if rd64(&h, OFF_TXID)? == self.cur {
@@ -86,12 +86,7 @@ impl<I: BlockIo> Store<I> {
             {
                 let c = self.read_valid(other, BM_MAGIC)?;
                 self.check_bm_index(&c, other, i)?;
-                for bit in bit0..bit0 + len {
-                    let (off, mask) = bit_pos(bit);
-                    if rd8(&c, off)? & mask != 0 {
-                        committed += 1;
-                    }
-                }
+                committed = count_bits(&c, bit0, len)?;
             }
             flip_bits(&mut h, bit0, len, set, first)?;
             seal(&self.io, &mut h)?;
@@ -105,12 +100,7 @@ impl<I: BlockIo> Store<I> {
             dst.copy_from_slice(&h);
             drop(h);
             // The committed version is the one copied.
-            for bit in bit0..bit0 + len {
-                let (off, mask) = bit_pos(bit);
-                if rd8(&dst, off)? & mask != 0 {
-                    committed += 1;
-                }
-            }
+            committed = count_bits(&dst, bit0, len)?;
             flip_bits(&mut dst, bit0, len, set, first)?;
             wr64(&mut dst, OFF_BLOCKNR, other)?;
             wr64(&mut dst, OFF_TXID, self.cur)?;
@@ -547,18 +537,53 @@ fn bit_pos(bit: u64) -> (usize, u8) {
     (BM_BITS + (bit / 8) as usize, 1u8 << (bit % 8))
 }
 
-/// Sets or clears `len` bits from `bit0` of a bitmap block; every one must
-/// be in the other state (`first` names the first block, for the error).
-fn flip_bits(b: &mut [u8], bit0: u64, len: u64, set: bool, first: u64) -> Result<()> {
-    for bit in bit0..bit0 + len {
-        let (off, mask) = bit_pos(bit);
-        let v = rd8(b, off)?;
-        if (v & mask != 0) == set {
-            return Err(flip_error(set, first + (bit - bit0)));
-        }
-        wr8(b, off, v ^ mask)?;
+/// Calls `f(offset, mask, bit)` for each byte of a bitmap block that holds
+/// some of the bits `bit0..bit0 + len`, in order: `mask` selects them in the
+/// byte, and `bit` is the first of them. A chunk's blocks or a run of
+/// chunks take whole bytes, which are then handled at once.
+fn for_each_bitmap_byte(
+    bit0: u64,
+    len: u64,
+    mut f: impl FnMut(usize, u8, u64) -> Result<()>,
+) -> Result<()> {
+    let end = bit0
+        .checked_add(len)
+        .ok_or(Error::Internal("bitmap range"))?;
+    let mut bit = bit0;
+    while bit < end {
+        let at = bit % 8;
+        let n = (8 - at).min(end - bit);
+        // n is 1..=8 and at + n <= 8: the mask fits in the byte.
+        let mask = (((1u16 << n) - 1) << at) as u8;
+        let (off, _) = bit_pos(bit);
+        f(off, mask, bit)?;
+        bit += n;
     }
     Ok(())
+}
+
+/// How many of the bits `bit0..bit0 + len` of a bitmap block are set.
+pub(crate) fn count_bits(b: &[u8], bit0: u64, len: u64) -> Result<u64> {
+    let mut set = 0u64;
+    for_each_bitmap_byte(bit0, len, |off, mask, _| {
+        set += u64::from((rd8(b, off)? & mask).count_ones());
+        Ok(())
+    })?;
+    Ok(set)
+}
+
+/// Sets or clears `len` bits from `bit0` of a bitmap block; every one must
+/// be in the other state (`first` names the first block, for the error).
+pub(crate) fn flip_bits(b: &mut [u8], bit0: u64, len: u64, set: bool, first: u64) -> Result<()> {
+    for_each_bitmap_byte(bit0, len, |off, mask, bit| {
+        let v = rd8(b, off)?;
+        let wrong = if set { v & mask } else { !v & mask };
+        if wrong != 0 {
+            let bad = bit - bit % 8 + u64::from(wrong.trailing_zeros());
+            return Err(flip_error(set, first + (bad - bit0)));
+        }
+        wr8(b, off, v ^ mask)
+    })
 }
 
 /// The bits of `free` that start an aligned run of `group` (a power of two
@@ -591,7 +616,7 @@ fn spread(starts: u64, group: u64) -> u64 {
 }
 
 /// The error for allocating an allocated block or freeing a free one.
-fn flip_error(set: bool, nr: u64) -> Error {
+pub(crate) fn flip_error(set: bool, nr: u64) -> Error {
     Error::Corrupt {
         what: if set {
             "space map: allocating an allocated block"

@@ -24,3 +24,5 @@ pub mod userspace;
 mod btree_tests;
 #[cfg(test)]
 mod journal_tests;
+#[cfg(test)]
+mod space_map_tests;
