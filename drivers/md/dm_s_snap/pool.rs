@@ -110,6 +110,10 @@ struct InFlight {
 pub(crate) struct OriginIo {
     /// The write is counted in `Pool::in_flight.origin_writes`.
     pub(crate) counted: bool,
+    /// The [`State::handler_gen`] at which the write was found to need nothing but the next
+    /// commit (0: never): if no message handler changed the store since, it proceeds after
+    /// that commit without asking the store again (see `Pool::process_origin`).
+    pub(crate) ready_at_gen: u64,
 }
 
 /// Bios handed from `map` to the worker.
@@ -131,6 +135,9 @@ struct State {
     held_snap: BioList<SnapBio>,
     /// Message handlers waiting for copies and origin writes to drain.
     quiescing: u32,
+    /// Counts the message handlers that changed the store (from 1): what an origin write
+    /// needs may have grown with each (a snapshot created, a rollback started).
+    handler_gen: u64,
     /// Ids of snapshots that have an active `s-snap` device.
     active: KVec<u32>,
     /// A store operation failed fatally: every bio that needs the store fails.
@@ -261,6 +268,7 @@ impl Pool {
             held_origin: BioList::default(),
             held_snap: BioList::default(),
             quiescing: 0,
+            handler_gen: 1,
             active: KVec::new(),
             failed: false,
             cow_full: false,

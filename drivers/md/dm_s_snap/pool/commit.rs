@@ -79,9 +79,12 @@ impl Committer {
         self.origin.push_back(bio);
     }
 
-    /// Every bio of `bios` is issued (or checked again) once the next commit finished.
-    pub(super) fn after_commit_origins(&mut self, bios: &mut BioList<OriginBio>) {
-        self.origin.append(bios);
+    /// `bio` needs nothing but the next commit, as the store said at handler generation
+    /// `gen`: it is issued once that commit finished, without asking the store again unless
+    /// a message handler changed the store meanwhile.
+    pub(super) fn after_commit_ready_origin(&mut self, mut bio: OriginBio, gen: u64) {
+        bio.per_io_mut().ready_at_gen = gen;
+        self.origin.push_back(bio);
     }
 
     /// `bio` is issued once the next commit finished.
@@ -262,7 +265,9 @@ impl Pool {
                     self.committed(st);
                 }
                 // Each one is checked again: a snapshot may have been created meanwhile, and
-                // then its chunk needs a copy first. Normally this issues it.
+                // then its chunk needs a copy first (`process_origin` skips the store's check
+                // when no message handler ran since the bio was found ready). Normally this
+                // issues it.
                 while let Some(bio) = origin.pop() {
                     self.process_origin(st, bio, true);
                 }

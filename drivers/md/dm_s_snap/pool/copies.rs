@@ -239,6 +239,9 @@ impl Pool {
                     FailedWrite::Unshare(plan.snapshot())
                 }
             };
+            // The origin's copy covers every snapshot that lacked the chunk: once it is
+            // committed, the origin writes that waited for it need nothing more.
+            let origin_copy = matches!(p.plan, PlanKind::Origin(_));
             let result = if state == COPY_OK {
                 match p.plan {
                     PlanKind::Origin(plan) => st.store.origin_write_complete(plan),
@@ -281,7 +284,13 @@ impl Pool {
                     st.commits.mark_dirty();
                     // Origin writes go after the commit that makes the exception durable; the
                     // retry then issues them (or copies again for a snapshot created since).
-                    st.commits.after_commit_origins(&mut p.origin_waiters);
+                    while let Some(bio) = p.origin_waiters.pop() {
+                        if origin_copy {
+                            st.commits.after_commit_ready_origin(bio, st.handler_gen);
+                        } else {
+                            st.commits.after_commit_origin(bio);
+                        }
+                    }
                     // A snapshot write now finds its own chunk: retry it at once.
                     st.held_snap.append(&mut p.snap_waiters);
                 }

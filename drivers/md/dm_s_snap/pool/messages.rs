@@ -32,6 +32,7 @@ impl Pool {
             Err(store::Error::Failed.into())
         } else {
             f(&mut st).and_then(|r| {
+                st.handler_gen = st.handler_gen.wrapping_add(1).max(1);
                 st.commits.mark_dirty();
                 self.before_commit(&mut st);
                 let committed = st.store.commit();

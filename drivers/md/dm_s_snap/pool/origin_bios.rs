@@ -28,9 +28,11 @@ impl Pool {
     pub(super) fn process_origin(
         self: &Arc<Self>,
         st: &mut State,
-        bio: OriginBio,
+        mut bio: OriginBio,
         committed: bool,
     ) {
+        // Good for the commit that releases the bio only: a bio that waits again is marked again.
+        let ready_at_gen = core::mem::take(&mut bio.per_io_mut().ready_at_gen);
         if st.failed {
             bio.end(Err(EIO));
             return;
@@ -70,7 +72,16 @@ impl Pool {
             self.origin_discard(st, bio, chunk);
             return;
         }
-        match st.store.origin_write_prepare(chunk) {
+        // A write released by the commit it was found to need alone proceeds: no snapshot was
+        // created (nor a rollback started) since, as no message handler ran. That saves the
+        // store a look-up for most first writes.
+        let ready = committed && ready_at_gen == st.handler_gen && !st.store.rolling_back();
+        let needs = if ready {
+            Ok(OriginWrite::Proceed)
+        } else {
+            st.store.origin_write_prepare(chunk)
+        };
+        match needs {
             Ok(OriginWrite::Proceed) => {
                 // Not while a handler quiesces: a snapshot it creates may share the chunk again,
                 // and the handler emptied the cache already.
@@ -79,7 +90,9 @@ impl Pool {
                 }
                 self.issue_origin(st, bio, committed)
             }
-            Ok(OriginWrite::AfterCommit) => st.commits.after_commit_origin(bio),
+            Ok(OriginWrite::AfterCommit) => {
+                st.commits.after_commit_ready_origin(bio, st.handler_gen)
+            }
             Ok(OriginWrite::RollBackFirst) => self.roll_back_for_write(st, bio, chunk, committed),
             Ok(OriginWrite::Copy(plan)) => {
                 // A chunk was allocated: the COW device is not full (any more).
@@ -203,7 +216,7 @@ impl Pool {
     /// finished since it arrived.
     pub(super) fn issue_origin(&self, st: &mut State, mut bio: OriginBio, committed: bool) {
         if !committed && (bio.is_flush() || bio.is_fua()) {
-            st.commits.after_commit_origin(bio);
+            st.commits.after_commit_ready_origin(bio, st.handler_gen);
             return;
         }
         // Discards count as writes: a snapshot created next must not see one land.
