@@ -308,42 +308,24 @@ fn reclaim_on_full_device_commits_midway_and_resumes() {
     // A nearly full device: reclaiming a snapshot whose exceptions share
     // leaves with those a live snapshot needs takes fresh metadata blocks
     // (the leaves' shadow copies), more than are free; the reclaim asks for
-    // a commit of what it has done and goes on. Snapshot 1 alone needs the
-    // copies of the even chunks, snapshots 1 and 2 those of the odd ones,
-    // which fill the device: each shared leaf holds both.
+    // a commit of what it has done and goes on.
     let mut h = Harness::new(MemDisk::new(30000 * BS), 80000, 64);
     let baseline = usage_baseline(&h.s().usage());
-    h.create(1);
-    for c in 0..20000 {
-        h.origin_write(c * 2, 0);
-    }
-    h.commit();
-    h.create(2);
-    let mut c = 1;
-    while h.nospace == 0 {
-        h.origin_write(c, 1);
-        c += 2;
-    }
-    h.commit();
+    h.fill_interleaved(20000);
     assert!(
         reclaim_on_full_device(&mut h, 1),
         "reclaim did not commit midway"
     );
-    h.delete(2);
-    h.commit();
-    h.check();
-    h.reclaim_all();
-    h.commit();
-    h.check();
+    h.delete_and_reclaim(2);
     assert_eq!(usage_baseline(&h.s().usage()), baseline);
 }
 
 #[test]
 fn reclaim_of_whole_leaves_needs_no_free_metadata() {
-    // The same, but snapshot 1's 20,000 private exceptions fill leaves of
-    // their own (270 entries each), more leaves than the device has free
-    // blocks at the end: each is dropped whole, which copies nothing, so the
-    // reclaim needs no commit midway.
+    // Snapshot 1's 20,000 private exceptions fill leaves of their own (270
+    // entries each), more leaves than the full device has free blocks at
+    // the end: each is dropped whole, which copies nothing, so the reclaim
+    // needs no commit midway.
     let mut h = Harness::new(MemDisk::new(30000 * BS), 80000, 64);
     let baseline = usage_baseline(&h.s().usage());
     h.create(1);
@@ -362,12 +344,7 @@ fn reclaim_of_whole_leaves_needs_no_free_metadata() {
         !reclaim_on_full_device(&mut h, 1),
         "reclaim committed midway"
     );
-    h.delete(2);
-    h.commit();
-    h.check();
-    h.reclaim_all();
-    h.commit();
-    h.check();
+    h.delete_and_reclaim(2);
     assert_eq!(usage_baseline(&h.s().usage()), baseline);
 }
 

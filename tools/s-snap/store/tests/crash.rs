@@ -328,27 +328,15 @@ fn crash_every_write_point_seed5() {
 /// pending and finishes it.
 #[test]
 fn crash_during_delete_that_commits_midway() {
-    // Snapshot 1 alone needs the copies of the even chunks, snapshots 1
-    // and 2 those of the odd ones, which fill the device: the leaves hold
-    // both, so the reclaim shadows them (a leaf only for deleted snapshots
-    // is dropped whole, which allocates nothing), and they are more than
-    // the full device has free blocks: more than the metadata reserve and
-    // what allocation keeps back for outstanding completions.
+    // The leaves that snapshot 1's exceptions share with snapshot 2's are
+    // shadowed by the reclaim (a leaf only for deleted snapshots is dropped
+    // whole, which allocates nothing), and they are more than the full
+    // device has free blocks: more than the metadata reserve and what
+    // allocation keeps back for outstanding completions.
     let disk = CrashDisk::new(vec![0; 20000 * BS]);
     let mut h = Harness::build(disk, 40000, 64, Some((11, 4)), log_len);
     h.allow_direct = false;
-    h.create(1);
-    for c in 0..12000 {
-        h.origin_write(c * 2, 0);
-    }
-    h.commit();
-    h.create(2);
-    let mut c = 1;
-    while h.nospace == 0 {
-        h.origin_write(c, 1);
-        c += 2;
-    }
-    h.commit();
+    h.fill_interleaved(12000);
     let before = h.s().info().committed_txid;
     // The crash window starts right after the last flush: what came before
     // is durable (early write-back may have written blocks since).

@@ -237,12 +237,7 @@ fn nospace_is_reported_and_recoverable() {
     h.commit();
     h.verify_all();
     h.check();
-    h.delete(1);
-    h.commit();
-    h.check();
-    h.reclaim_all();
-    h.commit();
-    h.check();
+    h.delete_and_reclaim(1);
     assert_eq!(usage_baseline(&h.s().usage()), baseline);
     h.create(2);
     for c in 0..20 {

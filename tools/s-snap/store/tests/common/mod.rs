@@ -306,6 +306,37 @@ impl<D: Disk> Harness<D> {
         }
     }
 
+    /// Deletes snapshot `id` and reclaims its space to the end, committing
+    /// and checking the store after the deletion and after the reclaim.
+    pub fn delete_and_reclaim(&mut self, id: u32) {
+        self.delete(id);
+        self.commit();
+        self.check();
+        self.reclaim_all();
+        self.commit();
+        self.check();
+    }
+
+    /// Creates snapshot 1 and copies the first `evens` even chunks for it,
+    /// then snapshot 2 and copies odd chunks, which both need, until the
+    /// store is full; commits. The shared leaves then hold exceptions that
+    /// only snapshot 1 needs beside ones that snapshot 2 needs too, so that
+    /// reclaiming snapshot 1 must copy (shadow) them rather than drop them.
+    pub fn fill_interleaved(&mut self, evens: u64) {
+        self.create(1);
+        for c in 0..evens {
+            self.origin_write(c * 2, 0);
+        }
+        self.commit();
+        self.create(2);
+        let mut c = 1;
+        while self.nospace == 0 {
+            self.origin_write(c, 1);
+            c += 2;
+        }
+        self.commit();
+    }
+
     /// Reclaims until every deleted snapshot's space is back.
     pub fn reclaim_all(&mut self) {
         for _ in 0..1_000_000 {
