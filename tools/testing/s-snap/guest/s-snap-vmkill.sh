@@ -75,8 +75,36 @@ if [ -n "$id" ]; then
 	dmsetup remove "snap$id"
 fi
 dmsetup remove work
-dd if=/tmp/older.blk of=/dev/vda bs=4096 seek=$i oflag=direct conv=notrunc 2>/dev/null
-expect_fail "origin block $i replaced by $other" verify
+# A block written after the last sync may hold its older data after the kill,
+# which the check rightly accepts: if it accepts the older data of block $i,
+# the control moves on to the next block where the snapshot differs, up to 8.
+tries=1
+while :; do
+	dd if=/tmp/older.blk of=/dev/vda bs=4096 seek=$i oflag=direct conv=notrunc 2>/dev/null
+	if ! verify >/tmp/expect_fail.out 2>&1; then
+		echo "ok: origin block $i replaced by $other refused: $(tail -n 1 /tmp/expect_fail.out)"
+		break
+	fi
+	dmsetup remove_all
+	dd if=/tmp/origin.blk of=/dev/vda bs=4096 seek=$i oflag=direct conv=notrunc 2>/dev/null
+	if [ -z "$id" ] || [ $tries -ge 8 ]; then
+		cat /tmp/expect_fail.out
+		fail "origin block $i replaced by $other: 'verify' succeeded ($tries blocks tried)"
+	fi
+	echo "ok: the check accepts origin block $i holding the data of snapshot $id (a write after the last sync may be lost): next block"
+	tries=$((tries + 1))
+	load_origin
+	snapshot_device "$id"
+	i=$((i + 1))
+	while [ $i -lt $blocks ] && same_bytes /dev/mapper/work "/dev/mapper/snap$id" $i $i 1 >/dev/null; do
+		i=$((i + 1))
+	done
+	[ $i -lt $blocks ] || fail "origin block replaced by $other: 'verify' succeeded, and no block is left to try"
+	dd if="/dev/mapper/snap$id" of=/tmp/older.blk bs=4096 skip=$i count=1 iflag=direct 2>/dev/null
+	dd if=/dev/mapper/work of=/tmp/origin.blk bs=4096 skip=$i count=1 iflag=direct 2>/dev/null
+	dmsetup remove "snap$id"
+	dmsetup remove work
+done
 dmsetup remove_all
 dd if=/tmp/origin.blk of=/dev/vda bs=4096 seek=$i oflag=direct conv=notrunc 2>/dev/null
 verify >/dev/null || fail "the state with every control undone"
