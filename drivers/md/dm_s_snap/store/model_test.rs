@@ -46,6 +46,10 @@ pub trait TestDevice: BlockIo {
     /// A crash: dirty blocks the cache did not write yet are lost; blocks
     /// it wrote early stay on the device.
     fn crash(&self);
+    /// Called between two operations, and between the steps of a long one: where a kernel
+    /// test gives the CPU away (`cond_resched()`), since a run takes seconds, or tens of
+    /// seconds on a checking kernel.
+    fn between_operations(&self) {}
 }
 
 /// What a run does.
@@ -815,6 +819,7 @@ impl<D: TestDevice> Run<D> {
 
     fn reclaim_all(&mut self) -> Outcome<()> {
         for _ in 0..100_000 {
+            self.s()?.io().between_operations();
             match self.s()?.reclaim(u64::MAX) {
                 Ok(Reclaim::Done) => return Ok(()),
                 Ok(Reclaim::More) => {}
@@ -1044,6 +1049,7 @@ pub fn run<D: TestDevice>(dev: D, p: Params) -> Result<Summary, Failure> {
     while run.step < p.ops {
         run.one_op()?;
         run.step += 1;
+        run.s()?.io().between_operations();
     }
     run.final_checks()?;
     Ok(run.sum)
