@@ -382,6 +382,7 @@ impl Packing {
     }
 
     /// Reads a packed value at `off`.
+    #[inline]
     pub(crate) fn read(self, b: &[u8], off: usize) -> Result<u128> {
         let lo = rd_uint(b, off, self.lo)?;
         let hi = rd_uint(b, off + self.lo, self.hi)?;
@@ -404,18 +405,18 @@ fn fits(v: u64, width: usize) -> bool {
 }
 
 /// Reads a little-endian unsigned integer of `width` (0 to 8) bytes.
+#[inline]
 fn rd_uint(b: &[u8], off: usize, width: usize) -> Result<u64> {
     if width > 8 {
         return Err(Error::Internal("integer too wide"));
     }
-    let end = off
-        .checked_add(width)
-        .ok_or(Error::Internal("offset overflow"))?;
-    // B+tree searches read keys of every width many times per lookup: load 8 bytes and mask
-    // where the block has them, rather than copying `width` bytes (a call to memcpy).
+    // B+tree searches and scans read keys and values of every width many times per node:
+    // load 8 bytes and mask where the block has them. A fixed-size load, not a copy of
+    // `width` bytes, which the kernel's build makes a call to memcpy.
     if let Some(eight) = off.checked_add(8).and_then(|e| b.get(off..e)) {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(eight);
+        let a: [u8; 8] = eight
+            .try_into()
+            .map_err(|_| Error::Internal("slice size"))?;
         let v = u64::from_le_bytes(a);
         return Ok(if width == 8 {
             v
@@ -423,6 +424,9 @@ fn rd_uint(b: &[u8], off: usize, width: usize) -> Result<u64> {
             v & ((1u64 << (8 * width)) - 1)
         });
     }
+    let end = off
+        .checked_add(width)
+        .ok_or(Error::Internal("offset overflow"))?;
     let mut a = [0u8; 8];
     let s = b
         .get(off..end)
@@ -493,6 +497,7 @@ impl NodeFormat {
 
     /// The format of a node, from the tree id in its header (which
     /// `read_node` has checked).
+    #[inline]
     pub(crate) fn of_node(b: &[u8]) -> Result<&'static NodeFormat> {
         let t = rd8(b, NODE_TREE)?;
         NODE_FORMATS
@@ -501,6 +506,7 @@ impl NodeFormat {
     }
 
     /// Maximum entries of a node at `level` (0 = leaf).
+    #[inline]
     pub(crate) fn max_entries(&self, level: u8) -> usize {
         if level == 0 {
             self.leaf_max
@@ -516,11 +522,13 @@ impl NodeFormat {
     }
 
     /// Offset of key `i` of a node at `level`.
+    #[inline]
     pub(crate) fn key_off(&self, i: usize) -> usize {
         NODE_KEYS + self.key.size() * i
     }
 
     /// Offset of value `i` for a node at `level`, and the value size.
+    #[inline]
     pub(crate) fn val_off(&self, level: u8, i: usize) -> (usize, usize) {
         let max = self.max_entries(level);
         let base = NODE_KEYS + self.key.size() * max;
