@@ -112,6 +112,7 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Key `i` of a node.
+    #[inline]
     pub(crate) fn key(&self, b: &[u8], i: usize) -> Result<u128> {
         let f = NodeFormat::of_node(b)?;
         f.key.read(b, f.key_off(i))
@@ -124,6 +125,7 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Value `i` of a leaf.
+    #[inline]
     pub(crate) fn leaf_val(&self, b: &[u8], i: usize) -> Result<u128> {
         let f = NodeFormat::of_node(b)?;
         f.val.read(b, f.val_off(0, i).0)
@@ -136,6 +138,7 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Child pointer `i` of an internal node.
+    #[inline]
     pub(crate) fn child(&self, b: &[u8], i: usize) -> Result<u64> {
         let f = NodeFormat::of_node(b)?;
         rd64(b, f.val_off(1, i).0)
@@ -298,11 +301,30 @@ impl<I: BlockIo> Store<I> {
 
     /// Where the leaf that would hold `k` lies in the key space.
     pub(crate) fn leaf_span(&self, tree: usize, k: u128) -> Result<LeafSpan> {
+        self.leaf_span_visiting(tree, k, |_, _| Ok(false))
+    }
+
+    /// Like [`Store::leaf_span`], calling `visit(key, value)` for the leaf's entries in order
+    /// until it returns `false`: a caller that decides on the whole leaf reads it once.
+    pub(crate) fn leaf_span_visiting<F>(
+        &self,
+        tree: usize,
+        k: u128,
+        mut visit: F,
+    ) -> Result<LeafSpan>
+    where
+        F: FnMut(u128, u128) -> Result<bool>,
+    {
         let (h, n, next) = self.find_leaf(tree, k)?;
         let keys = match n.checked_sub(1) {
             Some(last) => Some((self.key(&h, 0)?, self.key(&h, last)?)),
             None => None,
         };
+        for i in 0..n {
+            if !visit(self.key(&h, i)?, self.leaf_val(&h, i)?)? {
+                break;
+            }
+        }
         Ok(LeafSpan {
             keys,
             len: n,

@@ -181,7 +181,7 @@ impl<I: BlockIo> Store<I> {
     /// Step 1: removes up to `max` private exceptions of epoch `e`, from the
     /// first leaf that holds any; returns how many (0 if none is left).
     fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
-        if let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0))? {
+        if let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0), None)? {
             // It starts at or after e's first key: its last key tells whether all are e's.
             if let Some((first, _)) = span.keys.filter(|&(_, last)| hi64(last) == e) {
                 if self.drop_reclaimed_leaf(TREE_PRIVATE, first, span.len)? {
@@ -257,9 +257,10 @@ impl<I: BlockIo> Store<I> {
     /// and that no live snapshot needs, all from the first leaf at or after
     /// the scan cursor that holds any; returns how many (0 if none is left).
     fn reclaim_shared(&mut self, e: u64, max: usize) -> Result<usize> {
-        if let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor)? {
+        let mut common = CommonRange::default();
+        if let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor, Some(&mut common))? {
             if let Some((first, _)) = span.keys {
-                if self.leaf_only_for_deleted(first, e)?
+                if self.only_for_deleted(&common, e)?
                     && self.drop_reclaimed_leaf(TREE_SHARED, first, span.len)?
                 {
                     self.sb.shared = self.sb.shared.saturating_sub(span.len as u64);
@@ -355,9 +356,15 @@ impl<I: BlockIo> Store<I> {
 
     /// The leaf of `tree` that holds the first key >= `from`, if it holds
     /// no key below `from` and is not the root: one the reclaim may drop
-    /// whole.
-    fn leaf_from(&self, tree: usize, from: u128) -> Result<Option<LeafSpan>> {
-        let mut span = self.leaf_span(tree, from)?;
+    /// whole. With `common`, the epoch range its shared exceptions have in
+    /// common goes there.
+    fn leaf_from(
+        &self,
+        tree: usize,
+        from: u128,
+        mut common: Option<&mut CommonRange>,
+    ) -> Result<Option<LeafSpan>> {
+        let mut span = self.leaf_visited(tree, from, common.as_deref_mut())?;
         if let (Some((_, last)), Some(next)) = (span.keys, span.next) {
             if last < from {
                 if next <= from {
@@ -366,7 +373,7 @@ impl<I: BlockIo> Store<I> {
                         block: 0,
                     });
                 }
-                span = self.leaf_span(tree, next)?;
+                span = self.leaf_visited(tree, next, common)?;
             }
         }
         Ok(match span.keys {
@@ -375,20 +382,31 @@ impl<I: BlockIo> Store<I> {
         })
     }
 
-    /// Do the shared exceptions of the leaf starting at `first` all hold
-    /// epoch `e` in their range, and that range the same for all, with no
-    /// snapshot in it but deleted ones? (Then none is needed any more.)
-    fn leaf_only_for_deleted(&self, first: u128, e: u64) -> Result<bool> {
-        let mut range: Option<(u64, u64)> = None;
-        let mut uniform = true;
-        self.scan_leaf(TREE_SHARED, first, |k, v| {
-            let r = (hi64(v), lo64(k));
-            uniform = r.0 <= e && e <= r.1 && range.map_or(true, |x| x == r);
-            range = Some(r);
-            Ok(uniform)
-        })?;
-        match range {
-            Some((lo, hi)) if uniform => Ok(!self.any_snapshot_in(lo, hi, DELETING)?),
+    /// The leaf of `tree` that would hold `k`; with `common`, the epoch
+    /// range of its shared exceptions goes there.
+    fn leaf_visited(
+        &self,
+        tree: usize,
+        k: u128,
+        common: Option<&mut CommonRange>,
+    ) -> Result<LeafSpan> {
+        match common {
+            None => self.leaf_span(tree, k),
+            Some(c) => {
+                *c = CommonRange::default();
+                self.leaf_span_visiting(tree, k, |key, v| Ok(c.add((hi64(v), lo64(key)))))
+            }
+        }
+    }
+
+    /// Do the shared exceptions of a leaf, whose common range is `common`,
+    /// all hold epoch `e` in that range, with no snapshot in it but deleted
+    /// ones? (Then none is needed any more.)
+    fn only_for_deleted(&self, common: &CommonRange, e: u64) -> Result<bool> {
+        match common.range {
+            Some((lo, hi)) if common.uniform && lo <= e && e <= hi => {
+                Ok(!self.any_snapshot_in(lo, hi, DELETING)?)
+            }
             _ => Ok(false),
         }
     }
@@ -490,5 +508,28 @@ impl<I: BlockIo> Store<I> {
             .saturating_add(self.sb.dropped)
             .saturating_add(self.deleting)
             .saturating_add(1)
+    }
+}
+
+/// The epoch range `(lo, hi)` that every shared exception of a leaf has, if
+/// they all have the same one (`uniform`).
+#[derive(Default)]
+struct CommonRange {
+    range: Option<(u64, u64)>,
+    uniform: bool,
+}
+
+impl CommonRange {
+    /// Adds an exception's range; false once the ranges differ.
+    fn add(&mut self, r: (u64, u64)) -> bool {
+        match self.range {
+            None => {
+                self.range = Some(r);
+                self.uniform = true;
+            }
+            Some(x) if x == r => {}
+            Some(_) => self.uniform = false,
+        }
+        self.uniform
     }
 }
