@@ -5,21 +5,27 @@
 # libraries they link, util-linux blockdev, the kernel modules of the build,
 # the guest test scripts and the project's static guest tools.
 #
-# usage: mkinitramfs.sh [--bench] OUTPUT.cpio.gz
+# usage: mkinitramfs.sh [--bench] [--perf] OUTPUT.cpio.gz
 #
 # --bench adds fio and the libraries it links (about 80 MB), for `make bench`;
 # the test suite's initramfs stays without it, so that every boot stays quick.
+# --perf adds the host's perf (Debian's linux-perf), for `make profile`.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/env.sh
 . "$REPO/scripts/env.sh"
 bench=0
-if [ "${1:-}" = --bench ]; then
-	bench=1
+perf=0
+while [ $# -gt 1 ]; do
+	case $1 in
+	--bench) bench=1 ;;
+	--perf) perf=1 ;;
+	*) break ;;
+	esac
 	shift
-fi
-out=${1:?usage: mkinitramfs.sh [--bench] OUTPUT.cpio.gz}
+done
+out=${1:?usage: mkinitramfs.sh [--bench] [--perf] OUTPUT.cpio.gz}
 
 die() { echo "mkinitramfs: error: $*" >&2; exit 1; }
 [ -d "$MODROOT/lib/modules" ] || die "no modules in $MODROOT: run scripts/build-kernel.sh first"
@@ -48,6 +54,9 @@ done
 ln -sf mke2fs "$root/sbin/mkfs.ext4"
 if [ "$bench" = 1 ]; then
 	copy_with_libs /usr/bin/fio
+fi
+if [ "$perf" = 1 ]; then
+	copy_with_libs /usr/bin/perf
 fi
 
 # Kernel modules of this build.

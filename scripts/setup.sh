@@ -14,7 +14,7 @@ PACKAGES=(
 	rust-web-clippy clang-19 lld-19 llvm-19 libclang-19-dev
 	libelf-dev libssl-dev bc flex bison cpio kmod rsync
 	busybox-static qemu-system-x86 dmsetup e2fsprogs util-linux fio
-	python3-docutils
+	python3-docutils linux-perf
 )
 
 die() { echo "setup: error: $*" >&2; exit 1; }

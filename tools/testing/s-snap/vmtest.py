@@ -298,10 +298,10 @@ def main():
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
     # selftest-* prove the harness fails when it should; demo-* are demos;
-    # bench-* are benchmarks (`make bench`).
+    # bench-* are benchmarks (`make bench`), profile-* profiles (`make profile`).
     tests = args.tests or sorted(
         p.stem for p in GUEST_DIR.glob("*.sh")
-        if not p.stem.startswith(("selftest-", "demo-", "bench-"))
+        if not p.stem.startswith(("selftest-", "demo-", "bench-", "profile-"))
     )
     failed = [name for name in tests if not run_test(args, name)]
     return 1 if failed else 0
