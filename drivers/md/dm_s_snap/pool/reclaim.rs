@@ -7,14 +7,13 @@ use super::{Pool, State};
 use crate::store::{self, Reclaim};
 use kernel::sync::Arc;
 
-/// Exceptions freed per worker run (a reclaim step frees a whole B+tree leaf, or up to 64
-/// exceptions of one; a run makes at least one step). The worker holds the pool's lock
-/// meanwhile, so this bounds the delay that reclaiming a deleted snapshot adds to bios and
-/// messages. Before steps were batched by leaf, 32 exceptions took about 6 ms under TCG;
-/// batched, 256 cost about as much. Whole leaves (213 exceptions) take about 1 ms each under
-/// TCG, and a budget of 2,048 reclaimed 262,144 exceptions only 6 % faster than this one: the
-/// worker's runs cost little beside the steps.
-const RECLAIM_STEPS: u64 = 256;
+/// Exceptions freed per worker run (a reclaim step drops whole B+tree leaves, adjacent ones under
+/// one parent, or removes up to 64 exceptions of one leaf; a run makes at least one step). The
+/// worker holds the pool's lock meanwhile, so this bounds the delay that reclaiming a deleted
+/// snapshot adds to bios and messages. A whole leaf holds up to 213 shared exceptions, so a run
+/// drops about five: a step seals the leaves' parent and changes each bitmap block once for all
+/// of them, where one leaf per step paid that for each.
+const RECLAIM_STEPS: u64 = 1024;
 
 /// Exceptions freed after which the worker commits even if nothing else asks for a commit: the
 /// frees of a transaction become reusable only when it commits, and a crash loses the work of

@@ -23,6 +23,7 @@
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::{BlockHandle, BlockIo};
+use super::space_map::QueuedFrees;
 use super::txn::{Store, H};
 
 /// Where a leaf scan ended.
@@ -47,11 +48,43 @@ pub(crate) struct LeafSpan {
     pub(crate) root: bool,
 }
 
-/// Values [`Store::drop_leaf`] hands to its caller at a time.
-pub(crate) const DROP_BATCH: usize = 32;
+/// Values [`Store::drop_leaves`] hands to its caller at a time: most of a
+/// leaf (up to 270 entries), so that it reads each leaf about twice.
+pub(crate) const DROP_BATCH: usize = 128;
+
+/// Leaves [`Store::drop_leaves`] drops at most in one descent.
+pub(crate) const DROP_LEAVES: usize = 8;
 
 fn corrupt(what: &'static str, block: u64) -> Error {
     Error::Corrupt { what, block }
+}
+
+/// The entries of a leaf, read with its format looked up once for all of
+/// them: scans and reclaim steps read every entry of a leaf.
+struct LeafEntries<'b> {
+    b: &'b [u8],
+    f: &'static NodeFormat,
+}
+
+impl<'b> LeafEntries<'b> {
+    fn of(b: &'b [u8]) -> Result<Self> {
+        Ok(LeafEntries {
+            b,
+            f: NodeFormat::of_node(b)?,
+        })
+    }
+
+    /// Key `i`.
+    #[inline]
+    fn key(&self, i: usize) -> Result<u128> {
+        self.f.key.read(self.b, self.f.key_off(i))
+    }
+
+    /// Value `i`.
+    #[inline]
+    fn val(&self, i: usize) -> Result<u128> {
+        self.f.val.read(self.b, self.f.val_off(0, i).0)
+    }
 }
 
 /// The internal nodes a descent went through, root first: the node, the
@@ -286,9 +319,9 @@ impl<I: BlockIo> Store<I> {
     {
         let (h, n, next) = self.find_leaf(tree, from)?;
         let mut i = self.search_ge(&h, n, from)?;
+        let leaf = LeafEntries::of(&h)?;
         while i < n {
-            let k = self.key(&h, i)?;
-            if !f(k, self.leaf_val(&h, i)?)? {
+            if !f(leaf.key(i)?, leaf.val(i)?)? {
                 return Ok(ScanEnd::Stopped);
             }
             i += 1;
@@ -320,8 +353,9 @@ impl<I: BlockIo> Store<I> {
             Some(last) => Some((self.key(&h, 0)?, self.key(&h, last)?)),
             None => None,
         };
+        let leaf = LeafEntries::of(&h)?;
         for i in 0..n {
-            if !visit(self.key(&h, i)?, self.leaf_val(&h, i)?)? {
+            if !visit(leaf.key(i)?, leaf.val(i)?)? {
                 break;
             }
         }
@@ -424,18 +458,23 @@ impl<I: BlockIo> Store<I> {
 
     /// Removes entry `pos` of a node holding `n` entries.
     fn node_remove(&self, b: &mut [u8], level: u8, n: usize, pos: usize) -> Result<()> {
-        if pos >= n {
-            return Err(Error::Internal("btree: remove past end"));
-        }
-        let f = NodeFormat::of_node(b)?;
-        let (vo, vs) = f.val_off(level, pos);
-        let ks = f.key.size();
-        move_bytes(b, f.key_off(pos + 1), ks * (n - pos - 1), f.key_off(pos))?;
-        move_bytes(b, vo + vs, vs * (n - pos - 1), vo)?;
-        let (lo, _) = f.val_off(level, n - 1);
-        zero_bytes(b, f.key_off(n - 1), ks)?;
-        zero_bytes(b, lo, vs)?;
-        Self::set_nr(b, n - 1)
+        self.node_remove_range(b, level, n, pos, 1)
+    }
+
+    /// Removes the `cnt` entries from `pos` of a node holding `n` entries.
+    fn node_remove_range(
+        &self,
+        b: &mut [u8],
+        level: u8,
+        n: usize,
+        pos: usize,
+        cnt: usize,
+    ) -> Result<()> {
+        let end = pos.checked_add(cnt).filter(|&e| e <= n && cnt != 0);
+        let end = end.ok_or(Error::Internal("btree: remove past end"))?;
+        self.shift_entries(b, level, end, n - end, pos)?;
+        self.zero_entries(b, n - cnt, n, level)?;
+        Self::set_nr(b, n - cnt)
     }
 
     /// Value of entry `i` (child pointer widened for internal nodes).
@@ -775,87 +814,121 @@ impl<I: BlockIo> Store<I> {
         Ok(removed)
     }
 
-    /// Removes the whole leaf whose keys run from `first` and that holds
-    /// `len` entries (as [`Store::leaf_span`] found it), in one descent
-    /// that stops at its parent: the leaf itself is neither copied nor
-    /// sealed, but unlinked and freed. Before it is unlinked, `each(self,
-    /// values)` sees its values in key order, [`DROP_BATCH`] at a time, to
-    /// free what they point to.
+    /// Removes whole leaves, adjacent in key order, given by their first key
+    /// and number of entries (as [`Store::leaf_span`] found them): as many of
+    /// them from the first as lie under the first one's parent and as leave
+    /// the parent its minimum, in one descent that stops at that parent. The
+    /// leaves are neither copied nor sealed, but unlinked and freed; the
+    /// parent is sealed once and each bitmap block changed once for all of
+    /// them. Before they are unlinked, `each(self, frees, chunks)` sees the
+    /// low halves of their values (what the exceptions point to) in key
+    /// order, [`DROP_BATCH`] at a time, to free them. The leaves' blocks are
+    /// queued in `frees` too, which the caller flushes
+    /// ([`Store::flush_frees`]): the bitmap block that holds the leaves and
+    /// the chunks changes once for them all.
     ///
-    /// Returns false, having changed only the shape of the path above it,
-    /// if the tree has no internal node (the caller removes the keys with
-    /// [`Store::remove_in_leaf`], which may empty a root leaf).
-    pub(crate) fn drop_leaf<F>(
+    /// Returns how many it dropped, at least one; none, having changed only
+    /// the shape of the path above them, if the tree has no internal node
+    /// (the caller removes the keys with [`Store::remove_in_leaf`], which may
+    /// empty a root leaf).
+    pub(crate) fn drop_leaves<F>(
         &mut self,
         tree: usize,
-        first: u128,
-        len: usize,
+        leaves: &[(u128, usize)],
+        frees: &mut QueuedFrees,
         mut each: F,
-    ) -> Result<bool>
+    ) -> Result<usize>
     where
-        F: FnMut(&mut Self, &[u128]) -> Result<()>,
+        F: FnMut(&mut Self, &mut QueuedFrees, &[u64]) -> Result<()>,
     {
+        let Some(&(first, _)) = leaves.first() else {
+            return Ok(0);
+        };
         if self.root(tree)?.depth < 2 {
-            return Ok(false);
+            return Ok(0);
         }
         self.ensure(self.op_need(tree))?;
         self.touch();
         let (parent, plevel, path) = self.descend_refilling_to(tree, first, 1)?;
         if plevel == 0 {
-            return Ok(false);
+            return Ok(0);
         }
-        let (pidx, pn, leaf) = {
-            let (p, pn) = self.write_node(parent, tree, plevel)?;
-            let pidx = self.search_le(&p, pn, first)?.unwrap_or(0);
-            if self.key(&p, pidx)? != first {
-                return Err(Error::Internal(
-                    "btree: dropped leaf does not start a subtree",
-                ));
-            }
-            (pidx, pn, self.child(&p, pidx)?)
-        };
         if plevel != 1 {
             return Err(Error::Internal(
                 "btree: descent stopped above the leaves' parents",
             ));
         }
-        if pn < 2 {
-            return Err(corrupt("btree: internal node with a single child", parent));
-        }
-        if leaf == parent {
-            return Err(corrupt("btree: node is its own child", parent));
-        }
-        let leaf_tx = {
-            let (h, n) = self.read_node(leaf, tree, 0)?;
-            if n != len || n == 0 || self.key(&h, 0)? != first {
-                return Err(Error::Internal(
-                    "btree: dropped leaf changed since it was read",
-                ));
+        let f = NodeFormat::of(tree)?;
+        // The leaves to drop: (block, txid).
+        let mut dropped = [(0u64, 0u64); DROP_LEAVES];
+        let (pidx, pn, count) = {
+            let (p, pn) = self.write_node(parent, tree, plevel)?;
+            if pn < 2 {
+                return Err(corrupt("btree: internal node with a single child", parent));
             }
-            rd64(&h, OFF_TXID)?
-        };
-        let mut vals = [0u128; DROP_BATCH];
-        let mut done = 0;
-        while done < len {
-            let m = (len - done).min(DROP_BATCH);
-            {
-                let (h, _) = self.read_node(leaf, tree, 0)?;
-                for (j, v) in vals.iter_mut().take(m).enumerate() {
-                    *v = self.leaf_val(&h, done + j)?;
+            let pidx = self.search_le(&p, pn, first)?.unwrap_or(0);
+            // The parent keeps its minimum; the root keeps one child, which then replaces it.
+            let keep = if path.len == 0 {
+                1
+            } else {
+                f.min_entries(plevel)
+            };
+            let room = pn.saturating_sub(keep).min(pn - pidx).min(DROP_LEAVES);
+            let mut count = 0;
+            for (j, &(k, len)) in leaves.iter().take(room).enumerate() {
+                // A separator is the first key of its subtree.
+                if self.key(&p, pidx + j)? != k {
+                    break;
                 }
+                let leaf = self.child(&p, pidx + j)?;
+                if leaf == parent {
+                    return Err(corrupt("btree: node is its own child", parent));
+                }
+                let (h, n) = self.read_node(leaf, tree, 0)?;
+                if n != len || n == 0 || self.key(&h, 0)? != k {
+                    return Err(Error::Internal(
+                        "btree: dropped leaf changed since it was read",
+                    ));
+                }
+                if let Some(slot) = dropped.get_mut(j) {
+                    *slot = (leaf, rd64(&h, OFF_TXID)?);
+                }
+                count += 1;
             }
-            each(self, vals.get(..m).unwrap_or(&[]))?;
-            done += m;
+            (pidx, pn, count)
+        };
+        if count == 0 {
+            return Err(Error::Internal(
+                "btree: dropped leaf does not start a subtree",
+            ));
+        }
+        let mut vals = [0u64; DROP_BATCH];
+        for (&(leaf, _), &(_, len)) in dropped.iter().zip(leaves).take(count) {
+            let mut done = 0;
+            while done < len {
+                let m = (len - done).min(DROP_BATCH);
+                {
+                    let (h, _) = self.read_node(leaf, tree, 0)?;
+                    let entries = LeafEntries::of(&h)?;
+                    for (j, v) in vals.iter_mut().take(m).enumerate() {
+                        *v = entries.val(done + j)? as u64;
+                    }
+                }
+                each(self, frees, vals.get(..m).unwrap_or(&[]))?;
+                done += m;
+            }
         }
         let new_min = {
             let (mut p, _) = self.write_node(parent, tree, plevel)?;
-            self.node_remove(&mut p, plevel, pn, pidx)?;
+            self.node_remove_range(&mut p, plevel, pn, pidx, count)?;
             let new_min = self.key(&p, 0)?;
             self.finish(&mut p)?;
             new_min
         };
-        self.free_meta(leaf, leaf_tx)?;
-        if path.len == 0 && pn == 2 {
+        for &(leaf, txid) in dropped.iter().take(count) {
+            self.queue_free_meta(frees, leaf, txid)?;
+        }
+        if path.len == 0 && pn - count == 1 {
             // The root has one child left, which replaces it.
             let only = {
                 let (p, _) = self.write_node(parent, tree, plevel)?;
@@ -871,7 +944,7 @@ impl<I: BlockIo> Store<I> {
         } else if pidx == 0 {
             self.replace_separator(tree, path.nodes(), first, new_min)?;
         }
-        Ok(true)
+        Ok(count)
     }
 
     /// Moves the entries `from..from + cnt` of a node at `level` to slots

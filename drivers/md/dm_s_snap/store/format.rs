@@ -384,6 +384,21 @@ impl Packing {
     /// Reads a packed value at `off`.
     #[inline]
     pub(crate) fn read(self, b: &[u8], off: usize) -> Result<u128> {
+        // Both halves from one bounds-checked window of 16 bytes, where the block has them:
+        // scans and reclaim steps read every entry of a leaf.
+        if let Some(w) = off.checked_add(16).and_then(|e| b.get(off..e)) {
+            let half = |at: usize, width: usize| -> Result<u64> {
+                let eight: [u8; 8] = at
+                    .checked_add(8)
+                    .and_then(|e| w.get(at..e))
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(Error::Internal("integer too wide"))?;
+                Ok(u64::from_le_bytes(eight) & low_bytes_mask(width))
+            };
+            let lo = half(0, self.lo)?;
+            let hi = half(self.lo, self.hi)?;
+            return Ok(((hi as u128) << 64) | lo as u128);
+        }
         let lo = rd_uint(b, off, self.lo)?;
         let hi = rd_uint(b, off + self.lo, self.hi)?;
         Ok(((hi as u128) << 64) | lo as u128)
@@ -396,6 +411,16 @@ impl Packing {
         }
         wr_uint(b, off, self.lo, x as u64)?;
         wr_uint(b, off + self.lo, self.hi, (x >> 64) as u64)
+    }
+}
+
+/// The mask of the low `width` bytes of a u64 (all of it from 8 on).
+#[inline]
+fn low_bytes_mask(width: usize) -> u64 {
+    match width {
+        0 => 0,
+        1..=7 => (1u64 << (8 * width)) - 1,
+        _ => u64::MAX,
     }
 }
 

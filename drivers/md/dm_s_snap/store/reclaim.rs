@@ -18,9 +18,11 @@
 //! Steps 1 and 2 work leaf by leaf. A leaf whose every entry goes (all of
 //! a snapshot's private exceptions, or shared exceptions that only deleted
 //! snapshots needed: the common case once the oldest snapshots go) is
-//! dropped whole: unlinked from its parent and freed without being copied,
-//! its data chunks freed in runs. Otherwise its entries go in batches, as
-//! many as leave the leaf its minimum.
+//! dropped whole, with the adjacent leaves after it under the same parent
+//! whose every entry goes too: unlinked from their parent, which is sealed
+//! once for them all, and freed without being copied, their data chunks
+//! freed in runs with one change per bitmap block. Otherwise a leaf's
+//! entries go in batches, as many as leave the leaf its minimum.
 //!
 //! Any number of snapshots may be waiting: they are reclaimed one after the
 //! other, in epoch order. The one in progress is the superblock's
@@ -33,16 +35,18 @@
 //! once: the id index then names the new epoch, and step 3 removes an id
 //! entry only while it still names the reclaimed epoch.
 
-use super::btree::{LeafSpan, ScanEnd};
+use super::btree::{LeafSpan, ScanEnd, DROP_LEAVES};
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::BlockIo;
 use super::ops::{hi64, lo64, private_key, DELETING, DROPPED, ID_SPACE};
+use super::space_map::QueuedFrees;
 use super::txn::Store;
 
-/// Exceptions one reclaim step removes at most. They come from one leaf, so
-/// that the step shadows the path and seals the leaf and each bitmap block
-/// once for all of them; the step keeps them in arrays on the stack.
+/// Exceptions one reclaim step removes at most from a leaf it does not drop
+/// whole. They come from one leaf, so that the step shadows the path and
+/// seals the leaf and each bitmap block once for all of them; the step keeps
+/// them in arrays on the stack.
 const RECLAIM_BATCH: usize = 64;
 
 /// What [`Store::reclaim`] achieved.
@@ -150,16 +154,16 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// One step of reclaim, freeing at most `max` exceptions, all from one
-    /// leaf; returns how many it freed (1 when it finished a snapshot), or
-    /// `None` when no deleted snapshot is left.
+    /// leaf or, whole leaves, from adjacent leaves under one parent (then at
+    /// least one leaf however many it holds); returns how many it freed (1
+    /// when it finished a snapshot), or `None` when no deleted snapshot is
+    /// left.
     fn reclaim_step(&mut self, max: u64) -> Result<Option<u64>> {
         let e = self.sb.deleting_epoch;
         if e == 0 {
             return Ok(None);
         }
-        let max = usize::try_from(max)
-            .unwrap_or(usize::MAX)
-            .min(RECLAIM_BATCH);
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
         let freed = match self.reclaim_private(e, max)? {
             0 => self.reclaim_shared(e, max)?,
             n => n,
@@ -178,18 +182,32 @@ impl<I: BlockIo> Store<I> {
         })
     }
 
-    /// Step 1: removes up to `max` private exceptions of epoch `e`, from the
-    /// first leaf that holds any; returns how many (0 if none is left).
+    /// Step 1: removes private exceptions of epoch `e`, from the first leaf
+    /// that holds any: whole leaves that hold only `e`'s, as many as
+    /// [`WholeLeaves`] gathers within `max`, or else up to `max` (and
+    /// [`RECLAIM_BATCH`]) of one leaf. Returns how many (0 if none is left).
     fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
         if let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0), None)? {
             // It starts at or after e's first key: its last key tells whether all are e's.
-            if let Some((first, _)) = span.keys.filter(|&(_, last)| hi64(last) == e) {
-                if self.drop_reclaimed_leaf(TREE_PRIVATE, first, span.len)? {
-                    self.sb.private = self.sb.private.saturating_sub(span.len as u64);
-                    return Ok(span.len);
+            let only_e = |span: &LeafSpan| span.keys.is_some_and(|(_, last)| hi64(last) == e);
+            if only_e(&span) {
+                let mut leaves = WholeLeaves::default();
+                leaves.push(&span);
+                while let Some(next) = leaves.wants_next(max) {
+                    let span = self.leaf_visited(TREE_PRIVATE, next, None)?;
+                    if !span.keys.is_some_and(|(first, _)| first == next) || !only_e(&span) {
+                        break;
+                    }
+                    leaves.push(&span);
+                }
+                let (dropped, entries) = self.drop_reclaimed_leaves(TREE_PRIVATE, leaves.list())?;
+                if dropped != 0 {
+                    self.sb.private = self.sb.private.saturating_sub(entries as u64);
+                    return Ok(entries);
                 }
             }
         }
+        let max = max.min(RECLAIM_BATCH);
         let mut keys = [0u128; RECLAIM_BATCH];
         // Their data chunks; 0 (never a data chunk) for one that reads zeroes.
         let mut chunks = [0u64; RECLAIM_BATCH];
@@ -253,22 +271,38 @@ impl<I: BlockIo> Store<I> {
         Ok(removed)
     }
 
-    /// Step 2: removes up to `max` shared exceptions whose range holds `e`
-    /// and that no live snapshot needs, all from the first leaf at or after
-    /// the scan cursor that holds any; returns how many (0 if none is left).
+    /// Step 2: removes shared exceptions whose range holds `e` and that no
+    /// live snapshot needs, from the first leaf at or after the scan cursor
+    /// that holds any: whole leaves of such exceptions, as many as
+    /// [`WholeLeaves`] gathers within `max`, or else up to `max` (and
+    /// [`RECLAIM_BATCH`]) of one leaf. Returns how many (0 if none is left).
     fn reclaim_shared(&mut self, e: u64, max: usize) -> Result<usize> {
         let mut common = CommonRange::default();
         if let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor, Some(&mut common))? {
-            if let Some((first, _)) = span.keys {
-                if self.only_for_deleted(&common, e)?
-                    && self.drop_reclaimed_leaf(TREE_SHARED, first, span.len)?
-                {
-                    self.sb.shared = self.sb.shared.saturating_sub(span.len as u64);
-                    self.reclaim_cursor = span.next.unwrap_or(first);
-                    return Ok(span.len);
+            if span.keys.is_some() && self.only_for_deleted(&common, e)? {
+                // The range that every leaf gathered so far has, which no live snapshot needs.
+                let reclaimed = common.range;
+                let mut leaves = WholeLeaves::default();
+                leaves.push(&span);
+                while let Some(next) = leaves.wants_next(max) {
+                    let span = self.leaf_visited(TREE_SHARED, next, Some(&mut common))?;
+                    if !span.keys.is_some_and(|(first, _)| first == next)
+                        || !common.uniform
+                        || common.range != reclaimed
+                    {
+                        break;
+                    }
+                    leaves.push(&span);
+                }
+                let (dropped, entries) = self.drop_reclaimed_leaves(TREE_SHARED, leaves.list())?;
+                if let Some(cursor) = leaves.after(dropped) {
+                    self.sb.shared = self.sb.shared.saturating_sub(entries as u64);
+                    self.reclaim_cursor = cursor;
+                    return Ok(entries);
                 }
             }
         }
+        let max = max.min(RECLAIM_BATCH);
         let mut from = Some(self.reclaim_cursor);
         while let Some(f) = from {
             let mut found = [(0u128, 0u128); RECLAIM_BATCH];
@@ -411,46 +445,60 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Drops the leaf of `tree` that starts at `first` and holds `len`
-    /// entries, every one of them reclaimed, and frees their data chunks
-    /// (in runs of adjacent ones); returns false if it cannot be dropped
-    /// whole (see [`Store::drop_leaf`]).
-    fn drop_reclaimed_leaf(&mut self, tree: usize, first: u128, len: usize) -> Result<bool> {
+    /// Drops whole leaves of `tree`, adjacent in key order, given by their
+    /// first key and number of entries, every entry of them reclaimed: as
+    /// many of them from the first as [`Store::drop_leaves`] can in one
+    /// descent. Frees their data chunks, runs of adjacent ones over all the
+    /// leaves, and the leaves' blocks with one change of their bitmap block
+    /// (if one holds them all). Returns how many leaves
+    /// it dropped and how many entries they held; no leaf if the tree has
+    /// no internal node.
+    fn drop_reclaimed_leaves(
+        &mut self,
+        tree: usize,
+        leaves: &[(u128, usize)],
+    ) -> Result<(usize, usize)> {
         // What the step may allocate is checked before it changes anything, so that it
-        // never fails halfway (its chunks freed, its leaf still there): the descent's
-        // shadows, and one block of deferred frees, which holds more than a leaf.
-        if len > DF_CAPACITY {
-            return Err(Error::Internal(
-                "reclaim: leaf larger than a deferred-free block",
-            ));
-        }
+        // never fails halfway (its chunks freed, its leaves still there): the descent's
+        // shadows, and one block of deferred frees, which holds more than a leaf. While
+        // chunk frees are deferred (see `Store::free_data`), one leaf per step.
+        let leaves = match leaves.split_first() {
+            Some(((_, len), _)) if *len > DF_CAPACITY => {
+                return Err(Error::Internal(
+                    "reclaim: leaf larger than a deferred-free block",
+                ))
+            }
+            Some(_) if self.journal_names_chunks() => leaves.get(..1).unwrap_or(&[]),
+            _ => leaves,
+        };
         self.ensure_beside_completions(self.op_need(tree))?;
-        // The run of adjacent chunks not freed yet: (first, count).
+        let mut frees = QueuedFrees::new();
+        // The run of adjacent chunks not queued yet: (first, count).
         let mut run = (0u64, 0u64);
-        let dropped = self.drop_leaf(tree, first, len, |s, vals| {
-            for &v in vals {
-                if tree == TREE_PRIVATE && v == PRIVATE_ZEROES {
+        let dropped = self.drop_leaves(tree, leaves, &mut frees, |s, frees, vals| {
+            // The low halves of the values; a private value has no high half.
+            for &c in vals {
+                if tree == TREE_PRIVATE && c == lo64(PRIVATE_ZEROES) {
                     continue;
                 }
-                let c = lo64(v);
                 if run.1 != 0 && run.0.checked_add(run.1) == Some(c) {
                     run.1 += 1;
                     continue;
                 }
                 if run.1 != 0 {
-                    s.free_data_run(run.0, run.1)?;
+                    s.queue_data_run(frees, run.0, run.1)?;
                 }
                 run = (c, 1);
             }
             Ok(())
         })?;
         if run.1 != 0 {
-            self.free_data_run(run.0, run.1)?;
+            self.queue_data_run(&mut frees, run.0, run.1)?;
         }
-        if dropped {
-            self.reclaimed += len as u64;
-        }
-        Ok(dropped)
+        self.flush_frees(&mut frees)?;
+        let entries = leaves.iter().take(dropped).map(|&(_, len)| len).sum();
+        self.reclaimed += entries as u64;
+        Ok((dropped, entries))
     }
 
     /// Step 3: removes the table entries of reclaimed epoch `e`. The id
@@ -531,5 +579,59 @@ impl CommonRange {
             Some(_) => self.uniform = false,
         }
         self.uniform
+    }
+}
+
+/// Whole leaves that a reclaim step drops: adjacent in key order, from the
+/// first one the step found, each of them all reclaimed.
+#[derive(Default)]
+struct WholeLeaves {
+    /// Their first keys and numbers of entries.
+    leaves: [(u128, usize); DROP_LEAVES],
+    /// The first key of the leaf after each, if any.
+    next: [Option<u128>; DROP_LEAVES],
+    len: usize,
+    /// Entries of them all.
+    entries: usize,
+}
+
+impl WholeLeaves {
+    /// Adds the leaf `span` (which holds keys).
+    fn push(&mut self, span: &LeafSpan) {
+        if let (Some((first, _)), Some(slot), Some(next)) = (
+            span.keys,
+            self.leaves.get_mut(self.len),
+            self.next.get_mut(self.len),
+        ) {
+            *slot = (first, span.len);
+            *next = span.next;
+            self.len += 1;
+            self.entries = self.entries.saturating_add(span.len);
+        }
+    }
+
+    /// The first key of the leaf to look at next, if there is one and the
+    /// step may take more than the leaves it has (`max` entries, and
+    /// [`DROP_LEAVES`] leaves).
+    fn wants_next(&self, max: usize) -> Option<u128> {
+        if self.len >= DROP_LEAVES || self.entries >= max {
+            return None;
+        }
+        self.next.get(self.len.checked_sub(1)?).copied().flatten()
+    }
+
+    /// The leaves gathered.
+    fn list(&self) -> &[(u128, usize)] {
+        self.leaves.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Where the scan goes on once the first `dropped` leaves are gone: at
+    /// the leaf after the last of them, or, if it was the last leaf of the
+    /// tree, at its own first key (which nothing holds any more). `None` if
+    /// none was dropped.
+    fn after(&self, dropped: usize) -> Option<u128> {
+        let last = dropped.checked_sub(1)?;
+        let (first, _) = *self.leaves.get(last)?;
+        Some(self.next.get(last).copied().flatten().unwrap_or(first))
     }
 }

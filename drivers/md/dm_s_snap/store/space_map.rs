@@ -58,27 +58,43 @@ impl<I: BlockIo> Store<I> {
     /// or a chunk). Returns how many of the blocks the committed version
     /// uses.
     pub(crate) fn bm_update(&mut self, first: u64, len: u64, set: bool) -> Result<u64> {
-        let last = first
-            .checked_add(len)
-            .ok_or(Error::Internal("block range"))?;
-        if len == 0 || !self.g.in_data_area(first) || last > self.g.nr_blocks {
-            return Err(Error::Corrupt {
-                what: "space map: block outside the data area",
-                block: first,
-            });
-        }
-        let i = first / self.g.bits_per_bitmap;
-        let bit0 = first % self.g.bits_per_bitmap;
-        if bit0 + len > self.g.bits_per_bitmap {
-            return Err(Error::Internal("space map range straddles bitmap blocks"));
+        self.bm_update_ranges(&[(first, len)], set)
+    }
+
+    /// [`Store::bm_update`] for several block ranges `(first, len)` that
+    /// lie in one bitmap block, with one change of that block: the block is
+    /// copied and sealed once for all of them. Returns how many of their
+    /// blocks the committed version uses.
+    pub(crate) fn bm_update_ranges(&mut self, ranges: &[(u64, u64)], set: bool) -> Result<u64> {
+        let Some(&(first0, _)) = ranges.first() else {
+            return Ok(0);
+        };
+        let i = first0 / self.g.bits_per_bitmap;
+        for &(first, len) in ranges {
+            let last = first
+                .checked_add(len)
+                .ok_or(Error::Internal("block range"))?;
+            if len == 0 || !self.g.in_data_area(first) || last > self.g.nr_blocks {
+                return Err(Error::Corrupt {
+                    what: "space map: block outside the data area",
+                    block: first,
+                });
+            }
+            if first / self.g.bits_per_bitmap != i
+                || first % self.g.bits_per_bitmap + len > self.g.bits_per_bitmap
+            {
+                return Err(Error::Internal("space map range straddles bitmap blocks"));
+            }
         }
         self.touch();
         let s = self.selector(i)?;
         let cur = self.g.bitmap_slot(i, s);
         let other = self.g.bitmap_slot(i, s ^ 1);
+        let bpb = self.g.bits_per_bitmap;
+        let bit0 = |first: u64| first % bpb;
         // At most two handles at a time: the current copy, and the committed one or the copy
         // this transaction starts.
-        let committed;
+        let mut committed = 0;
         let h = self.read_valid(cur, BM_MAGIC)?;
         self.check_bm_index(&h, cur, i)?;
         if rd64(&h, OFF_TXID)? == self.cur {
@@ -86,9 +102,13 @@ impl<I: BlockIo> Store<I> {
             {
                 let c = self.read_valid(other, BM_MAGIC)?;
                 self.check_bm_index(&c, other, i)?;
-                committed = count_bits(&c, bit0, len)?;
+                for &(first, len) in ranges {
+                    committed += count_bits(&c, bit0(first), len)?;
+                }
             }
-            flip_bits(&mut h, bit0, len, set, first)?;
+            for &(first, len) in ranges {
+                flip_bits(&mut h, bit0(first), len, set, first)?;
+            }
             seal(&self.io, &mut h)?;
             h.set_verified();
             h.mark_dirty();
@@ -100,8 +120,12 @@ impl<I: BlockIo> Store<I> {
             dst.copy_from_slice(&h);
             drop(h);
             // The committed version is the one copied.
-            committed = count_bits(&dst, bit0, len)?;
-            flip_bits(&mut dst, bit0, len, set, first)?;
+            for &(first, len) in ranges {
+                committed += count_bits(&dst, bit0(first), len)?;
+            }
+            for &(first, len) in ranges {
+                flip_bits(&mut dst, bit0(first), len, set, first)?;
+            }
             wr64(&mut dst, OFF_BLOCKNR, other)?;
             wr64(&mut dst, OFF_TXID, self.cur)?;
             seal(&self.io, &mut dst)?;
@@ -318,6 +342,64 @@ impl<I: BlockIo> Store<I> {
         Ok(())
     }
 
+    /// Queues the `len` blocks from `first`, which one bitmap block holds, for
+    /// [`Store::flush_frees`]: data chunks (`what`) or metadata blocks of an
+    /// earlier transaction. Flushes the queue first if it holds another bitmap
+    /// block's ranges or is full.
+    fn queue_free(&mut self, q: &mut QueuedFrees, first: u64, len: u64, what: Freed) -> Result<()> {
+        let bitmap = first / self.g.bits_per_bitmap;
+        if q.len != 0 && q.bitmap != bitmap {
+            self.flush_frees(q)?;
+        }
+        // Adjacent to the last range queued: one range (a run of chunks spread over leaves).
+        if let Some(last) = q.len.checked_sub(1).and_then(|l| q.ranges.get_mut(l)) {
+            if last.2 == what && last.0.checked_add(last.1) == Some(first) {
+                last.1 += len;
+                return Ok(());
+            }
+        }
+        if q.len == QUEUED_FREES {
+            self.flush_frees(q)?;
+        }
+        let slot = q
+            .ranges
+            .get_mut(q.len)
+            .ok_or(Error::Internal("free queue"))?;
+        *slot = (first, len, what);
+        q.len += 1;
+        q.bitmap = bitmap;
+        Ok(())
+    }
+
+    /// Frees what `q` holds, with one change of its bitmap block, and counts
+    /// it free.
+    pub(crate) fn flush_frees(&mut self, q: &mut QueuedFrees) -> Result<()> {
+        let n = core::mem::take(&mut q.len);
+        let queued = q.ranges.get(..n).unwrap_or(&[]);
+        let mut ranges = [(0u64, 0u64); QUEUED_FREES];
+        let (mut data_blocks, mut meta_blocks) = (0u64, 0u64);
+        for (r, &(first, len, what)) in ranges.iter_mut().zip(queued) {
+            *r = (first, len);
+            match what {
+                Freed::Data => data_blocks += len,
+                Freed::Meta => meta_blocks += len,
+            }
+        }
+        self.deferred += self.bm_update_ranges(ranges.get(..n).unwrap_or(&[]), false)?;
+        let underflow = |what| Error::Corrupt { what, block: 0 };
+        self.sb.data_chunks = self
+            .sb
+            .data_chunks
+            .checked_sub(data_blocks / self.g.chunk_blocks)
+            .ok_or(underflow("data chunk counter underflow"))?;
+        self.sb.meta_blocks = self
+            .sb
+            .meta_blocks
+            .checked_sub(meta_blocks)
+            .ok_or(underflow("metadata block counter underflow"))?;
+        Ok(())
+    }
+
     /// Frees a data chunk.
     ///
     /// While committed journal blocks follow the checkpoint, the chunk may be one they name
@@ -344,27 +426,35 @@ impl<I: BlockIo> Store<I> {
         Ok(())
     }
 
-    /// Frees data chunks `chunks` (sorted here), each run of adjacent chunks
-    /// in one bitmap block with one bitmap change: freeing a leaf's worth
-    /// of chunks seals each bitmap block once, where [`Store::free_data`]
-    /// seals it for every chunk.
+    /// Frees data chunks `chunks` (sorted here), all runs of adjacent chunks
+    /// that one bitmap block holds with one change of it: freeing a leaf's
+    /// worth of chunks seals each bitmap block once, where
+    /// [`Store::free_data`] seals it for every chunk.
     pub(crate) fn free_data_chunks(&mut self, chunks: &mut [u64]) -> Result<()> {
         chunks.sort_unstable();
+        let mut q = QueuedFrees::new();
         let mut rest: &[u64] = chunks;
         while let Some((&first, _)) = rest.split_first() {
             let mut len = 1;
             while rest.get(len).copied() == first.checked_add(len as u64) {
                 len += 1;
             }
-            self.free_data_run(first, len as u64)?;
+            self.queue_data_run(&mut q, first, len as u64)?;
             rest = rest.get(len..).unwrap_or(&[]);
         }
-        Ok(())
+        self.flush_frees(&mut q)
     }
 
-    /// Frees the `len` adjacent data chunks from `first`, with one bitmap
-    /// change per bitmap block they lie in.
-    pub(crate) fn free_data_run(&mut self, first: u64, len: u64) -> Result<()> {
+    /// Queues the `len` adjacent data chunks from `first` in `q`, to be freed
+    /// by [`Store::flush_frees`] with the other runs of their bitmap block.
+    /// (Frees them at once while the journal names chunks: see
+    /// [`Store::free_data`].)
+    pub(crate) fn queue_data_run(
+        &mut self,
+        q: &mut QueuedFrees,
+        first: u64,
+        len: u64,
+    ) -> Result<()> {
         let end = first
             .checked_add(len)
             .ok_or(Error::Internal("chunk range"))?;
@@ -391,11 +481,7 @@ impl<I: BlockIo> Store<I> {
             {
                 n += 1;
             }
-            self.free_blocks(block, n * self.g.chunk_blocks)?;
-            self.sb.data_chunks = self.sb.data_chunks.checked_sub(n).ok_or(Error::Corrupt {
-                what: "data chunk counter underflow",
-                block: 0,
-            })?;
+            self.queue_free(q, block, n * self.g.chunk_blocks, Freed::Data)?;
             c += n;
         }
         Ok(())
@@ -497,37 +583,79 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Frees a metadata block whose header txid is `txid`.
+    pub(crate) fn free_meta(&mut self, nr: u64, txid: u64) -> Result<()> {
+        let mut q = QueuedFrees::new();
+        self.queue_free_meta(&mut q, nr, txid)?;
+        self.flush_frees(&mut q)
+    }
+
+    /// Frees a metadata block whose header txid is `txid`; one of an earlier
+    /// transaction is queued in `q`, for [`Store::flush_frees`].
     ///
     /// A block written in this transaction may still have a dirty buffer in
     /// the cache; if it were reused as part of a data chunk now, a later
     /// write-back of that buffer would overwrite the data. So it stays
     /// allocated, is linked into the garbage list and is freed at commit,
     /// after the commit's write-back.
-    pub(crate) fn free_meta(&mut self, nr: u64, txid: u64) -> Result<()> {
+    pub(crate) fn queue_free_meta(
+        &mut self,
+        q: &mut QueuedFrees,
+        nr: u64,
+        txid: u64,
+    ) -> Result<()> {
+        if txid != self.cur {
+            return self.queue_free(q, nr, 1, Freed::Meta);
+        }
         self.sb.meta_blocks = self.sb.meta_blocks.checked_sub(1).ok_or(Error::Corrupt {
             what: "metadata block counter underflow",
             block: 0,
         })?;
-        if txid == self.cur {
-            {
-                let mut h = new_block_with_header(
-                    &self.io,
-                    self.g.block_size,
-                    nr,
-                    GARBAGE_MAGIC,
-                    self.cur,
-                )?;
-                wr64(&mut h, GB_NEXT, self.garbage_head)?;
-                seal(&self.io, &mut h)?;
-                h.set_verified();
-                h.mark_dirty();
-            }
-            self.garbage_head = nr;
-            self.garbage_count += 1;
-            self.touch();
-            Ok(())
-        } else {
-            self.free_blocks(nr, 1)
+        {
+            let mut h =
+                new_block_with_header(&self.io, self.g.block_size, nr, GARBAGE_MAGIC, self.cur)?;
+            wr64(&mut h, GB_NEXT, self.garbage_head)?;
+            seal(&self.io, &mut h)?;
+            h.set_verified();
+            h.mark_dirty();
+        }
+        self.garbage_head = nr;
+        self.garbage_count += 1;
+        self.touch();
+        Ok(())
+    }
+}
+
+/// Ranges of blocks to free queued per [`QueuedFrees`].
+const QUEUED_FREES: usize = 16;
+
+/// What a queued range of blocks held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freed {
+    /// Whole data chunks.
+    Data,
+    /// Metadata blocks.
+    Meta,
+}
+
+/// Ranges of blocks that one bitmap block holds, queued to be freed with one
+/// change of that block ([`Store::flush_frees`]): a reclaim step that frees
+/// many leaves and runs of chunks copies and seals each bitmap block once,
+/// not once per run. The counters change when the bitmap does, so that
+/// nothing can count queued blocks as allocatable.
+pub(crate) struct QueuedFrees {
+    /// The bitmap block that holds the queued ranges.
+    bitmap: u64,
+    ranges: [(u64, u64, Freed); QUEUED_FREES],
+    len: usize,
+}
+
+impl QueuedFrees {
+    /// An empty queue.
+    pub(crate) const fn new() -> Self {
+        QueuedFrees {
+            bitmap: 0,
+            ranges: [(0, 0, Freed::Data); QUEUED_FREES],
+            len: 0,
         }
     }
 }

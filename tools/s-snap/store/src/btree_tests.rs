@@ -1,6 +1,6 @@
 //! Unit tests of the B+tree against `std::collections::BTreeMap`.
 
-use crate::store::testing::{TREE_PRIVATE, TREE_SHARED, TREE_SNAPS};
+use crate::store::testing::{QueuedFrees, TREE_PRIVATE, TREE_SHARED, TREE_SNAPS};
 use crate::userspace::{Cache, MemDisk};
 use crate::{BlockIo, Store};
 use std::collections::BTreeMap;
@@ -136,6 +136,8 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
         }
         let every = if seed == 5 { 211 } else { 13 };
         let mut round = 0u32;
+        // Drops of more than one leaf in one descent.
+        let mut multi_drops = 0u32;
         while !m.is_empty() {
             round += 1;
             let probe = (rng.next() % (keys as u64 * 16 + 20_000)) as u128;
@@ -146,28 +148,49 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
                 .map(|(k, _)| *k)
                 .unwrap();
             let in_leaf = leaf_keys(&s, TREE_PRIVATE, from);
-            // The whole leaf at once, unless it is the root.
+            // Whole leaves, one or a few adjacent ones, unless the leaf is the root.
             let span = s.leaf_span(TREE_PRIVATE, from).unwrap();
             if rng.next() % 4 == 0 && !span.root {
-                let (first, last) = span.keys.unwrap();
-                let in_leaf = leaf_keys(&s, TREE_PRIVATE, first);
-                assert_eq!(
-                    (Some(&first), Some(&last)),
-                    (in_leaf.first(), in_leaf.last())
-                );
-                assert_eq!(span.len, in_leaf.len());
+                let mut leaves = vec![];
+                let mut want = vec![];
+                let mut span = span;
+                for _ in 0..1 + rng.next() % 4 {
+                    let (first, last) = span.keys.unwrap();
+                    let in_leaf = leaf_keys(&s, TREE_PRIVATE, first);
+                    assert_eq!(
+                        (Some(&first), Some(&last)),
+                        (in_leaf.first(), in_leaf.last())
+                    );
+                    assert_eq!(span.len, in_leaf.len());
+                    leaves.push((first, span.len));
+                    want.push(in_leaf);
+                    let Some(next) = span.next else { break };
+                    span = s.leaf_span(TREE_PRIVATE, next).unwrap();
+                }
                 let mut seen = std::vec::Vec::new();
+                let mut frees = QueuedFrees::new();
                 let dropped = s
-                    .drop_leaf(TREE_PRIVATE, first, span.len, |_, vals| {
+                    .drop_leaves(TREE_PRIVATE, &leaves, &mut frees, |_, _, vals| {
                         seen.extend_from_slice(vals);
                         Ok(())
                     })
                     .unwrap();
-                assert!(dropped);
-                let want: std::vec::Vec<u128> = in_leaf.iter().map(|k| m[k]).collect();
-                assert_eq!(seen, want, "values handed out by drop_leaf");
-                for k in &in_leaf {
+                s.flush_frees(&mut frees).unwrap();
+                // At least the first; more only as far as they share its parent.
+                assert!(dropped >= 1 && dropped <= leaves.len());
+                multi_drops += u32::from(dropped > 1);
+                let gone: std::vec::Vec<u128> = want[..dropped].concat();
+                let vals: std::vec::Vec<u64> = gone.iter().map(|k| m[k] as u64).collect();
+                assert_eq!(seen, vals, "values handed out by drop_leaves");
+                for k in &gone {
                     m.remove(k);
+                }
+                for rest in &want[dropped..] {
+                    assert_eq!(
+                        &leaf_keys(&s, TREE_PRIVATE, rest[0]),
+                        rest,
+                        "leaf not dropped"
+                    );
                 }
                 continue;
             }
@@ -191,6 +214,7 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
                 check_clean(&s);
             }
         }
+        assert!(multi_drops > 0, "no drop of adjacent leaves at once");
         assert_eq!(s.info().roots[1].1, 1, "depth after removing all");
         assert_eq!(s.ceil(TREE_PRIVATE, 0).unwrap(), None);
         s.commit().unwrap();
