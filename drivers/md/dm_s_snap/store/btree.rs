@@ -48,9 +48,9 @@ pub(crate) struct LeafSpan {
     pub(crate) root: bool,
 }
 
-/// Values [`Store::drop_leaves`] hands to its caller at a time: most of a
-/// leaf (up to 270 entries), so that it reads each leaf about twice.
-pub(crate) const DROP_BATCH: usize = 128;
+/// Values [`Store::drop_leaves`] hands to its caller at a time: a quarter
+/// of a leaf or more (up to 270 entries), in 512 bytes of stack.
+pub(crate) const DROP_BATCH: usize = 64;
 
 /// Leaves [`Store::drop_leaves`] drops at most in one descent.
 pub(crate) const DROP_LEAVES: usize = 8;

@@ -187,6 +187,19 @@ impl<I: BlockIo> Store<I> {
     /// [`WholeLeaves`] gathers within `max`, or else up to `max` (and
     /// [`RECLAIM_BATCH`]) of one leaf. Returns how many (0 if none is left).
     fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
+        match self.reclaim_private_leaves(e, max)? {
+            0 => self.reclaim_private_batch(e, max.min(RECLAIM_BATCH)),
+            n => Ok(n),
+        }
+    }
+
+    /// Step 1 by whole leaves: drops the leaves that hold only private exceptions of epoch
+    /// `e`, from the first leaf that holds any, as many as [`WholeLeaves`] gathers within
+    /// `max`; returns how many exceptions they held (0 if that leaf holds others too).
+    /// Not inlined, nor is [`Store::reclaim_private_batch`]: each path has only its own
+    /// arrays on the stack.
+    #[inline(never)]
+    fn reclaim_private_leaves(&mut self, e: u64, max: usize) -> Result<usize> {
         if let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0), None)? {
             // It starts at or after e's first key: its last key tells whether all are e's.
             let only_e = |span: &LeafSpan| span.keys.is_some_and(|(_, last)| hi64(last) == e);
@@ -207,7 +220,13 @@ impl<I: BlockIo> Store<I> {
                 }
             }
         }
-        let max = max.min(RECLAIM_BATCH);
+        Ok(0)
+    }
+
+    /// Step 1 in a leaf that is not dropped whole: removes up to `max` private exceptions
+    /// of epoch `e` from the first leaf that holds any.
+    #[inline(never)]
+    fn reclaim_private_batch(&mut self, e: u64, max: usize) -> Result<usize> {
         let mut keys = [0u128; RECLAIM_BATCH];
         // Their data chunks; 0 (never a data chunk) for one that reads zeroes.
         let mut chunks = [0u64; RECLAIM_BATCH];
@@ -277,6 +296,19 @@ impl<I: BlockIo> Store<I> {
     /// [`WholeLeaves`] gathers within `max`, or else up to `max` (and
     /// [`RECLAIM_BATCH`]) of one leaf. Returns how many (0 if none is left).
     fn reclaim_shared(&mut self, e: u64, max: usize) -> Result<usize> {
+        match self.reclaim_shared_leaves(e, max)? {
+            0 => self.reclaim_shared_batch(e, max.min(RECLAIM_BATCH)),
+            n => Ok(n),
+        }
+    }
+
+    /// Step 2 by whole leaves: drops the leaves of shared exceptions that all have the same
+    /// range, which holds `e` and no live snapshot, from the first leaf at or after the scan
+    /// cursor, as many as [`WholeLeaves`] gathers within `max`; returns how many exceptions
+    /// they held (0 if that leaf does not go whole). Not inlined, nor is
+    /// [`Store::reclaim_shared_batch`]: each path has only its own arrays on the stack.
+    #[inline(never)]
+    fn reclaim_shared_leaves(&mut self, e: u64, max: usize) -> Result<usize> {
         let mut common = CommonRange::default();
         if let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor, Some(&mut common))? {
             if span.keys.is_some() && self.only_for_deleted(&common, e)? {
@@ -302,7 +334,14 @@ impl<I: BlockIo> Store<I> {
                 }
             }
         }
-        let max = max.min(RECLAIM_BATCH);
+        Ok(0)
+    }
+
+    /// Step 2 in leaves that are not dropped whole: removes up to `max` shared exceptions
+    /// whose range holds `e` and that no live snapshot needs, all from the first leaf at or
+    /// after the scan cursor that holds any.
+    #[inline(never)]
+    fn reclaim_shared_batch(&mut self, e: u64, max: usize) -> Result<usize> {
         let mut from = Some(self.reclaim_cursor);
         while let Some(f) = from {
             let mut found = [(0u128, 0u128); RECLAIM_BATCH];

@@ -626,7 +626,7 @@ impl<I: BlockIo> Store<I> {
 }
 
 /// Ranges of blocks to free queued per [`QueuedFrees`].
-const QUEUED_FREES: usize = 16;
+const QUEUED_FREES: usize = 8;
 
 /// What a queued range of blocks held.
 #[derive(Clone, Copy, PartialEq, Eq)]
