@@ -61,30 +61,68 @@ fn corrupt(what: &'static str, block: u64) -> Error {
 
 /// The entries of a leaf, read with its format looked up once for all of
 /// them: scans and reclaim steps read every entry of a leaf.
-struct LeafEntries<'b> {
+pub(crate) struct LeafEntries<'b> {
     b: &'b [u8],
     f: &'static NodeFormat,
+    n: usize,
 }
 
 impl<'b> LeafEntries<'b> {
-    fn of(b: &'b [u8]) -> Result<Self> {
+    /// The `n` entries of leaf `b` (as [`Store::read_node`] counted them).
+    fn of(b: &'b [u8], n: usize) -> Result<Self> {
         Ok(LeafEntries {
             b,
             f: NodeFormat::of_node(b)?,
+            n,
         })
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.n
     }
 
     /// Key `i`.
     #[inline]
-    fn key(&self, i: usize) -> Result<u128> {
+    pub(crate) fn key(&self, i: usize) -> Result<u128> {
         self.f.key.read(self.b, self.f.key_off(i))
     }
 
     /// Value `i`.
     #[inline]
-    fn val(&self, i: usize) -> Result<u128> {
+    pub(crate) fn val(&self, i: usize) -> Result<u128> {
         self.f.val.read(self.b, self.f.val_off(0, i).0)
     }
+
+    /// The low half of key `i`.
+    #[inline]
+    pub(crate) fn key_lo(&self, i: usize) -> Result<u64> {
+        self.f.key.read_lo(self.b, self.f.key_off(i))
+    }
+
+    /// The low half of value `i`.
+    #[inline]
+    pub(crate) fn val_lo(&self, i: usize) -> Result<u64> {
+        self.f.val.read_lo(self.b, self.f.val_off(0, i).0)
+    }
+
+    /// The high half of value `i`.
+    #[inline]
+    pub(crate) fn val_hi(&self, i: usize) -> Result<u64> {
+        self.f.val.read_hi(self.b, self.f.val_off(0, i).0)
+    }
+}
+
+/// What [`Store::drop_leaves`] dropped.
+pub(crate) struct DroppedLeaves {
+    /// Leaves dropped.
+    pub(crate) leaves: usize,
+    /// Entries they held.
+    pub(crate) entries: usize,
+    /// Where the keys after them start: the first key of the leaf that
+    /// followed the last of them under their parent, or else one past the
+    /// last key they held.
+    pub(crate) after: u128,
 }
 
 /// The internal nodes a descent went through, root first: the node, the
@@ -319,7 +357,7 @@ impl<I: BlockIo> Store<I> {
     {
         let (h, n, next) = self.find_leaf(tree, from)?;
         let mut i = self.search_ge(&h, n, from)?;
-        let leaf = LeafEntries::of(&h)?;
+        let leaf = LeafEntries::of(&h, n)?;
         while i < n {
             if !f(leaf.key(i)?, leaf.val(i)?)? {
                 return Ok(ScanEnd::Stopped);
@@ -353,7 +391,7 @@ impl<I: BlockIo> Store<I> {
             Some(last) => Some((self.key(&h, 0)?, self.key(&h, last)?)),
             None => None,
         };
-        let leaf = LeafEntries::of(&h)?;
+        let leaf = LeafEntries::of(&h, n)?;
         for i in 0..n {
             if !visit(leaf.key(i)?, leaf.val(i)?)? {
                 break;
@@ -814,11 +852,16 @@ impl<I: BlockIo> Store<I> {
         Ok(removed)
     }
 
-    /// Removes whole leaves, adjacent in key order, given by their first key
-    /// and number of entries (as [`Store::leaf_span`] found them): as many of
-    /// them from the first as lie under the first one's parent and as leave
-    /// the parent its minimum, in one descent that stops at that parent. The
-    /// leaves are neither copied nor sealed, but unlinked and freed; the
+    /// Removes whole leaves, adjacent in key order: the one that starts with
+    /// `first.0` and holds `first.1` entries (as [`Store::leaf_span`] found
+    /// it), and the leaves after it under the same parent that `accept`
+    /// takes, as long as they leave the parent its minimum, number at most
+    /// `limit.0` in all and, before each is looked at, the entries taken
+    /// number fewer than `limit.1`. All in one descent that stops at that
+    /// parent: the leaves after the first are read through its child
+    /// pointers, each once for `accept`, not found by descents of their own.
+    ///
+    /// The leaves are neither copied nor sealed, but unlinked and freed; the
     /// parent is sealed once and each bitmap block changed once for all of
     /// them. Before they are unlinked, `each(self, frees, chunks)` sees the
     /// low halves of their values (what the exceptions point to) in key
@@ -827,31 +870,36 @@ impl<I: BlockIo> Store<I> {
     /// ([`Store::flush_frees`]): the bitmap block that holds the leaves and
     /// the chunks changes once for them all.
     ///
-    /// Returns how many it dropped, at least one; none, having changed only
-    /// the shape of the path above them, if the tree has no internal node
-    /// (the caller removes the keys with [`Store::remove_in_leaf`], which may
-    /// empty a root leaf).
-    pub(crate) fn drop_leaves<F>(
+    /// Drops at least the first leaf; none, having changed only the shape of
+    /// the path above it, if the tree has no internal node (the caller
+    /// removes the keys with [`Store::remove_in_leaf`], which may empty a
+    /// root leaf).
+    pub(crate) fn drop_leaves<A, F>(
         &mut self,
         tree: usize,
-        leaves: &[(u128, usize)],
+        first: (u128, usize),
+        limit: (usize, usize),
         frees: &mut QueuedFrees,
+        mut accept: A,
         mut each: F,
-    ) -> Result<usize>
+    ) -> Result<DroppedLeaves>
     where
+        A: FnMut(&LeafEntries<'_>) -> Result<bool>,
         F: FnMut(&mut Self, &mut QueuedFrees, &[u64]) -> Result<()>,
     {
-        let Some(&(first, _)) = leaves.first() else {
-            return Ok(0);
+        let none = DroppedLeaves {
+            leaves: 0,
+            entries: 0,
+            after: first.0,
         };
         if self.root(tree)?.depth < 2 {
-            return Ok(0);
+            return Ok(none);
         }
         self.ensure(self.op_need(tree))?;
         self.touch();
-        let (parent, plevel, path) = self.descend_refilling_to(tree, first, 1)?;
+        let (parent, plevel, path) = self.descend_refilling_to(tree, first.0, 1)?;
         if plevel == 0 {
-            return Ok(0);
+            return Ok(none);
         }
         if plevel != 1 {
             return Err(Error::Internal(
@@ -859,59 +907,87 @@ impl<I: BlockIo> Store<I> {
             ));
         }
         let f = NodeFormat::of(tree)?;
-        // The leaves to drop: (block, txid).
-        let mut dropped = [(0u64, 0u64); DROP_LEAVES];
-        let (pidx, pn, count) = {
+        // The leaves to drop: (block, txid, entries).
+        let mut dropped = [(0u64, 0u64, 0usize); DROP_LEAVES];
+        let (pidx, pn, count, entries, after) = {
             let (p, pn) = self.write_node(parent, tree, plevel)?;
             if pn < 2 {
                 return Err(corrupt("btree: internal node with a single child", parent));
             }
-            let pidx = self.search_le(&p, pn, first)?.unwrap_or(0);
+            let pidx = self.search_le(&p, pn, first.0)?.unwrap_or(0);
+            // A separator is the first key of its subtree.
+            if self.key(&p, pidx)? != first.0 {
+                return Err(Error::Internal(
+                    "btree: dropped leaf does not start a subtree",
+                ));
+            }
             // The parent keeps its minimum; the root keeps one child, which then replaces it.
             let keep = if path.len == 0 {
                 1
             } else {
                 f.min_entries(plevel)
             };
-            let room = pn.saturating_sub(keep).min(pn - pidx).min(DROP_LEAVES);
-            let mut count = 0;
-            for (j, &(k, len)) in leaves.iter().take(room).enumerate() {
-                // A separator is the first key of its subtree.
-                if self.key(&p, pidx + j)? != k {
+            let room = pn
+                .saturating_sub(keep)
+                .min(pn - pidx)
+                .min(limit.0)
+                .min(DROP_LEAVES);
+            let (mut count, mut entries, mut last_key) = (0usize, 0usize, first.0);
+            while count < room {
+                if count > 0 && entries >= limit.1 {
                     break;
                 }
-                let leaf = self.child(&p, pidx + j)?;
+                let leaf = self.child(&p, pidx + count)?;
                 if leaf == parent {
                     return Err(corrupt("btree: node is its own child", parent));
                 }
+                let sep = self.key(&p, pidx + count)?;
                 let (h, n) = self.read_node(leaf, tree, 0)?;
-                if n != len || n == 0 || self.key(&h, 0)? != k {
-                    return Err(Error::Internal(
-                        "btree: dropped leaf changed since it was read",
-                    ));
+                let l = LeafEntries::of(&h, n)?;
+                if count == 0 {
+                    if n != first.1 || n == 0 || l.key(0)? != first.0 {
+                        return Err(Error::Internal(
+                            "btree: dropped leaf changed since it was read",
+                        ));
+                    }
+                } else {
+                    if n == 0 || l.key(0)? != sep {
+                        return Err(corrupt(
+                            "btree separator differs from the child's first key",
+                            leaf,
+                        ));
+                    }
+                    if !accept(&l)? {
+                        break;
+                    }
                 }
-                if let Some(slot) = dropped.get_mut(j) {
-                    *slot = (leaf, rd64(&h, OFF_TXID)?);
+                last_key = l.key(n - 1)?;
+                if let Some(slot) = dropped.get_mut(count) {
+                    *slot = (leaf, rd64(&h, OFF_TXID)?, n);
                 }
                 count += 1;
+                entries += n;
             }
-            (pidx, pn, count)
+            let after = if pidx + count < pn {
+                self.key(&p, pidx + count)?
+            } else {
+                last_key.saturating_add(1)
+            };
+            (pidx, pn, count, entries, after)
         };
         if count == 0 {
-            return Err(Error::Internal(
-                "btree: dropped leaf does not start a subtree",
-            ));
+            return Err(Error::Internal("btree: no room to drop a leaf"));
         }
         let mut vals = [0u64; DROP_BATCH];
-        for (&(leaf, _), &(_, len)) in dropped.iter().zip(leaves).take(count) {
+        for &(leaf, _, len) in dropped.iter().take(count) {
             let mut done = 0;
             while done < len {
                 let m = (len - done).min(DROP_BATCH);
                 {
-                    let (h, _) = self.read_node(leaf, tree, 0)?;
-                    let entries = LeafEntries::of(&h)?;
+                    let (h, n) = self.read_node(leaf, tree, 0)?;
+                    let l = LeafEntries::of(&h, n)?;
                     for (j, v) in vals.iter_mut().take(m).enumerate() {
-                        *v = entries.val(done + j)? as u64;
+                        *v = l.val_lo(done + j)?;
                     }
                 }
                 each(self, frees, vals.get(..m).unwrap_or(&[]))?;
@@ -925,7 +1001,7 @@ impl<I: BlockIo> Store<I> {
             self.finish(&mut p)?;
             new_min
         };
-        for &(leaf, txid) in dropped.iter().take(count) {
+        for &(leaf, txid, _) in dropped.iter().take(count) {
             self.queue_free_meta(frees, leaf, txid)?;
         }
         if path.len == 0 && pn - count == 1 {
@@ -942,9 +1018,13 @@ impl<I: BlockIo> Store<I> {
             }
             self.free_meta(parent, self.cur)?;
         } else if pidx == 0 {
-            self.replace_separator(tree, path.nodes(), first, new_min)?;
+            self.replace_separator(tree, path.nodes(), first.0, new_min)?;
         }
-        Ok(count)
+        Ok(DroppedLeaves {
+            leaves: count,
+            entries,
+            after,
+        })
     }
 
     /// Moves the entries `from..from + cnt` of a node at `level` to slots

@@ -404,6 +404,22 @@ impl Packing {
         Ok(((hi as u128) << 64) | lo as u128)
     }
 
+    /// Reads the low half of a packed value at `off`: one load, where a
+    /// caller needs one half of every entry of a leaf.
+    #[inline]
+    pub(crate) fn read_lo(self, b: &[u8], off: usize) -> Result<u64> {
+        rd_uint(b, off, self.lo)
+    }
+
+    /// Reads the high half of a packed value at `off`.
+    #[inline]
+    pub(crate) fn read_hi(self, b: &[u8], off: usize) -> Result<u64> {
+        let at = off
+            .checked_add(self.lo)
+            .ok_or(Error::Internal("offset overflow"))?;
+        rd_uint(b, at, self.hi)
+    }
+
     /// Writes `x` packed at `off`; fails, writing nothing, if it does not fit.
     pub(crate) fn write(self, b: &mut [u8], off: usize, x: u128) -> Result<()> {
         if !self.fits(x) {

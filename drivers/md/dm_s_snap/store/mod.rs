@@ -102,6 +102,7 @@ pub fn min_chunks(chunk_sectors: u32) -> u64 {
 #[cfg(test)]
 pub(crate) mod testing {
     //! Internal access for the wrapper crate's unit tests.
+    pub(crate) use super::btree::{LeafEntries, DROP_LEAVES};
     pub(crate) use super::format::{BM_BITS, TREE_PRIVATE, TREE_SHARED, TREE_SNAPS};
     pub(crate) use super::space_map::{count_bits, flip_bits, flip_error, QueuedFrees};
 }

@@ -35,7 +35,7 @@
 //! once: the id index then names the new epoch, and step 3 removes an id
 //! entry only while it still names the reclaimed epoch.
 
-use super::btree::{LeafSpan, ScanEnd, DROP_LEAVES};
+use super::btree::{DroppedLeaves, LeafEntries, LeafSpan, ScanEnd, DROP_LEAVES};
 use super::error::{Error, Result};
 use super::format::*;
 use super::io::BlockIo;
@@ -184,7 +184,7 @@ impl<I: BlockIo> Store<I> {
 
     /// Step 1: removes private exceptions of epoch `e`, from the first leaf
     /// that holds any: whole leaves that hold only `e`'s, as many as
-    /// [`WholeLeaves`] gathers within `max`, or else up to `max` (and
+    /// [`Store::drop_leaves`] takes within `max`, or else up to `max` (and
     /// [`RECLAIM_BATCH`]) of one leaf. Returns how many (0 if none is left).
     fn reclaim_private(&mut self, e: u64, max: usize) -> Result<usize> {
         match self.reclaim_private_leaves(e, max)? {
@@ -194,33 +194,29 @@ impl<I: BlockIo> Store<I> {
     }
 
     /// Step 1 by whole leaves: drops the leaves that hold only private exceptions of epoch
-    /// `e`, from the first leaf that holds any, as many as [`WholeLeaves`] gathers within
-    /// `max`; returns how many exceptions they held (0 if that leaf holds others too).
+    /// `e`, from the first leaf that holds any, as many as [`Store::drop_leaves`] takes
+    /// within `max`; returns how many exceptions they held (0 if that leaf holds others too).
     /// Not inlined, nor is [`Store::reclaim_private_batch`]: each path has only its own
     /// arrays on the stack.
     #[inline(never)]
     fn reclaim_private_leaves(&mut self, e: u64, max: usize) -> Result<usize> {
-        if let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0), None)? {
-            // It starts at or after e's first key: its last key tells whether all are e's.
-            let only_e = |span: &LeafSpan| span.keys.is_some_and(|(_, last)| hi64(last) == e);
-            if only_e(&span) {
-                let mut leaves = WholeLeaves::default();
-                leaves.push(&span);
-                while let Some(next) = leaves.wants_next(max) {
-                    let span = self.leaf_visited(TREE_PRIVATE, next, None)?;
-                    if !span.keys.is_some_and(|(first, _)| first == next) || !only_e(&span) {
-                        break;
-                    }
-                    leaves.push(&span);
-                }
-                let (dropped, entries) = self.drop_reclaimed_leaves(TREE_PRIVATE, leaves.list())?;
-                if dropped != 0 {
-                    self.sb.private = self.sb.private.saturating_sub(entries as u64);
-                    return Ok(entries);
-                }
+        let Some(span) = self.leaf_from(TREE_PRIVATE, private_key(e, 0), None)? else {
+            return Ok(0);
+        };
+        // It starts at or after e's first key: its last key tells whether all are e's.
+        let Some((first, _)) = span.keys.filter(|&(_, last)| hi64(last) == e) else {
+            return Ok(0);
+        };
+        // So do the leaves after it, whose keys are larger.
+        let only_e = |leaf: &LeafEntries<'_>| -> Result<bool> {
+            match leaf.len().checked_sub(1) {
+                Some(last) => Ok(hi64(leaf.key(last)?) == e),
+                None => Ok(false),
             }
-        }
-        Ok(0)
+        };
+        let dropped = self.drop_reclaimed_leaves(TREE_PRIVATE, (first, span.len), max, only_e)?;
+        self.sb.private = self.sb.private.saturating_sub(dropped.entries as u64);
+        Ok(dropped.entries)
     }
 
     /// Step 1 in a leaf that is not dropped whole: removes up to `max` private exceptions
@@ -293,7 +289,7 @@ impl<I: BlockIo> Store<I> {
     /// Step 2: removes shared exceptions whose range holds `e` and that no
     /// live snapshot needs, from the first leaf at or after the scan cursor
     /// that holds any: whole leaves of such exceptions, as many as
-    /// [`WholeLeaves`] gathers within `max`, or else up to `max` (and
+    /// [`Store::drop_leaves`] takes within `max`, or else up to `max` (and
     /// [`RECLAIM_BATCH`]) of one leaf. Returns how many (0 if none is left).
     fn reclaim_shared(&mut self, e: u64, max: usize) -> Result<usize> {
         match self.reclaim_shared_leaves(e, max)? {
@@ -304,37 +300,40 @@ impl<I: BlockIo> Store<I> {
 
     /// Step 2 by whole leaves: drops the leaves of shared exceptions that all have the same
     /// range, which holds `e` and no live snapshot, from the first leaf at or after the scan
-    /// cursor, as many as [`WholeLeaves`] gathers within `max`; returns how many exceptions
-    /// they held (0 if that leaf does not go whole). Not inlined, nor is
+    /// cursor, as many as [`Store::drop_leaves`] takes within `max`; returns how many
+    /// exceptions they held (0 if that leaf does not go whole). Not inlined, nor is
     /// [`Store::reclaim_shared_batch`]: each path has only its own arrays on the stack.
     #[inline(never)]
     fn reclaim_shared_leaves(&mut self, e: u64, max: usize) -> Result<usize> {
         let mut common = CommonRange::default();
-        if let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor, Some(&mut common))? {
-            if span.keys.is_some() && self.only_for_deleted(&common, e)? {
-                // The range that every leaf gathered so far has, which no live snapshot needs.
-                let reclaimed = common.range;
-                let mut leaves = WholeLeaves::default();
-                leaves.push(&span);
-                while let Some(next) = leaves.wants_next(max) {
-                    let span = self.leaf_visited(TREE_SHARED, next, Some(&mut common))?;
-                    if !span.keys.is_some_and(|(first, _)| first == next)
-                        || !common.uniform
-                        || common.range != reclaimed
-                    {
-                        break;
-                    }
-                    leaves.push(&span);
-                }
-                let (dropped, entries) = self.drop_reclaimed_leaves(TREE_SHARED, leaves.list())?;
-                if let Some(cursor) = leaves.after(dropped) {
-                    self.sb.shared = self.sb.shared.saturating_sub(entries as u64);
-                    self.reclaim_cursor = cursor;
-                    return Ok(entries);
+        let Some(span) = self.leaf_from(TREE_SHARED, self.reclaim_cursor, Some(&mut common))?
+        else {
+            return Ok(0);
+        };
+        let (Some((first, _)), Some((lo, hi))) = (span.keys, common.range) else {
+            return Ok(0);
+        };
+        if !self.only_for_deleted(&common, e)? {
+            return Ok(0);
+        }
+        // The leaves after it go too if all their exceptions have the same range, which no
+        // live snapshot needs either. Only the halves that hold the range are read.
+        let same_range = |leaf: &LeafEntries<'_>| -> Result<bool> {
+            for i in 0..leaf.len() {
+                if leaf.key_lo(i)? != hi || leaf.val_hi(i)? != lo {
+                    return Ok(false);
                 }
             }
+            Ok(leaf.len() != 0)
+        };
+        let dropped =
+            self.drop_reclaimed_leaves(TREE_SHARED, (first, span.len), max, same_range)?;
+        if dropped.leaves == 0 {
+            return Ok(0);
         }
-        Ok(0)
+        self.sb.shared = self.sb.shared.saturating_sub(dropped.entries as u64);
+        self.reclaim_cursor = dropped.after;
+        Ok(dropped.entries)
     }
 
     /// Step 2 in leaves that are not dropped whole: removes up to `max` shared exceptions
@@ -484,60 +483,66 @@ impl<I: BlockIo> Store<I> {
         }
     }
 
-    /// Drops whole leaves of `tree`, adjacent in key order, given by their
-    /// first key and number of entries, every entry of them reclaimed: as
-    /// many of them from the first as [`Store::drop_leaves`] can in one
-    /// descent. Frees their data chunks, runs of adjacent ones over all the
-    /// leaves, and the leaves' blocks with one change of their bitmap block
-    /// (if one holds them all). Returns how many leaves
-    /// it dropped and how many entries they held; no leaf if the tree has
-    /// no internal node.
-    fn drop_reclaimed_leaves(
+    /// Drops whole leaves of `tree`, every entry of them reclaimed: the one
+    /// that starts with `first.0` and holds `first.1` entries, and the leaves
+    /// after it that `accept` takes, as many as [`Store::drop_leaves`] can
+    /// in one descent within `max` entries. Frees their data chunks, runs of
+    /// adjacent ones over all the leaves, and the leaves' blocks with one
+    /// change of their bitmap block (if one holds them all). No leaf if the
+    /// tree has no internal node.
+    fn drop_reclaimed_leaves<A>(
         &mut self,
         tree: usize,
-        leaves: &[(u128, usize)],
-    ) -> Result<(usize, usize)> {
+        first: (u128, usize),
+        max: usize,
+        accept: A,
+    ) -> Result<DroppedLeaves>
+    where
+        A: FnMut(&LeafEntries<'_>) -> Result<bool>,
+    {
         // What the step may allocate is checked before it changes anything, so that it
         // never fails halfway (its chunks freed, its leaves still there): the descent's
         // shadows, and one block of deferred frees, which holds more than a leaf. While
         // chunk frees are deferred (see `Store::free_data`), one leaf per step.
-        let leaves = match leaves.split_first() {
-            Some(((_, len), _)) if *len > DF_CAPACITY => {
-                return Err(Error::Internal(
-                    "reclaim: leaf larger than a deferred-free block",
-                ))
-            }
-            Some(_) if self.journal_names_chunks() => leaves.get(..1).unwrap_or(&[]),
-            _ => leaves,
+        if first.1 > DF_CAPACITY {
+            return Err(Error::Internal(
+                "reclaim: leaf larger than a deferred-free block",
+            ));
+        }
+        let max_leaves = if self.journal_names_chunks() {
+            1
+        } else {
+            DROP_LEAVES
         };
         self.ensure_beside_completions(self.op_need(tree))?;
         let mut frees = QueuedFrees::new();
         // The run of adjacent chunks not queued yet: (first, count).
         let mut run = (0u64, 0u64);
-        let dropped = self.drop_leaves(tree, leaves, &mut frees, |s, frees, vals| {
-            // The low halves of the values; a private value has no high half.
-            for &c in vals {
-                if tree == TREE_PRIVATE && c == lo64(PRIVATE_ZEROES) {
-                    continue;
+        let limit = (max_leaves, max);
+        let dropped =
+            self.drop_leaves(tree, first, limit, &mut frees, accept, |s, frees, vals| {
+                // The low halves of the values; a private value has no high half.
+                for &c in vals {
+                    if tree == TREE_PRIVATE && c == lo64(PRIVATE_ZEROES) {
+                        continue;
+                    }
+                    if run.1 != 0 && run.0.checked_add(run.1) == Some(c) {
+                        run.1 += 1;
+                        continue;
+                    }
+                    if run.1 != 0 {
+                        s.queue_data_run(frees, run.0, run.1)?;
+                    }
+                    run = (c, 1);
                 }
-                if run.1 != 0 && run.0.checked_add(run.1) == Some(c) {
-                    run.1 += 1;
-                    continue;
-                }
-                if run.1 != 0 {
-                    s.queue_data_run(frees, run.0, run.1)?;
-                }
-                run = (c, 1);
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         if run.1 != 0 {
             self.queue_data_run(&mut frees, run.0, run.1)?;
         }
         self.flush_frees(&mut frees)?;
-        let entries = leaves.iter().take(dropped).map(|&(_, len)| len).sum();
-        self.reclaimed += entries as u64;
-        Ok((dropped, entries))
+        self.reclaimed += dropped.entries as u64;
+        Ok(dropped)
     }
 
     /// Step 3: removes the table entries of reclaimed epoch `e`. The id
@@ -618,59 +623,5 @@ impl CommonRange {
             Some(_) => self.uniform = false,
         }
         self.uniform
-    }
-}
-
-/// Whole leaves that a reclaim step drops: adjacent in key order, from the
-/// first one the step found, each of them all reclaimed.
-#[derive(Default)]
-struct WholeLeaves {
-    /// Their first keys and numbers of entries.
-    leaves: [(u128, usize); DROP_LEAVES],
-    /// The first key of the leaf after each, if any.
-    next: [Option<u128>; DROP_LEAVES],
-    len: usize,
-    /// Entries of them all.
-    entries: usize,
-}
-
-impl WholeLeaves {
-    /// Adds the leaf `span` (which holds keys).
-    fn push(&mut self, span: &LeafSpan) {
-        if let (Some((first, _)), Some(slot), Some(next)) = (
-            span.keys,
-            self.leaves.get_mut(self.len),
-            self.next.get_mut(self.len),
-        ) {
-            *slot = (first, span.len);
-            *next = span.next;
-            self.len += 1;
-            self.entries = self.entries.saturating_add(span.len);
-        }
-    }
-
-    /// The first key of the leaf to look at next, if there is one and the
-    /// step may take more than the leaves it has (`max` entries, and
-    /// [`DROP_LEAVES`] leaves).
-    fn wants_next(&self, max: usize) -> Option<u128> {
-        if self.len >= DROP_LEAVES || self.entries >= max {
-            return None;
-        }
-        self.next.get(self.len.checked_sub(1)?).copied().flatten()
-    }
-
-    /// The leaves gathered.
-    fn list(&self) -> &[(u128, usize)] {
-        self.leaves.get(..self.len).unwrap_or(&[])
-    }
-
-    /// Where the scan goes on once the first `dropped` leaves are gone: at
-    /// the leaf after the last of them, or, if it was the last leaf of the
-    /// tree, at its own first key (which nothing holds any more). `None` if
-    /// none was dropped.
-    fn after(&self, dropped: usize) -> Option<u128> {
-        let last = dropped.checked_sub(1)?;
-        let (first, _) = *self.leaves.get(last)?;
-        Some(self.next.get(last).copied().flatten().unwrap_or(first))
     }
 }

@@ -1,6 +1,8 @@
 //! Unit tests of the B+tree against `std::collections::BTreeMap`.
 
-use crate::store::testing::{QueuedFrees, TREE_PRIVATE, TREE_SHARED, TREE_SNAPS};
+use crate::store::testing::{
+    LeafEntries, QueuedFrees, DROP_LEAVES, TREE_PRIVATE, TREE_SHARED, TREE_SNAPS,
+};
 use crate::userspace::{Cache, MemDisk};
 use crate::{BlockIo, Store};
 use std::collections::BTreeMap;
@@ -151,8 +153,9 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
             // Whole leaves, one or a few adjacent ones, unless the leaf is the root.
             let span = s.leaf_span(TREE_PRIVATE, from).unwrap();
             if rng.next() % 4 == 0 && !span.root {
-                let mut leaves = vec![];
+                // The leaf and up to three after it, with the first key of the leaf after each.
                 let mut want = vec![];
+                let mut next_of = vec![];
                 let mut span = span;
                 for _ in 0..1 + rng.next() % 4 {
                     let (first, last) = span.keys.unwrap();
@@ -162,30 +165,67 @@ fn removing_runs_of_a_leaf_keeps_the_tree_valid() {
                         (in_leaf.first(), in_leaf.last())
                     );
                     assert_eq!(span.len, in_leaf.len());
-                    leaves.push((first, span.len));
                     want.push(in_leaf);
+                    next_of.push(span.next);
                     let Some(next) = span.next else { break };
                     span = s.leaf_span(TREE_PRIVATE, next).unwrap();
                 }
+                // Stop after the leaves wanted by the limit on leaves, by refusing the
+                // next one, or by the limit on entries.
+                let before_last: usize = want[..want.len() - 1].iter().map(|l| l.len()).sum();
+                let mode = rng.next() % 3;
+                let limit = match mode {
+                    0 => (want.len(), usize::MAX),
+                    1 => (DROP_LEAVES, usize::MAX),
+                    _ => (DROP_LEAVES, before_last + 1),
+                };
+                let mut looked = 0usize;
                 let mut seen = std::vec::Vec::new();
                 let mut frees = QueuedFrees::new();
+                let first = (want[0][0], want[0].len());
                 let dropped = s
-                    .drop_leaves(TREE_PRIVATE, &leaves, &mut frees, |_, _, vals| {
-                        seen.extend_from_slice(vals);
-                        Ok(())
-                    })
+                    .drop_leaves(
+                        TREE_PRIVATE,
+                        first,
+                        limit,
+                        &mut frees,
+                        |leaf: &LeafEntries<'_>| {
+                            looked += 1;
+                            let keys: std::vec::Vec<u128> =
+                                (0..leaf.len()).map(|i| leaf.key(i).unwrap()).collect();
+                            match want.get(looked) {
+                                Some(w) => assert_eq!(&keys, w, "leaf offered to accept"),
+                                None => assert!(mode == 1, "a leaf past the limits offered"),
+                            }
+                            Ok(mode != 1 || looked < want.len())
+                        },
+                        |_, _, vals| {
+                            seen.extend_from_slice(vals);
+                            Ok(())
+                        },
+                    )
                     .unwrap();
                 s.flush_frees(&mut frees).unwrap();
                 // At least the first; more only as far as they share its parent.
-                assert!(dropped >= 1 && dropped <= leaves.len());
-                multi_drops += u32::from(dropped > 1);
-                let gone: std::vec::Vec<u128> = want[..dropped].concat();
+                let n = dropped.leaves;
+                assert!(n >= 1 && n <= want.len());
+                multi_drops += u32::from(n > 1);
+                let gone: std::vec::Vec<u128> = want[..n].concat();
+                assert_eq!(dropped.entries, gone.len());
                 let vals: std::vec::Vec<u64> = gone.iter().map(|k| m[k] as u64).collect();
                 assert_eq!(seen, vals, "values handed out by drop_leaves");
+                // The scan goes on at the next leaf, or just past the last key dropped.
+                let last = *gone.last().unwrap();
+                assert!(
+                    dropped.after == last + 1 || Some(dropped.after) == next_of[n - 1],
+                    "after {} for last key {last} and next leaf {:?}",
+                    dropped.after,
+                    next_of[n - 1]
+                );
                 for k in &gone {
                     m.remove(k);
                 }
-                for rest in &want[dropped..] {
+                for rest in &want[n..] {
                     assert_eq!(
                         &leaf_keys(&s, TREE_PRIVATE, rest[0]),
                         rest,
