@@ -24,8 +24,8 @@ const RECLAIM_COMMIT_STEPS: u64 = 16384;
 impl Pool {
     /// Gives back some of the space of deleted snapshots, after the bios of this run were
     /// dealt with; the commit that follows makes it durable, and the worker queues itself
-    /// again while more is left. Not while a message handler quiesces or the origin is
-    /// suspended.
+    /// again while more is left; the step that finishes the last deleted snapshot raises a
+    /// device-mapper event. Not while a message handler quiesces or the origin is suspended.
     pub(super) fn reclaim_some(self: &Arc<Self>, st: &mut State) {
         if st.failed
             || st.suspended
@@ -38,7 +38,12 @@ impl Pool {
         let result = st.store.reclaim(RECLAIM_STEPS);
         st.reclaim_steps += RECLAIM_STEPS;
         match result {
-            Ok(Reclaim::Done) => st.commits.mark_dirty(),
+            Ok(Reclaim::Done) => {
+                st.commits.mark_dirty();
+                // A monitor waiting for space to come back (`dmsetup wait`) need not poll
+                // `usage`, which shows `deleting_snapshots 0` from now on.
+                Self::raise_event(st);
+            }
             Ok(Reclaim::More) => {
                 if st.reclaim_steps >= RECLAIM_COMMIT_STEPS {
                     st.commits.mark_dirty();

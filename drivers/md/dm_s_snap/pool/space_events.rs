@@ -2,8 +2,9 @@
 
 //! Device-mapper events about the store's space and health, for `dmsetup wait` and monitors
 //! such as dmeventd: free space falling to the low-water mark, the COW device becoming full,
-//! the store failing. Each raises one event when it happens; the low-water event comes again
-//! after free space rose above the mark and fell to it again.
+//! the space of deleted snapshots coming back, the store failing. Each raises one event when it
+//! happens; the low-water event comes again after free space rose above the mark and fell to it
+//! again.
 //!
 //! The events go to the table of the origin target that was resumed last, as dm-thin's go to
 //! its pool target's table: a reloaded table takes over when it becomes live.

@@ -340,8 +340,8 @@ def management(times, many):
         op = t["op"]
         if op == "snap-create" and t["n"] not in (1, 64):
             continue
-        if op.startswith(("copy-", "load-", "delete-", "reclaim-", "provision-", "rollback-",
-                          "dmsetup-")) and op != "dmsetup-status":
+        if op.startswith(("copy-", "load-", "delete-", "reclaim-", "back-", "provision-",
+                          "rollback-", "dmsetup-")) and op != "dmsetup-status":
             continue
         groups.setdefault((t["target"], op, t["n"]), []).append(t["seconds"] * 1000)
     for (target, op, n), vals in sorted(groups.items()):
@@ -366,8 +366,10 @@ def management(times, many):
         fill = t.get(f"copy-{k}exc", t.get(f"provision-{k}blocks"))
         per = metadata_per_exception(target, k, rest)
         delete = t.get(f"delete-{k}exc", 0)
-        # s-snap gives the space back after the delete returned; the others within it.
-        back = delete + t.get(f"reclaim-{k}exc", 0)
+        # s-snap gives the space back after the delete returned, timed from the delete
+        # to its event (runs before the event: polled after the delete); the others
+        # within the delete.
+        back = t.get(f"back-{k}exc", delete + t.get(f"reclaim-{k}exc", 0))
         out.append(f"| {target} | {k:,} | {fmt(fill)} | {fmt(t.get(f'load-{k}exc', 0) * 1000)} "
                    f"| {fmt(delete * 1000)} | {fmt(t.get(f'dmsetup-{k}exc', 0) * 1000)} "
                    f"| {fmt(back)} | {fmt(per)} |")
@@ -381,8 +383,10 @@ def management(times, many):
             "the fixed area's bitmaps and the 1 MiB journal area included), dm-thin",
             "`status` (used metadata blocks x 4 KiB, its space maps included), dm-snapshot `status`",
             "(metadata sectors x 512); each divided by the exceptions. Space back: from",
-            "the delete until the space is free again (s-snap: until `usage` shows",
-            "`deleting_snapshots 0`, polled every 0.1 s). `dmsetup status`: one",
+            "the delete until the space is free again (s-snap: from the start of the",
+            "`snapshot delete` message until the event the target raises when",
+            "`usage` shows `deleting_snapshots 0`, caught by a `dmsetup wait` that",
+            "was already waiting). `dmsetup status`: one",
             "`dmsetup` call timed just before the delete, what any delete costs at least.",
             ""]
     return out

@@ -3,8 +3,8 @@
 # Device-mapper events for monitors (`dmsetup wait`, dmeventd): with the
 # feature argument `low_water <free chunks>` after the chunk size, free space
 # falling to the mark raises one event (and again after space came back and
-# fell again); the COW device becoming full raises one; the store failing
-# raises one.  Malformed feature arguments are refused with a log line, and
+# fell again); the COW device becoming full raises one; the space of a
+# deleted snapshot coming back raises one; the store failing raises one.  Malformed feature arguments are refused with a log line, and
 # `dmsetup table` gives the arguments back.
 . /tests/lib
 modprobe dm_s_snap || fail "cannot load dm_s_snap"
@@ -75,9 +75,19 @@ ev2=$(events)
 expect_log "COW device full"
 echo "ok: the COW device becoming full raised event $ev2"
 
-# Space comes back above the mark, then falls to it again: a new event.
+# Deleting the snapshot: one event when its space is back, so that a monitor
+# need not poll usage.
+ev=$(events)
 msg snapshot delete 1 || fail "delete"
-wait_reclaimed
+timeout 60 dmsetup wait work "$ev" >/dev/null 2>&1 ||
+	fail "no event when the deleted snapshot's space came back: $(msg usage)"
+[ "$(usage_field deleting_snapshots)" = 0 ] ||
+	fail "the event came before the space was back: $(msg usage)"
+[ "$(events)" = $((ev + 1)) ] || fail "the delete raised events $ev -> $(events), want one"
+echo "ok: the deleted snapshot's space coming back raised event $(events)"
+
+# Space comes back above the mark, then falls to it again: a new event.
+ev2=$(events)
 msg snapshot create 2 || fail "create 2"
 dd if=/dev/urandom of=/dev/mapper/work bs=64k count=40 oflag=direct 2>/dev/null || fail "write again"
 ev3=$(events)
