@@ -349,6 +349,33 @@ fn reclaim_of_whole_leaves_needs_no_free_metadata() {
 }
 
 #[test]
+fn whole_leaf_reclaim_keeps_the_leaf_another_snapshot_needs() {
+    // Chunks 0..1500 are copied while snapshot 1 is alone (exceptions of
+    // epoch range [1, 1], about seven whole leaves), chunks 1500..3000 after
+    // snapshot 2 was created (range [1, 2]), in the leaves right after them
+    // under the same parent. Reclaiming snapshot 1 drops the first leaves in
+    // runs, reading the ones after the first through the parent; the leaf
+    // where the ranges change, and every leaf of the second range, must
+    // stay: snapshot 2 reads them.
+    let mut h = Harness::new(MemDisk::new(20000 * BS), 4000, 64);
+    h.create(1);
+    for c in 0..1500 {
+        h.origin_write(c, 0);
+    }
+    h.commit();
+    h.create(2);
+    for c in 1500..3000 {
+        h.origin_write(c, 0);
+    }
+    h.commit();
+    assert_eq!(h.s().usage().shared_exceptions, 3000);
+    h.delete_and_reclaim(1);
+    assert_eq!(h.s().usage().shared_exceptions, 1500);
+    assert_eq!(h.s().usage().data_chunks, 1500);
+    h.verify_all();
+}
+
+#[test]
 fn full_store_can_still_delete_snapshots() {
     // Fill a small store with snapshots until the snapshot table has no room:
     // creates must stop while the metadata reserve is intact, so that every
