@@ -94,22 +94,31 @@ impl<'b> LeafEntries<'b> {
         self.f.val.read(self.b, self.f.val_off(0, i).0)
     }
 
-    /// The low half of key `i`.
-    #[inline]
-    pub(crate) fn key_lo(&self, i: usize) -> Result<u64> {
-        self.f.key.read_lo(self.b, self.f.key_off(i))
+    /// Reads the low halves of the values from `from` on into `out`, one per element.
+    pub(crate) fn vals_lo(&self, from: usize, out: &mut [u64]) -> Result<()> {
+        if from.checked_add(out.len()).map_or(true, |end| end > self.n) {
+            return Err(Error::Internal("btree: values past a leaf's entries"));
+        }
+        let (base, stride) = self.f.val_off(0, from);
+        for (j, v) in out.iter_mut().enumerate() {
+            *v = self.f.val.read_lo(self.b, base + stride * j)?;
+        }
+        Ok(())
     }
 
-    /// The low half of value `i`.
-    #[inline]
-    pub(crate) fn val_lo(&self, i: usize) -> Result<u64> {
-        self.f.val.read_lo(self.b, self.f.val_off(0, i).0)
-    }
-
-    /// The high half of value `i`.
-    #[inline]
-    pub(crate) fn val_hi(&self, i: usize) -> Result<u64> {
-        self.f.val.read_hi(self.b, self.f.val_off(0, i).0)
+    /// True if every entry has `key_lo` as the low half of its key and `val_hi` as the high
+    /// half of its value (in the shared tree: the same epoch range), and there is one.
+    pub(crate) fn all_have(&self, key_lo: u64, val_hi: u64) -> Result<bool> {
+        let (key_base, key_stride) = (self.f.key_off(0), self.f.key.size());
+        let (val_base, val_stride) = self.f.val_off(0, 0);
+        for i in 0..self.n {
+            let key = self.f.key.read_lo(self.b, key_base + key_stride * i)?;
+            let val = self.f.val.read_hi(self.b, val_base + val_stride * i)?;
+            if key != key_lo || val != val_hi {
+                return Ok(false);
+            }
+        }
+        Ok(self.n != 0)
     }
 }
 
@@ -985,10 +994,8 @@ impl<I: BlockIo> Store<I> {
                 let m = (len - done).min(DROP_BATCH);
                 {
                     let (h, n) = self.read_node(leaf, tree, 0)?;
-                    let l = LeafEntries::of(&h, n)?;
-                    for (j, v) in vals.iter_mut().take(m).enumerate() {
-                        *v = l.val_lo(done + j)?;
-                    }
+                    let out = vals.get_mut(..m).ok_or(Error::Internal("drop batch"))?;
+                    LeafEntries::of(&h, n)?.vals_lo(done, out)?;
                 }
                 each(self, frees, vals.get(..m).unwrap_or(&[]))?;
                 done += m;

@@ -318,14 +318,7 @@ impl<I: BlockIo> Store<I> {
         }
         // The leaves after it go too if all their exceptions have the same range, which no
         // live snapshot needs either. Only the halves that hold the range are read.
-        let same_range = |leaf: &LeafEntries<'_>| -> Result<bool> {
-            for i in 0..leaf.len() {
-                if leaf.key_lo(i)? != hi || leaf.val_hi(i)? != lo {
-                    return Ok(false);
-                }
-            }
-            Ok(leaf.len() != 0)
-        };
+        let same_range = |leaf: &LeafEntries<'_>| leaf.all_have(hi, lo);
         let dropped =
             self.drop_reclaimed_leaves(TREE_SHARED, (first, span.len), max, same_range)?;
         if dropped.leaves == 0 {

@@ -464,25 +464,33 @@ impl<I: BlockIo> Store<I> {
             }
             return Ok(());
         }
+        // One range per bitmap block the run touches, found without a division per chunk: a
+        // reclaim frees runs of thousands of chunks.
         let mut c = first;
         while c < end {
+            let outside = |block| Error::Corrupt {
+                what: "space map: chunk outside the data area",
+                block,
+            };
             if !self.g.chunk_in_data_area(c) {
-                return Err(Error::Corrupt {
-                    what: "space map: chunk outside the data area",
-                    block: c,
-                });
+                return Err(outside(c));
             }
             let block = self.g.chunk_block(c);
-            let bitmap = block / self.g.bits_per_bitmap;
-            let mut n = 1;
-            while c + n < end
-                && self.g.chunk_in_data_area(c + n)
-                && self.g.chunk_block(c + n) / self.g.bits_per_bitmap == bitmap
-            {
-                n += 1;
+            // The chunks whose first block the same bitmap block covers.
+            let bitmap_end = (block / self.g.bits_per_bitmap)
+                .checked_add(1)
+                .and_then(|b| b.checked_mul(self.g.bits_per_bitmap))
+                .map_or(u64::MAX, |b| b.div_ceil(self.g.chunk_blocks));
+            let next = end.min(bitmap_end);
+            // The chunks after `c` up to `next` are in the data area too if they are inside
+            // the store: the fixed area ends before `c`, and the slots of a bitmap block added
+            // by growth are its first two blocks, where its first chunks start: `c` would be
+            // one of them.
+            if next > self.g.nr_chunks {
+                return Err(outside(self.g.nr_chunks));
             }
-            self.queue_free(q, block, n * self.g.chunk_blocks, Freed::Data)?;
-            c += n;
+            self.queue_free(q, block, (next - c) * self.g.chunk_blocks, Freed::Data)?;
+            c = next;
         }
         Ok(())
     }
