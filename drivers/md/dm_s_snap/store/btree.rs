@@ -381,31 +381,21 @@ impl<I: BlockIo> Store<I> {
 
     /// Where the leaf that would hold `k` lies in the key space.
     pub(crate) fn leaf_span(&self, tree: usize, k: u128) -> Result<LeafSpan> {
-        self.leaf_span_visiting(tree, k, |_, _| Ok(false))
+        self.leaf_span_visiting(tree, k, |_| Ok(()))
     }
 
-    /// Like [`Store::leaf_span`], calling `visit(key, value)` for the leaf's entries in order
-    /// until it returns `false`: a caller that decides on the whole leaf reads it once.
-    pub(crate) fn leaf_span_visiting<F>(
-        &self,
-        tree: usize,
-        k: u128,
-        mut visit: F,
-    ) -> Result<LeafSpan>
+    /// Like [`Store::leaf_span`], calling `visit` with the leaf's entries: a caller that
+    /// decides on the whole leaf reads it in the same look-up.
+    pub(crate) fn leaf_span_visiting<F>(&self, tree: usize, k: u128, visit: F) -> Result<LeafSpan>
     where
-        F: FnMut(u128, u128) -> Result<bool>,
+        F: FnOnce(&LeafEntries<'_>) -> Result<()>,
     {
         let (h, n, next) = self.find_leaf(tree, k)?;
         let keys = match n.checked_sub(1) {
             Some(last) => Some((self.key(&h, 0)?, self.key(&h, last)?)),
             None => None,
         };
-        let leaf = LeafEntries::of(&h, n)?;
-        for i in 0..n {
-            if !visit(leaf.key(i)?, leaf.val(i)?)? {
-                break;
-            }
-        }
+        visit(&LeafEntries::of(&h, n)?)?;
         Ok(LeafSpan {
             keys,
             len: n,

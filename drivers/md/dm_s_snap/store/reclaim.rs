@@ -459,7 +459,14 @@ impl<I: BlockIo> Store<I> {
             None => self.leaf_span(tree, k),
             Some(c) => {
                 *c = CommonRange::default();
-                self.leaf_span_visiting(tree, k, |key, v| Ok(c.add((hi64(v), lo64(key)))))
+                self.leaf_span_visiting(tree, k, |leaf| {
+                    if leaf.len() != 0 {
+                        let (key, v) = (leaf.key(0)?, leaf.val(0)?);
+                        c.range = Some((hi64(v), lo64(key)));
+                        c.uniform = leaf.all_have(lo64(key), hi64(v))?;
+                    }
+                    Ok(())
+                })
             }
         }
     }
@@ -596,25 +603,10 @@ impl<I: BlockIo> Store<I> {
     }
 }
 
-/// The epoch range `(lo, hi)` that every shared exception of a leaf has, if
-/// they all have the same one (`uniform`).
+/// The epoch range `(lo, hi)` of a leaf's first shared exception, and whether
+/// every shared exception of the leaf has it (`uniform`).
 #[derive(Default)]
 struct CommonRange {
     range: Option<(u64, u64)>,
     uniform: bool,
-}
-
-impl CommonRange {
-    /// Adds an exception's range; false once the ranges differ.
-    fn add(&mut self, r: (u64, u64)) -> bool {
-        match self.range {
-            None => {
-                self.range = Some(r);
-                self.uniform = true;
-            }
-            Some(x) if x == r => {}
-            Some(_) => self.uniform = false,
-        }
-        self.uniform
-    }
 }
