@@ -149,15 +149,19 @@ impl Pool {
              deleting_snapshots {deleting_snapshots} reclaimed_chunks {} \
              metadata_blocks {metadata_blocks} low_water {} cow_full_policy {policy} \
              dropped_snapshots {dropped_snapshots} rollback_snapshot {rollback_snapshot} \
-             rollback_chunks_left {rollback_left} rollback_chunks_total {rollback_total}",
+             rollback_chunks_left {rollback_left} rollback_chunks_total {rollback_total} \
+             commits {}",
             chunk_size / 512,
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),
             u8::from(st.failed),
-            // Grows by one per metadata commit: what a benchmark divides by.
+            // Grows by one per checkpoint (and table load), not per journal block.
             st.store.info().seq,
             st.store.reclaimed_chunks(),
             Self::low_water(&st),
+            // Every commit since the table was loaded, journal blocks included: what a
+            // benchmark divides by.
+            st.store.commits(),
         )?;
         // Live snapshots, then the dropped ones, marked.
         for (list, mark) in [

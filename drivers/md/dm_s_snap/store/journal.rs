@@ -401,6 +401,7 @@ impl<I: BlockIo> Store<I> {
         }
         written?;
         self.journal.committed += 1;
+        self.commits = self.commits.saturating_add(1);
         Ok(())
     }
 

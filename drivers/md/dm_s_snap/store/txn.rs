@@ -43,6 +43,8 @@ pub struct Store<I: BlockIo> {
     pub(crate) deleting: u64,
     /// Chunks freed by the reclaim since open.
     pub(crate) reclaimed: u64,
+    /// Commits made since open, checkpoints and journal blocks (see [`Store::commits`]).
+    pub(crate) commits: u64,
     /// The journal's position (see `journal.rs`).
     pub(crate) journal: JournalState,
     /// Head and length of the list of chunk frees deferred to the next checkpoint (see
@@ -163,6 +165,7 @@ impl<I: BlockIo> Store<I> {
             reclaim_cursor: 0,
             deleting: 0,
             reclaimed: 0,
+            commits: 0,
             journal: JournalState::default(),
             deferred_head: 0,
             deferred_blocks: 0,
@@ -778,12 +781,20 @@ impl<I: BlockIo> Store<I> {
         }
         self.sb = st;
         self.sb_slot = img;
+        self.commits = self.commits.saturating_add(1);
         self.cur = st.reserved_txid;
         self.deferred = 0;
         self.dirty = false;
         self.max_deleted_epoch = 0;
         self.journal = JournalState::default();
         self.start_image()
+    }
+
+    /// Commits made since the store was opened: checkpoints, which advance the superblock's
+    /// sequence number (`StoreInfo::seq`), and journal blocks, which do not. A commit with
+    /// nothing to write is not counted.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// Gives access to the block I/O object.

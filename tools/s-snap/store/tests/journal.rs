@@ -55,6 +55,36 @@ fn a_commit_of_origin_copies_writes_one_journal_block() {
     check_store(&s);
 }
 
+/// `Store::commits` counts journal blocks and checkpoints alike (the superblock's sequence
+/// number only checkpoints), and not a commit that had nothing to write or that failed.
+#[test]
+fn commits_count_journal_blocks_and_checkpoints() {
+    use s_snap_store::Error;
+    let mut s = open(MemDisk::new(2048 * BS));
+    assert_eq!(s.commits(), 0);
+    s.create_snapshot(1).unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.commits(), 1, "the checkpoint of a snapshot create");
+    let seq = s.info().seq;
+    for c in 0..4 {
+        copy(&mut s, c);
+        s.commit().unwrap();
+    }
+    assert_eq!((s.commits(), s.info().seq), (5, seq), "four journal blocks");
+    s.commit().unwrap();
+    assert_eq!(s.commits(), 5, "nothing to write");
+    s.checkpoint().unwrap();
+    assert_eq!((s.commits(), s.info().seq), (6, seq + 1), "a checkpoint");
+    // A journal write that fails is no commit.
+    copy(&mut s, 10);
+    let mut image = vec![0u8; BS];
+    s.journal_commit_start(&mut image).unwrap().unwrap();
+    assert_eq!(s.commits(), 6, "a journal write in flight");
+    let failed = Error::Io("test: write failed");
+    assert_eq!(s.journal_commit_end(Err(failed)), Err(failed));
+    assert_eq!(s.commits(), 6);
+}
+
 #[test]
 fn a_crash_keeps_what_the_journal_committed() {
     let mut s = open(MemDisk::new(2048 * BS));
