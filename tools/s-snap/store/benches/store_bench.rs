@@ -9,7 +9,10 @@
 //! `S_SNAP_BENCH_SNAPSHOTS` (64), `S_SNAP_BENCH_CHUNK_SECTORS` (8 = 4 KiB),
 //! `S_SNAP_BENCH_CACHE_MIB` (64), `S_SNAP_BENCH_SEQUENTIAL` (0; 1: each
 //! snapshot's origin writes go in ascending chunk order, as a linear copy or
-//! a fill does).
+//! a fill does), `S_SNAP_BENCH_COMMIT_EVERY` (1000; 1 commits after every
+//! origin write, as a target does at queue depth 1),
+//! `S_SNAP_BENCH_WRITES_ONLY` (0; 1 stops after the origin writes, so that a
+//! profiler sees them alone).
 
 #![allow(clippy::float_arithmetic)]
 
@@ -34,6 +37,7 @@ fn main() {
     // 1 is what a target does at queue depth 1: one commit per copied chunk.
     let commit_every = env("S_SNAP_BENCH_COMMIT_EVERY", 1000).max(1);
     let sequential = env("S_SNAP_BENCH_SEQUENTIAL", 0) != 0;
+    let writes_only = env("S_SNAP_BENCH_WRITES_ONLY", 0) != 0;
     let bs = cs as usize * 512;
     let cache_blocks = (cache_mib << 20) as usize / META_BLOCK_SIZE;
     let origin_chunks: u64 = 1 << 20;
@@ -94,6 +98,14 @@ fn main() {
         allocs as f64 / el,
         commit_time
     );
+    if writes_only {
+        let st = s.io().stats();
+        println!(
+            "cache: {} block reads from the device, {} hits",
+            st.reads, st.hits
+        );
+        return;
+    }
     let u = s.usage();
     let info = s.info();
     let fixed = info.fixed_end;

@@ -70,7 +70,7 @@ STAT_FIELDS = ["r_ios", "r_merges", "r_sectors", "r_ticks", "w_ios", "w_merges",
                "d_ticks", "f_ios", "f_ticks"]
 CSV_FIELDS = ["kind", "target", "n", "workload", "round", "ios", "seconds", "iops", "mb_s",
               "p50_us", "p99_us", "mean_us", "sync_mean_us", "flushes", "commits", "store_bytes",
-              "meta_bytes", "origin_bytes"]
+              "meta_bytes", "origin_bytes", "switches"]
 
 
 def run_vm(args, test):
@@ -133,8 +133,10 @@ def parse(files):
     counters = {}
     for row in lines(files.get("counters.csv", "")):
         label, phase, dev, values = tuple(row[:5]), row[5], row[6], row[7:]
-        if dev == "commit_sequence":
-            stat = {"seq": int(values[0])}
+        # `commits` counts journal blocks and checkpoints; archives from before it
+        # was in `usage` have `commit_sequence`, which counts checkpoints only.
+        if dev in ("commits", "commit_sequence", "ctxt"):
+            stat = {"count": int(values[0])}
         else:
             stat = dict(zip(STAT_FIELDS, map(int, values)))
         counters.setdefault(label, {}).setdefault(dev, {})[phase] = stat
@@ -173,7 +175,10 @@ def parse(files):
         store = delta(label, "vdb", "w_sectors")
         flushes = [delta(label, d, "f_ios") for d in ("vda", "vdb")]
         run["flushes"] = sum(flushes) if None not in flushes else None
-        run["commits"] = delta(label, "commit_sequence", "seq")
+        commits = delta(label, "commits", "count")
+        run["commits"] = (commits if commits is not None
+                          else delta(label, "commit_sequence", "count"))
+        run["switches"] = delta(label, "ctxt", "count")
         run["origin_bytes"] = origin * 512 if origin is not None else None
         # Bytes written to the store device; its metadata part is what is
         # left after the chunk copies (one per first write for s-snap, one
@@ -223,11 +228,12 @@ def median_cells(runs):
         cell = {"value": statistics.median(values), "min": min(values), "max": max(values),
                 "rounds": len(group), "figure": figure}
         for field in ("ios", "seconds", "p50_us", "p99_us", "mean_us", "sync_mean_us", "flushes",
-                      "commits", "store_bytes", "meta_bytes", "origin_bytes"):
+                      "commits", "store_bytes", "meta_bytes", "origin_bytes", "switches"):
             vals = [r[field] for r in group if r[field] is not None]
             cell[field] = statistics.median(vals) if vals else None
         # Per first write: medians of each round's ratio.
-        for field in ("flushes", "commits", "store_bytes", "meta_bytes", "origin_bytes"):
+        for field in ("flushes", "commits", "store_bytes", "meta_bytes", "origin_bytes",
+                      "switches"):
             vals = [r[field] / r["ios"] for r in group if r[field] is not None and r["ios"]]
             cell[field + "_per_io"] = statistics.median(vals) if vals else None
         cells[key] = cell
@@ -290,7 +296,8 @@ def workload_table(cells, kind, workload):
 
 def counts_table(cells, kind):
     out = ["| target | N | workload | flushes / write | commits / write | store bytes / write "
-           "| metadata bytes / write |", "|---|---:|---|---:|---:|---:|---:|"]
+           "| metadata bytes / write | context switches / write |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
     any_row = False
     for target in SNAPSHOTTERS + ["linear"]:
         for workload in FIRST_WRITES:
@@ -299,7 +306,7 @@ def counts_table(cells, kind):
                 if not cell:
                     continue
                 vals = [cell.get(f + "_per_io") for f in
-                        ("flushes", "commits", "store_bytes", "meta_bytes")]
+                        ("flushes", "commits", "store_bytes", "meta_bytes", "switches")]
                 if all(v is None for v in vals):
                     continue
                 any_row = True
@@ -544,9 +551,12 @@ def write_markdown(path, cells, times, many, info, header):
            "min-max over the rounds. `results.csv` has every run.",
            "- Counts per write: block-layer counters (`/sys/block/*/stat`) read before "
            "and after each run. Flushes are those reaching the virtio disks (`ssd`; FUA is "
-           "emulated by a flush there); commits are s-snap's superblock sequence; store "
+           "emulated by a flush there); commits are s-snap's (`commits` of `usage`: journal "
+           "blocks and checkpoints); store "
            "bytes are those written to the store's slices; metadata bytes are the store "
-           "bytes less the chunk copies (dm-thin: its metadata slice).",
+           "bytes less the chunk copies (dm-thin: its metadata slice); context switches "
+           "are the guest's (`ctxt` of `/proc/stat`, every task: fio, the targets' workers, "
+           "kcopyd), so linear's show what fio and the block layer cost alone.",
            f"- Left out to fit the time: fw-qd16 and fw-fsync run at N = {p.get('NS_FW', '?')} "
            f"only, rewrite, seq-1m and the reads at N = {p.get('NS_OTHER', '?')} (linear: all "
            "at N = 0), the filesystem run in one round.",
