@@ -155,11 +155,11 @@ impl Pool {
             data_chunks + metadata_chunks,
             u8::from(st.cow_full),
             u8::from(st.failed),
-            // Grows by one per checkpoint (and table load), not per journal block.
+            // Grows by one per checkpoint (and store open), not per journal block.
             st.store.info().seq,
             st.store.reclaimed_chunks(),
             Self::low_water(&st),
-            // Every commit since the table was loaded, journal blocks included: what a
+            // Every commit since the store was opened, journal blocks included: what a
             // benchmark divides by.
             st.store.commits(),
         )?;
