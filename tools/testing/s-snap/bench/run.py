@@ -136,6 +136,9 @@ def parse(files):
         # `commits` counts journal blocks and checkpoints; archives from before it
         # was in `usage` have `commit_sequence`, which counts checkpoints only.
         if dev in ("commits", "commit_sequence", "ctxt"):
+            if not values or not values[0]:
+                # A module without the field: no count.
+                continue
             stat = {"count": int(values[0])}
         else:
             stat = dict(zip(STAT_FIELDS, map(int, values)))
@@ -552,11 +555,13 @@ def write_markdown(path, cells, times, many, info, header):
            "- Counts per write: block-layer counters (`/sys/block/*/stat`) read before "
            "and after each run. Flushes are those reaching the virtio disks (`ssd`; FUA is "
            "emulated by a flush there); commits are s-snap's (`commits` of `usage`: journal "
-           "blocks and checkpoints); store "
+           "blocks and checkpoints; archives from before 2026-12-08 had checkpoints only); store "
            "bytes are those written to the store's slices; metadata bytes are the store "
            "bytes less the chunk copies (dm-thin: its metadata slice); context switches "
            "are the guest's (`ctxt` of `/proc/stat`, every task: fio, the targets' workers, "
-           "kcopyd), so linear's show what fio and the block layer cost alone.",
+           "kcopyd), fio's start and exit included (some hundreds a run), so compare each "
+           "with linear's for the same workload, which is what fio and the block layer cost "
+           "alone.",
            f"- Left out to fit the time: fw-qd16 and fw-fsync run at N = {p.get('NS_FW', '?')} "
            f"only, rewrite, seq-1m and the reads at N = {p.get('NS_OTHER', '?')} (linear: all "
            "at N = 0), the filesystem run in one round.",
